@@ -1,0 +1,199 @@
+package certs
+
+import (
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// File names in a development directory.
+const (
+	caFileName    = "ca.pem"
+	caKeyFileName = "ca-key.pem"
+	certFileName  = "server.pem"
+	keyFileName   = "server-key.pem"
+)
+
+// Dev is a development CA and a server certificate kept in a directory.
+type Dev struct {
+	Dir       string
+	CAFile    string   // <dir>/ca.pem, the CA certificate (0644)
+	CAKeyFile string   // <dir>/ca-key.pem, the CA private key (0600)
+	CertFile  string   // <dir>/server.pem, the server certificate, leaf only (0644)
+	KeyFile   string   // <dir>/server-key.pem, the server private key (0600)
+	Hosts     []string // names in the server certificate: DNS names, then IP addresses
+
+	// CACreated is set when this load created a new CA, so agents need the
+	// new CAFile. CertIssued is set when it issued a new server certificate.
+	CACreated  bool
+	CertIssued bool
+}
+
+// LoadOrCreateDev loads the development CA and server certificate from dir,
+// creating what is missing: dir (0700), a CA valid for ten years, and a server
+// certificate for DefaultHosts plus extraHosts (DNS names or IP addresses)
+// valid for 397 days.
+//
+// On later calls it reuses both. It issues a new server certificate, signed by
+// the existing CA, when the current one does not cover every host, expires
+// within 30 days, or cannot be loaded, verified or matched with its key. It
+// never replaces an existing CA: if ca.pem exists but ca-key.pem does not, or
+// the CA is damaged or expired, it returns an error that says which file to
+// restore or remove. A ca-key.pem without ca.pem (left by a crash during
+// creation) is replaced by a new CA.
+func LoadOrCreateDev(dir string, extraHosts []string) (*Dev, error) {
+	return loadOrCreateDev(dir, extraHosts, time.Now())
+}
+
+func loadOrCreateDev(dir string, extraHosts []string, now time.Time) (*Dev, error) {
+	if dir == "" {
+		return nil, ErrNoDir
+	}
+	hs, err := parseHosts(append(DefaultHosts(), extraHosts...))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("certs: create directory: %w", err)
+	}
+	d := &Dev{
+		Dir:       dir,
+		CAFile:    filepath.Join(dir, caFileName),
+		CAKeyFile: filepath.Join(dir, caKeyFileName),
+		CertFile:  filepath.Join(dir, certFileName),
+		KeyFile:   filepath.Join(dir, keyFileName),
+	}
+	ca, caKey, err := d.loadOrCreateCA(now)
+	if err != nil {
+		return nil, err
+	}
+	leaf := d.loadLeaf(ca, hs, now)
+	if leaf == nil {
+		certPEM, keyPEM, err := issueLeaf(ca, caKey, hs, now)
+		if err != nil {
+			return nil, err
+		}
+		// Key first: a crash between the writes leaves a mismatched pair,
+		// which the next start re-issues.
+		if err := writeFile(d.KeyFile, keyPEM, 0o600); err != nil {
+			return nil, err
+		}
+		if err := writeFile(d.CertFile, certPEM, 0o644); err != nil {
+			return nil, err
+		}
+		if leaf, err = decodeCert(certPEM); err != nil {
+			return nil, err
+		}
+		d.CertIssued = true
+	}
+	d.Hosts = certHosts(leaf)
+	return d, nil
+}
+
+// loadOrCreateCA loads the CA, or creates it when ca.pem does not exist.
+func (d *Dev) loadOrCreateCA(now time.Time) (*x509.Certificate, crypto.Signer, error) {
+	certPEM, err := os.ReadFile(d.CAFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		// No CA certificate, so no agent can trust this CA yet: create it,
+		// replacing any ca-key.pem left by a crash between the two writes.
+		ca, key, err := newCA(now)
+		if err != nil {
+			return nil, nil, err
+		}
+		keyPEM, err := encodeKey(key)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := writeFile(d.CAKeyFile, keyPEM, 0o600); err != nil {
+			return nil, nil, err
+		}
+		if err := writeFile(d.CAFile, encodeCert(ca.Raw), 0o644); err != nil {
+			return nil, nil, err
+		}
+		d.CACreated = true
+		return ca, key, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("certs: read development CA: %w", err)
+	}
+	ca, err := decodeCert(certPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certs: load development CA %s: %w", d.CAFile, err)
+	}
+	if !ca.IsCA || !ca.BasicConstraintsValid {
+		return nil, nil, fmt.Errorf("certs: load development CA %s: %w", d.CAFile, ErrNotCA)
+	}
+	keyPEM, err := os.ReadFile(d.CAKeyFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("%w: %s exists but %s does not; restore the key, or remove %s to create a new CA (agents must then trust the new one)",
+			ErrCAKeyMissing, d.CAFile, d.CAKeyFile, d.CAFile)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("certs: read development CA key: %w", err)
+	}
+	key, err := decodeKey(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certs: load development CA key %s: %w", d.CAKeyFile, err)
+	}
+	if !keyMatches(ca, key) {
+		return nil, nil, fmt.Errorf("certs: load development CA %s: %w %s", d.CAFile, ErrKeyMismatch, d.CAKeyFile)
+	}
+	if !now.Before(ca.NotAfter) {
+		return nil, nil, fmt.Errorf("%w: %s expired on %s; remove %s and %s to create a new CA (agents must then trust the new one)",
+			ErrCAExpired, d.CAFile, ca.NotAfter.UTC().Format(time.DateOnly), d.CAFile, d.CAKeyFile)
+	}
+	return ca, key, nil
+}
+
+// loadLeaf returns the server certificate if it can be reused: its files
+// load as a matching pair, it chains to ca for server auth at now, it does
+// not expire within renewBefore, and it covers hs. Otherwise it returns nil.
+func (d *Dev) loadLeaf(ca *x509.Certificate, hs hostSet, now time.Time) *x509.Certificate {
+	pair, err := tls.LoadX509KeyPair(d.CertFile, d.KeyFile)
+	if err != nil {
+		return nil
+	}
+	leaf := pair.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return nil
+		}
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	opts := x509.VerifyOptions{
+		Roots:       roots,
+		CurrentTime: now,
+		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	if _, err := leaf.Verify(opts); err != nil {
+		return nil
+	}
+	if leaf.NotAfter.Sub(now) < renewBefore {
+		return nil
+	}
+	if len(hs.missing(leaf)) > 0 {
+		return nil
+	}
+	return leaf
+}
+
+// TLSCertificate loads the server key pair from CertFile and KeyFile.
+func (d *Dev) TLSCertificate() (tls.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(d.CertFile, d.KeyFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("certs: load server key pair: %w", err)
+	}
+	return cert, nil
+}
+
+// CAPool loads CAFile as a certificate pool, for clients of this edge.
+func (d *Dev) CAPool() (*x509.CertPool, error) {
+	return LoadPool(d.CAFile)
+}

@@ -1,0 +1,244 @@
+// Command pico-edge runs a Pico edge node: clients send HTTP requests to its
+// proxy port, agents connect to its agent port over QUIC.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/alecthomas/kong"
+	"github.com/quic-go/quic-go"
+
+	"github.com/pico-edge/pico/certs"
+	"github.com/pico-edge/pico/cmd/internal/cli"
+	"github.com/pico-edge/pico/edge"
+)
+
+type CLI struct {
+	ProxyAddr string `help:"Address of the plain HTTP/1.1 front door (TCP)." default:":8000" group:"Listeners"`
+	AgentAddr string `help:"Address agents and forwarders connect to (UDP, QUIC)." default:":8001" group:"Listeners"`
+	AdminAddr string `help:"Address of the admin API: /healthz, /readyz, /metrics, /status/... (TCP); empty disables it." default:":8002" group:"Listeners"`
+
+	NodeID  string `help:"ID of this node in logs and status (default: random edge-xxxxxxxx)." group:"Node"`
+	DataDir string `help:"Directory for the development CA and certificate and the QUIC reset key." default:"${data_dir}" type:"path" group:"Node"`
+
+	TLSCert string   `help:"Certificate (PEM) served to agents, reloaded when the file changes. Without it a development certificate is generated in --data-dir." type:"path" group:"TLS"`
+	TLSKey  string   `help:"Private key (PEM) of --tls-cert." type:"path" group:"TLS"`
+	TLSHost []string `help:"Extra names (DNS or IP) for the development certificate, besides localhost, *.localhost, 127.0.0.1 and ::1." sep:"," group:"TLS"`
+
+	ReadHeaderTimeout     time.Duration `help:"Time a client has to send its request header." default:"10s" group:"Limits"`
+	IdleTimeout           time.Duration `help:"Idle time after which a client keep-alive connection is closed." default:"60s" group:"Limits"`
+	MaxHeaderBytes        int           `help:"Largest request header accepted (431 beyond), up to 98304." default:"32768" group:"Limits"`
+	ResponseHeaderTimeout time.Duration `help:"Time the upstream has to start its response (504 after it)." default:"30s" group:"Limits"`
+	StreamIdleTimeout     time.Duration `help:"Idle time after which an HTTP stream (WebSocket, SSE, slow body) is cut." default:"5m" group:"Limits"`
+	TCPIdleTimeout        time.Duration `help:"Idle time after which a TCP forward is cut." default:"1h" group:"Limits"`
+	MaxEndpointsPerAgent  int           `help:"Endpoints one agent connection may serve." default:"100" group:"Limits"`
+	ShutdownGrace         time.Duration `help:"Time requests in flight get to finish on SIGTERM." default:"30s" group:"Limits"`
+
+	AccessLog bool `help:"Log one line per request and TCP connection." default:"true" negatable:"" group:"Logging"`
+	cli.LogFlags `embed:"" group:"Logging"`
+}
+
+func main() {
+	var c CLI
+	kctx := kong.Parse(&c,
+		kong.Name("pico-edge"),
+		kong.Description("Pico edge node: proxies HTTP requests and TCP connections to agents connected over QUIC.\n\nEvery flag can also be set with a PICO_* environment variable, e.g. PICO_PROXY_ADDR."),
+		kong.DefaultEnvars("PICO"),
+		kong.Vars{"data_dir": defaultDataDir()},
+		kong.UsageOnError(),
+	)
+	log := c.Logger(os.Stderr)
+	if err := c.run(log); err != nil {
+		log.Error("pico-edge failed", "err", err)
+		kctx.Exit(1)
+	}
+}
+
+func defaultDataDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "pico")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "pico")
+	}
+	return "pico-data"
+}
+
+func (c *CLI) run(log *slog.Logger) error {
+	ctx, cancel := cli.SignalContext()
+	defer cancel()
+	// pico-edge checks the UDP buffers itself and says what to do.
+	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+	getCert, caFile, err := c.certificates(ctx, log)
+	if err != nil {
+		return err
+	}
+	resetKey, err := loadResetKey(filepath.Join(c.DataDir, "quic-reset.key"))
+	if err != nil {
+		return err
+	}
+	accessLog := log.With("log", "access")
+	if !c.AccessLog {
+		accessLog = slog.New(slog.DiscardHandler)
+	}
+	srv, err := edge.New(edge.Config{
+		NodeID:                c.NodeID,
+		Version:               cli.Version(),
+		GetCertificate:        getCert,
+		StatelessResetKey:     resetKey,
+		ReadHeaderTimeout:     c.ReadHeaderTimeout,
+		IdleTimeout:           c.IdleTimeout,
+		MaxHeaderBytes:        c.MaxHeaderBytes,
+		ResponseHeaderTimeout: c.ResponseHeaderTimeout,
+		StreamIdleTimeout:     c.StreamIdleTimeout,
+		TCPIdleTimeout:        c.TCPIdleTimeout,
+		MaxEndpointsPerAgent:  c.MaxEndpointsPerAgent,
+		ShutdownGrace:         c.ShutdownGrace,
+		Logger:                log,
+		AccessLog:             accessLog,
+	})
+	if err != nil {
+		return err
+	}
+	lns, err := c.listen()
+	if err != nil {
+		return err
+	}
+	log.Warn("no authentication configured: anyone who can reach the agent port can register any endpoint, " +
+		"and anyone who can reach the proxy port can use every endpoint")
+	c.printAgentHint(lns, caFile)
+	return srv.Run(ctx, lns)
+}
+
+// certificates returns the agent listener's certificate source, and the
+// CA file agents need when it is the development CA.
+func (c *CLI) certificates(ctx context.Context, log *slog.Logger) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), string, error) {
+	if c.TLSCert != "" {
+		r, err := certs.NewReloader(c.TLSCert, c.TLSKey)
+		if err != nil {
+			return nil, "", err
+		}
+		go r.Run(ctx, certs.DefaultReloadInterval, func(err error) { // ends with ctx
+			if err != nil {
+				log.Warn("certificate reload failed; serving the previous one", "err", err)
+				return
+			}
+			log.Info("certificate reloaded", "file", c.TLSCert)
+		})
+		return r.GetCertificate, "", nil
+	}
+	dev, err := certs.LoadOrCreateDev(c.DataDir, c.TLSHost)
+	if err != nil {
+		return nil, "", fmt.Errorf("development certificate: %w", err)
+	}
+	if dev.CACreated {
+		log.Info("created a development CA", "file", dev.CAFile)
+	}
+	cert, err := dev.TLSCertificate()
+	if err != nil {
+		return nil, "", err
+	}
+	log.Warn("serving a development certificate; use --tls-cert and --tls-key in production", "hosts", dev.Hosts)
+	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, dev.CAFile, nil
+}
+
+func (c *CLI) listen() (edge.Listeners, error) {
+	var lns edge.Listeners
+	var err error
+	if lns.Proxy, err = net.Listen("tcp", c.ProxyAddr); err != nil {
+		return lns, fmt.Errorf("listen on --proxy-addr: %w", err)
+	}
+	udpAddr, err := net.ResolveUDPAddr("udp", c.AgentAddr)
+	if err != nil {
+		lns.Proxy.Close()
+		return lns, fmt.Errorf("--agent-addr %q: %w", c.AgentAddr, err)
+	}
+	if lns.Agent, err = net.ListenUDP("udp", udpAddr); err != nil {
+		lns.Proxy.Close()
+		return lns, fmt.Errorf("listen on --agent-addr: %w", err)
+	}
+	if c.AdminAddr != "" {
+		if lns.Admin, err = net.Listen("tcp", c.AdminAddr); err != nil {
+			lns.Proxy.Close()
+			lns.Agent.Close()
+			return lns, fmt.Errorf("listen on --admin-addr: %w", err)
+		}
+	}
+	return lns, nil
+}
+
+// printAgentHint tells the user how to connect an agent and send a request.
+func (c *CLI) printAgentHint(lns edge.Listeners, caFile string) {
+	agent := loopbackIfUnspecified(lns.Agent.LocalAddr().String())
+	proxy := loopbackIfUnspecified(lns.Proxy.Addr().String())
+	cmd := "pico-agent http ENDPOINT UPSTREAM --edge " + agent
+	if caFile != "" {
+		cmd += " --ca " + caFile
+	}
+	fmt.Fprintf(os.Stderr, "\nConnect an agent (here: endpoint foo served by localhost:3000):\n\n"+
+		"    %s\n\n"+
+		"    e.g. go run ./cmd/pico-agent http foo 3000 --edge %s%s\n\n"+
+		"Then send requests:  curl -H 'x-pico-endpoint: foo' http://%s/   or   curl http://foo.localhost:%s/\n\n",
+		cmd, agent, caHint(caFile), proxy, portOf(proxy))
+}
+
+func caHint(caFile string) string {
+	if caFile == "" {
+		return ""
+	}
+	return " --ca " + caFile
+}
+
+func loopbackIfUnspecified(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func portOf(addr string) string {
+	_, port, _ := net.SplitHostPort(addr)
+	return port
+}
+
+// loadResetKey reads the QUIC stateless reset key, creating it (0600) on
+// first start: with the same key after a restart, the node resets the
+// connections of its previous life and agents reconnect at once.
+func loadResetKey(path string) (*quic.StatelessResetKey, error) {
+	var key quic.StatelessResetKey
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil && len(b) == len(key):
+		copy(key[:], b)
+		return &key, nil
+	case err == nil:
+		return nil, fmt.Errorf("QUIC reset key %s has %d bytes, want %d (delete it to make a new one)", path, len(b), len(key))
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("read QUIC reset key: %w", err)
+	}
+	rand.Read(key[:])
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	if err := os.WriteFile(path, key[:], 0o600); err != nil {
+		return nil, fmt.Errorf("write QUIC reset key: %w", err)
+	}
+	return &key, nil
+}

@@ -1,0 +1,416 @@
+package edge
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/pico-edge/pico/quicutil"
+	"github.com/pico-edge/pico/routing"
+)
+
+// acceptAgents accepts agent connections until ctx ends or ln closes. The
+// loop stays trivial: quic-go's accept queue holds only 32 connections.
+func (s *Server) acceptAgents(ctx context.Context, ln *quic.Listener) error {
+	for {
+		conn, err := ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, quic.ErrServerClosed) {
+				return nil
+			}
+			return fmt.Errorf("accept agent connection: %w", err)
+		}
+		s.mu.Lock()
+		if s.draining.Load() {
+			s.mu.Unlock()
+			conn.CloseWithError(quicutil.ConnCodeGoingAway, "edge node is shutting down")
+			continue
+		}
+		s.conns.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.conns.Done()
+			s.serveAgentConn(conn)
+		}()
+	}
+}
+
+// session is one agent connection: its control stream, the endpoints it
+// serves, and an HTTP transport whose connections are streams to it.
+type session struct {
+	srv     *Server
+	id      uint64
+	conn    *quic.Conn
+	log     *slog.Logger
+	hello   quicutil.Hello
+	started time.Time
+	rt      *http.Transport
+
+	inflight atomic.Int64  // streams in flight, for the balancer
+	streams  atomic.Uint64 // streams served in total
+
+	ctrlMu sync.Mutex // serializes writes to ctrl
+	ctrl   *quic.Stream
+
+	mu        sync.Mutex // guards the fields below
+	endpoints map[routing.EndpointID]quicutil.Kind
+	closing   bool
+
+	wg sync.WaitGroup // stream handlers
+}
+
+// Load implements routing.Target.
+func (sess *session) Load() int64 { return sess.inflight.Load() }
+
+func (s *Server) serveAgentConn(conn *quic.Conn) {
+	remote := conn.RemoteAddr().String()
+	log := s.log.With("remote_addr", remote)
+	ctx, cancel := context.WithTimeout(conn.Context(), s.cfg.HelloTimeout)
+	hello, ctrl, br, err := s.readHello(ctx, conn)
+	cancel()
+	if err != nil {
+		code := quicutil.ConnCodeProtocolError
+		if errors.Is(err, context.DeadlineExceeded) {
+			code = quicutil.ConnCodeTimeout
+		}
+		log.Warn("agent connection refused", "err", err)
+		conn.CloseWithError(code, err.Error())
+		return
+	}
+	sess := &session{
+		srv:       s,
+		conn:      conn,
+		hello:     hello,
+		started:   time.Now(),
+		ctrl:      ctrl,
+		endpoints: make(map[routing.EndpointID]quicutil.Kind),
+	}
+	sess.rt = s.newAgentTransport(sess)
+	s.mu.Lock()
+	s.nextID++
+	sess.id = s.nextID
+	s.sessions[sess.id] = sess
+	s.mu.Unlock()
+	sess.log = log.With("agent_id", hello.AgentID, "session", sess.id)
+	s.m.agentConnected.Inc()
+	sess.log.Info("agent connected", "agent", hello.Agent)
+
+	err = sess.writeControl(&quicutil.Welcome{NodeID: s.cfg.NodeID, Version: s.cfg.Version})
+	if err == nil {
+		sess.wg.Go(sess.acceptStreams)
+		err = sess.controlLoop(br)
+	}
+	sess.teardown(err)
+}
+
+// readHello accepts the control stream and reads the agent's Hello.
+func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (quicutil.Hello, *quic.Stream, *bufio.Reader, error) {
+	str, err := conn.AcceptStream(ctx)
+	if err != nil {
+		return quicutil.Hello{}, nil, nil, fmt.Errorf("wait for control stream: %w", err)
+	}
+	deadline, _ := ctx.Deadline()
+	str.SetReadDeadline(deadline)
+	defer str.SetReadDeadline(time.Time{})
+	h, err := quicutil.ReadStreamHeader(str)
+	if err != nil {
+		return quicutil.Hello{}, nil, nil, err
+	}
+	if h.Kind != quicutil.KindControl {
+		return quicutil.Hello{}, nil, nil, fmt.Errorf("first stream is %s, want control", h.Kind)
+	}
+	br := bufio.NewReader(str)
+	msg, err := quicutil.ReadMessage(br)
+	if err != nil {
+		return quicutil.Hello{}, nil, nil, fmt.Errorf("read hello: %w", err)
+	}
+	hello, ok := msg.(*quicutil.Hello)
+	if !ok {
+		return quicutil.Hello{}, nil, nil, fmt.Errorf("first control message is %T, want Hello", msg)
+	}
+	return *hello, str, br, nil
+}
+
+func (sess *session) writeControl(m quicutil.Message) error {
+	sess.ctrlMu.Lock()
+	defer sess.ctrlMu.Unlock()
+	sess.ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	return quicutil.WriteMessage(sess.ctrl, m)
+}
+
+// controlLoop serves registration messages until the control stream or the
+// connection ends. It returns nil when the agent closed on purpose.
+func (sess *session) controlLoop(br *bufio.Reader) error {
+	for {
+		msg, err := quicutil.ReadMessage(br)
+		if err != nil {
+			var ce *quicutil.ControlError
+			if errors.As(err, &ce) {
+				sess.srv.m.registrations["protocol_error"].Inc()
+				sess.conn.CloseWithError(quicutil.ConnCodeProtocolError, ce.Error())
+			}
+			return err
+		}
+		var res *quicutil.Result
+		switch m := msg.(type) {
+		case *quicutil.Register:
+			res = sess.register(m)
+		case *quicutil.Deregister:
+			res = sess.deregister(m)
+		default:
+			err := fmt.Errorf("unexpected control message %T", msg)
+			sess.conn.CloseWithError(quicutil.ConnCodeProtocolError, err.Error())
+			return err
+		}
+		if err := sess.writeControl(res); err != nil {
+			return err
+		}
+	}
+}
+
+func (sess *session) register(m *quicutil.Register) *quicutil.Result {
+	res := &quicutil.Result{Seq: m.Seq, Results: make([]quicutil.EndpointResult, 0, len(m.Endpoints))}
+	s := sess.srv
+	for _, ep := range m.Endpoints {
+		r := sess.registerOne(ep)
+		res.Results = append(res.Results, r)
+		switch r.Code {
+		case quicutil.StatusOK:
+			s.m.registrations["ok"].Inc()
+			sess.log.Info("endpoint registered", "endpoint_id", ep.ID, "protocol", ep.Kind.String())
+		default:
+			s.m.registrations[registrationLabel(r.Code)].Inc()
+			sess.log.Warn("endpoint refused", "endpoint_id", ep.ID, "err", r.Err())
+		}
+	}
+	return res
+}
+
+func registrationLabel(code quicutil.Status) string {
+	switch code {
+	case quicutil.StatusConflict:
+		return "conflict"
+	case quicutil.StatusLimit:
+		return "limit"
+	}
+	return "invalid_endpoint"
+}
+
+func (sess *session) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
+	r := quicutil.EndpointResult{ID: ep.ID}
+	fail := func(code quicutil.Status, format string, args ...any) quicutil.EndpointResult {
+		r.Code, r.Message = code, fmt.Sprintf(format, args...)
+		return r
+	}
+	if err := quicutil.ValidateEndpointID(ep.ID); err != nil {
+		return fail(quicutil.StatusInvalidEndpoint, "%v", err)
+	}
+	if ep.Kind != quicutil.KindHTTP && ep.Kind != quicutil.KindTCP {
+		return fail(quicutil.StatusInvalidEndpoint, "endpoint %q: unknown protocol %s", ep.ID, ep.Kind)
+	}
+	id := routing.EndpointID(ep.ID)
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.closing {
+		return fail(quicutil.StatusShuttingDown, "connection closing")
+	}
+	if k, ok := sess.endpoints[id]; ok && k == ep.Kind {
+		return r // registered already
+	}
+	if max := sess.srv.cfg.MaxEndpointsPerAgent; len(sess.endpoints) >= max {
+		return fail(quicutil.StatusLimit, "agent serves %d endpoints already (max %d per connection)", len(sess.endpoints), max)
+	}
+	if err := sess.srv.table.Add(id, ep.Kind.String(), sess); err != nil {
+		return fail(quicutil.StatusConflict, "endpoint %q is served as %s by another agent; it cannot also be %s",
+			ep.ID, otherKind(ep.Kind), ep.Kind)
+	}
+	sess.endpoints[id] = ep.Kind
+	return r
+}
+
+func otherKind(k quicutil.Kind) quicutil.Kind {
+	if k == quicutil.KindHTTP {
+		return quicutil.KindTCP
+	}
+	return quicutil.KindHTTP
+}
+
+func (sess *session) deregister(m *quicutil.Deregister) *quicutil.Result {
+	res := &quicutil.Result{Seq: m.Seq}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	for _, raw := range m.IDs {
+		id := routing.EndpointID(raw)
+		r := quicutil.EndpointResult{ID: raw}
+		if _, ok := sess.endpoints[id]; !ok {
+			r.Code, r.Message = quicutil.StatusNoRoute, fmt.Sprintf("endpoint %q is not registered on this connection", raw)
+		} else {
+			delete(sess.endpoints, id)
+			sess.srv.table.Remove(id, sess)
+			sess.log.Info("endpoint deregistered", "endpoint_id", raw)
+		}
+		res.Results = append(res.Results, r)
+	}
+	return res
+}
+
+// goAway asks the agent to move to another node.
+func (sess *session) goAway(reason string) {
+	if err := sess.writeControl(&quicutil.GoAway{Reason: reason}); err != nil {
+		sess.log.Debug("send goaway", "err", err)
+	}
+}
+
+func (sess *session) close(code quic.ApplicationErrorCode, reason string) {
+	sess.conn.CloseWithError(code, reason)
+}
+
+// teardown withdraws the session's endpoints at once, closes the
+// connection and waits for its stream handlers.
+func (sess *session) teardown(cause error) {
+	sess.mu.Lock()
+	sess.closing = true
+	ids := make([]routing.EndpointID, 0, len(sess.endpoints))
+	for id := range sess.endpoints {
+		ids = append(ids, id)
+	}
+	sess.mu.Unlock()
+	s := sess.srv
+	s.table.RemoveAll(ids, sess)
+	s.mu.Lock()
+	delete(s.sessions, sess.id)
+	s.mu.Unlock()
+	sess.conn.CloseWithError(quicutil.ConnCodeNormal, "")
+	sess.rt.CloseIdleConnections()
+	sess.wg.Wait()
+	sess.log.Info("agent disconnected", "endpoints", len(ids), "reason", disconnectReason(cause),
+		"connected_for", time.Since(sess.started).Round(time.Millisecond).String())
+}
+
+func disconnectReason(err error) string {
+	var appErr *quic.ApplicationError
+	var idle *quic.IdleTimeoutError
+	switch {
+	case err == nil:
+		return "closed"
+	case errors.As(err, &appErr):
+		if appErr.Remote {
+			if appErr.ErrorMessage != "" {
+				return "agent closed: " + appErr.ErrorMessage
+			}
+			return "agent closed"
+		}
+		return "closed by edge: " + appErr.ErrorMessage
+	case errors.As(err, &idle):
+		return "no answer from agent (idle timeout)"
+	}
+	return err.Error()
+}
+
+// acceptStreams serves streams the agent opens (Dial and pico-agent forward).
+func (sess *session) acceptStreams() {
+	for {
+		str, err := sess.conn.AcceptStream(sess.conn.Context())
+		if err != nil {
+			return
+		}
+		sess.wg.Go(func() { sess.handleDial(str) })
+	}
+}
+
+// handleDial serves one stream opened by the agent: a TCP connection to
+// an endpoint, routed like any other.
+func (sess *session) handleDial(str *quic.Stream) {
+	s := sess.srv
+	c := quicutil.NewConn(str, sess.conn.LocalAddr(), sess.conn.RemoteAddr())
+	str.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
+	h, err := quicutil.ReadStreamHeader(str)
+	str.SetReadDeadline(time.Time{})
+	if err == nil && h.Kind != quicutil.KindTCP {
+		err = fmt.Errorf("agent opened a %s stream; only tcp streams may be opened by agents", h.Kind)
+	}
+	if err != nil {
+		sess.log.Warn("stream refused", "err", err)
+		answer(c, quicutil.StatusBadHeader, err.Error())
+		c.Abort(quicutil.StreamCodeBadHeader)
+		return
+	}
+	if h.ClientAddr == "" {
+		h.ClientAddr = sess.conn.RemoteAddr().String()
+	}
+	s.forwardTCP(c, h, sess.conn.Context())
+}
+
+// answer writes a stream answer; errors are left to the caller's next step.
+func answer(c *quicutil.Conn, code quicutil.Status, msg string) {
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	c.Write(quicutil.AppendAnswer(nil, code, msg))
+	c.SetWriteDeadline(time.Time{})
+}
+
+// openStream opens a stream to the agent with header h.
+func (sess *session) openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, sess.srv.cfg.OpenStreamTimeout)
+	defer cancel()
+	str, err := sess.conn.OpenStreamSync(ctx)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && sess.conn.Context().Err() == nil {
+			return nil, &quicutil.StatusError{Code: quicutil.StatusOverloaded,
+				Message: fmt.Sprintf("agent has %d streams open", quicutil.MaxStreamsToAgent)}
+		}
+		return nil, &linkError{err: err}
+	}
+	sess.streams.Add(1)
+	hdr := h.Append(make([]byte, 0, 16+len(h.Endpoint)+len(h.ClientAddr)))
+	return quicutil.OpenConn(str, sess.conn.LocalAddr(), sess.conn.RemoteAddr(), hdr, wantAnswer), nil
+}
+
+// linkError is a failure of the connection to an agent itself.
+type linkError struct{ err error }
+
+func (e *linkError) Error() string { return "agent link: " + e.err.Error() }
+func (e *linkError) Unwrap() error { return e.err }
+
+// agentInfo describes a session for /status/agents.
+type agentInfo struct {
+	Session    uint64    `json:"session"`
+	AgentID    string    `json:"agent_id"`
+	Agent      string    `json:"agent"`
+	RemoteAddr string    `json:"remote_addr"`
+	Connected  time.Time `json:"connected"`
+	Endpoints  []string  `json:"endpoints"`
+	InFlight   int64     `json:"in_flight"`
+	Streams    uint64    `json:"streams_total"`
+	RTTMillis  float64   `json:"rtt_ms"`
+}
+
+func (sess *session) info() agentInfo {
+	sess.mu.Lock()
+	eps := make([]string, 0, len(sess.endpoints))
+	for id, k := range sess.endpoints {
+		eps = append(eps, string(id)+"/"+k.String())
+	}
+	sess.mu.Unlock()
+	return agentInfo{
+		Session:    sess.id,
+		AgentID:    sess.hello.AgentID,
+		Agent:      sess.hello.Agent,
+		RemoteAddr: sess.conn.RemoteAddr().String(),
+		Connected:  sess.started.UTC(),
+		Endpoints:  eps,
+		InFlight:   sess.inflight.Load(),
+		Streams:    sess.streams.Load(),
+		RTTMillis:  float64(sess.conn.ConnectionStats().SmoothedRTT.Microseconds()) / 1000,
+	}
+}
+
+var _ net.Conn = (*quicutil.Conn)(nil)

@@ -1,0 +1,127 @@
+package edge
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/quic-go/quic-go"
+)
+
+// Config configures a Server. Zero values select the documented defaults
+// (../shared/LIMITS.md gives the reasons for each).
+type Config struct {
+	// NodeID names this node in logs, headers and status; if empty, a random
+	// "edge-xxxxxxxx".
+	NodeID string
+	// Version is reported to agents and in /status; informational.
+	Version string
+
+	// GetCertificate serves the certificate of the agent listener (required).
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// StatelessResetKey lets a restarted node reset the QUIC connections of
+	// its previous life at once, so agents reconnect without waiting for
+	// their idle timeout. If nil, no stateless resets are sent.
+	StatelessResetKey *quic.StatelessResetKey
+
+	// ReadHeaderTimeout bounds reading a client's request header; if zero, 10s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes idle client keep-alive connections; if zero, 60s.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a client's request header; if zero, 32 KiB.
+	MaxHeaderBytes int
+	// ResponseHeaderTimeout bounds the wait for the upstream's response
+	// header once the request is sent (504 after it); if zero, 30s.
+	ResponseHeaderTimeout time.Duration
+	// StreamIdleTimeout ends an HTTP stream (WebSocket, SSE, slow body) with
+	// no byte either way for this long; if zero, 5m.
+	StreamIdleTimeout time.Duration
+	// TCPIdleTimeout ends a TCP forward with no byte either way for this
+	// long; if zero, 1h.
+	TCPIdleTimeout time.Duration
+	// OpenStreamTimeout bounds the wait for a stream to an agent whose
+	// stream limit is reached (503 after it) and for a TCP agent's answer;
+	// if zero, 10s.
+	OpenStreamTimeout time.Duration
+	// HelloTimeout bounds the time a new agent connection has to say hello;
+	// if zero, 10s.
+	HelloTimeout time.Duration
+	// MaxEndpointsPerAgent bounds the endpoints one agent connection may
+	// serve; if zero, 100.
+	MaxEndpointsPerAgent int
+	// ShutdownGrace bounds the wait for requests in flight when Run's
+	// context ends; if zero, 30s.
+	ShutdownGrace time.Duration
+
+	// Logger receives logs; if nil, logs are discarded.
+	Logger *slog.Logger
+	// AccessLog receives one line per request or TCP connection; if nil, Logger.
+	AccessLog *slog.Logger
+	// Metrics receives the node's metrics; if nil, a private set.
+	Metrics *metrics.Set
+}
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.ReadHeaderTimeout, 10*time.Second)
+	def(&c.IdleTimeout, 60*time.Second)
+	def(&c.ResponseHeaderTimeout, 30*time.Second)
+	def(&c.StreamIdleTimeout, 5*time.Minute)
+	def(&c.TCPIdleTimeout, time.Hour)
+	def(&c.OpenStreamTimeout, 10*time.Second)
+	def(&c.HelloTimeout, 10*time.Second)
+	def(&c.ShutdownGrace, 30*time.Second)
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = 32 << 10
+	}
+	if c.MaxEndpointsPerAgent == 0 {
+		c.MaxEndpointsPerAgent = 100
+	}
+	if c.NodeID == "" {
+		c.NodeID = "edge-" + randomHex(4)
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.AccessLog == nil {
+		c.AccessLog = c.Logger
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.NewSet()
+	}
+	return c
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	if c.GetCertificate == nil {
+		return errors.New("edge: config: GetCertificate is required")
+	}
+	for name, d := range map[string]time.Duration{
+		"ReadHeaderTimeout": c.ReadHeaderTimeout, "IdleTimeout": c.IdleTimeout,
+		"ResponseHeaderTimeout": c.ResponseHeaderTimeout, "StreamIdleTimeout": c.StreamIdleTimeout,
+		"TCPIdleTimeout": c.TCPIdleTimeout, "OpenStreamTimeout": c.OpenStreamTimeout,
+		"HelloTimeout": c.HelloTimeout, "ShutdownGrace": c.ShutdownGrace,
+	} {
+		if d < 0 {
+			return fmt.Errorf("edge: config: %s is negative (%s)", name, d)
+		}
+	}
+	if c.MaxHeaderBytes < 0 || c.MaxHeaderBytes > 96<<10 {
+		return fmt.Errorf("edge: config: MaxHeaderBytes %d out of range (0 to 96 KiB)", c.MaxHeaderBytes)
+	}
+	if c.MaxEndpointsPerAgent < 0 {
+		return fmt.Errorf("edge: config: MaxEndpointsPerAgent is negative (%d)", c.MaxEndpointsPerAgent)
+	}
+	return nil
+}

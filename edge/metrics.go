@@ -1,0 +1,47 @@
+package edge
+
+import (
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// serverMetrics are the node's metrics, registered in one *metrics.Set per
+// node so that several nodes can live in one process.
+type serverMetrics struct {
+	requests       [6]*metrics.Counter // by status class; index 0 is "error" (no response)
+	duration       *metrics.PrometheusHistogram
+	activeStreams  *metrics.Gauge // via func
+	tcpConns       *metrics.Counter
+	tcpBytesIn     *metrics.Counter
+	tcpBytesOut    *metrics.Counter
+	registrations  map[string]*metrics.Counter // by result
+	retries        *metrics.Counter
+	agentConnected *metrics.Counter
+}
+
+func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
+	m := &serverMetrics{registrations: make(map[string]*metrics.Counter)}
+	for i, class := range []string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"} {
+		m.requests[i] = set.NewCounter(`pico_requests_total{code="` + class + `"}`)
+	}
+	m.duration = set.NewPrometheusHistogram("pico_request_duration_seconds")
+	set.NewGauge("pico_active_streams", func() float64 { return float64(s.activeStreams.Load()) })
+	set.NewGauge("pico_agents", func() float64 { return float64(s.sessionCount()) })
+	set.NewGauge("pico_endpoints", func() float64 { return float64(s.table.Len()) })
+	m.tcpConns = set.NewCounter("pico_tcp_connections_total")
+	m.tcpBytesIn = set.NewCounter(`pico_tcp_bytes_total{direction="to_upstream"}`)
+	m.tcpBytesOut = set.NewCounter(`pico_tcp_bytes_total{direction="from_upstream"}`)
+	for _, r := range []string{"ok", "invalid_endpoint", "conflict", "limit", "protocol_error"} {
+		m.registrations[r] = set.NewCounter(`pico_registrations_total{result="` + r + `"}`)
+	}
+	m.retries = set.NewCounter("pico_retries_total")
+	m.agentConnected = set.NewCounter("pico_agent_connections_total")
+	return m
+}
+
+func (m *serverMetrics) request(status int) *metrics.Counter {
+	c := status / 100
+	if c < 1 || c > 5 {
+		c = 0
+	}
+	return m.requests[c]
+}

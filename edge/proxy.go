@@ -1,0 +1,485 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/pico-edge/pico/quicutil"
+	"github.com/pico-edge/pico/routing"
+)
+
+// EndpointHeader names the endpoint of a request; it wins over Host.
+const EndpointHeader = "X-Pico-Endpoint"
+
+// maxReplay is how much of a request body is kept so that the request can
+// be retried on another agent when the first one never reached its upstream.
+const maxReplay = 64 << 10
+
+type ctxKey int
+
+const requestInfoKey ctxKey = 0
+
+// requestInfo collects what the transport and the access log need to know
+// of a request.
+type requestInfo struct {
+	endpoint   routing.EndpointID
+	clientAddr string
+	agent    string
+	retried  bool
+	err      error
+}
+
+func (s *Server) newFrontDoor() http.Handler {
+	rp := &httputil.ReverseProxy{
+		Rewrite:      s.rewrite,
+		Transport:    &agentRoundTripper{s: s},
+		ErrorHandler: s.proxyError,
+		BufferPool:   bufferPool{},
+		ErrorLog:     nil,
+	}
+	return &frontDoor{s: s, rp: rp}
+}
+
+type frontDoor struct {
+	s  *Server
+	rp *httputil.ReverseProxy
+}
+
+func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s := f.s
+	start := time.Now()
+	rw := &statusWriter{ResponseWriter: w}
+	info := &requestInfo{clientAddr: r.RemoteAddr}
+	defer func() {
+		d := time.Since(start)
+		s.m.request(rw.status).Inc()
+		s.m.duration.Update(d.Seconds())
+		s.accessLog(r, rw, info, d)
+	}()
+
+	ep, err := endpointOf(r)
+	if err != nil {
+		writeError(rw, r, http.StatusBadRequest, "", err.Error())
+		return
+	}
+	info.endpoint = ep
+	proto, _, err := s.table.Lookup(ep)
+	if err != nil {
+		info.err = err
+		writeError(rw, r, http.StatusBadGateway, ep, fmt.Sprintf("no upstream for endpoint %q", ep))
+		return
+	}
+	if proto != quicutil.KindHTTP.String() {
+		writeError(rw, r, http.StatusBadGateway, ep, fmt.Sprintf(
+			"endpoint %q serves raw TCP, not HTTP; reach it with 'pico-agent forward PORT %s'", ep, ep))
+		return
+	}
+	ctx := context.WithValue(r.Context(), requestInfoKey, info)
+	f.rp.ServeHTTP(rw, r.WithContext(ctx))
+}
+
+// endpointOf finds the endpoint a request names: the X-Pico-Endpoint
+// header, else the first label of a Host with two labels or more.
+func endpointOf(r *http.Request) (routing.EndpointID, error) {
+	if v := r.Header.Get(EndpointHeader); v != "" {
+		v = strings.ToLower(strings.TrimSpace(v))
+		if err := quicutil.ValidateEndpointID(v); err != nil {
+			return "", fmt.Errorf("bad %s header: %v", EndpointHeader, err)
+		}
+		return routing.EndpointID(v), nil
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(host, ".")
+	label, rest, ok := strings.Cut(host, ".")
+	if host == "" || !ok || rest == "" || net.ParseIP(strings.Trim(host, "[]")) != nil {
+		return "", errNoEndpoint
+	}
+	label = strings.ToLower(label)
+	if err := quicutil.ValidateEndpointID(label); err != nil {
+		return "", fmt.Errorf("host %q names no valid endpoint: %v", r.Host, err)
+	}
+	return routing.EndpointID(label), nil
+}
+
+var errNoEndpoint = errors.New("no endpoint in the request: set the " + EndpointHeader +
+	" header, or use a host name whose first label is the endpoint (foo.example.com for endpoint foo)")
+
+// rewrite prepares the outgoing request: the endpoint becomes the URL host
+// (the transport turns it into a stream header), the client's Host is kept,
+// X-Forwarded-* are set by the edge and Pico's own headers are dropped.
+func (s *Server) rewrite(pr *httputil.ProxyRequest) {
+	info := pr.In.Context().Value(requestInfoKey).(*requestInfo)
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = string(info.endpoint)
+	pr.Out.Host = pr.In.Host
+	pr.SetXForwarded()
+	for k := range pr.Out.Header {
+		if len(k) > 7 && strings.EqualFold(k[:7], "X-Pico-") {
+			delete(pr.Out.Header, k)
+		}
+	}
+}
+
+// agentRoundTripper sends a request to an agent that serves its endpoint,
+// and retries once on another agent when that is safe.
+type agentRoundTripper struct{ s *Server }
+
+func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	s := t.s
+	info := req.Context().Value(requestInfoKey).(*requestInfo)
+	var body *replayBody
+	if req.Body != nil && req.Body != http.NoBody {
+		body = newReplayBody(req.Body)
+		req.Body = body.reader()
+	}
+	var tried []routing.Target
+	skip := func(tg routing.Target) bool {
+		for _, x := range tried {
+			if x == tg {
+				return true
+			}
+		}
+		return false
+	}
+	var lastErr error
+	for attempt := 0; attempt < 2; attempt++ {
+		tg, err := s.table.Pick(info.endpoint, skip)
+		if err != nil {
+			if lastErr != nil {
+				return nil, lastErr
+			}
+			return nil, err
+		}
+		sess := tg.(*session)
+		info.agent = sess.hello.AgentID
+		var used *quicutil.Conn
+		trace := &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
+			used, _ = ci.Conn.(*quicutil.Conn)
+		}}
+		ctx := httptrace.WithClientTrace(req.Context(), trace)
+		sess.inflight.Add(1)
+		s.activeStreams.Add(1)
+		resp, err := sess.rt.RoundTrip(req.WithContext(ctx))
+		if err == nil {
+			resp.Body = trackBody(resp.Body, func() {
+				sess.inflight.Add(-1)
+				s.activeStreams.Add(-1)
+			})
+			return resp, nil
+		}
+		sess.inflight.Add(-1)
+		s.activeStreams.Add(-1)
+		lastErr = err
+		if attempt > 0 || !retryable(req, used, err) {
+			break
+		}
+		if body != nil {
+			r, ok := body.rewind()
+			if !ok {
+				break
+			}
+			req.Body = r
+		}
+		tried = append(tried, tg)
+		info.retried = true
+		s.m.retries.Inc()
+		sess.log.Debug("retrying request on another agent", "endpoint_id", info.endpoint, "err", err)
+	}
+	return nil, lastErr
+}
+
+// retryable reports whether a failed attempt may be sent to another agent:
+// always when the upstream never saw it (no stream, or an answer that says
+// so), and for idempotent requests also when the link died before any
+// answer came.
+func retryable(req *http.Request, used *quicutil.Conn, err error) bool {
+	if used == nil {
+		var le *linkError
+		var se *quicutil.StatusError
+		return errors.As(err, &le) || errors.As(err, &se)
+	}
+	ans, ok := used.Answer()
+	if !ok {
+		return false // the request went out on a stream that had answered before
+	}
+	var se *quicutil.StatusError
+	if errors.As(ans, &se) {
+		return true
+	}
+	if errors.Is(ans, quicutil.ErrNoAnswer) {
+		return idempotent(req)
+	}
+	return false
+}
+
+func idempotent(req *http.Request) bool {
+	switch req.Method {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return req.Header.Get("Upgrade") == ""
+	}
+	return false
+}
+
+// newAgentTransport returns the HTTP/1.1 transport whose connections are
+// streams to sess. Keep-alive connections reuse their stream.
+func (s *Server) newAgentTransport(sess *session) *http.Transport {
+	return &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			h := &quicutil.StreamHeader{Kind: quicutil.KindHTTP, Endpoint: host}
+			if info, ok := ctx.Value(requestInfoKey).(*requestInfo); ok {
+				h.ClientAddr = info.clientAddr
+			}
+			c, err := sess.openStream(ctx, h, true)
+			if err != nil {
+				return nil, err
+			}
+			c.SetIdleTimeout(s.cfg.StreamIdleTimeout)
+			return c, nil
+		},
+		MaxIdleConns:           0,
+		MaxIdleConnsPerHost:    256,
+		IdleConnTimeout:        s.cfg.IdleTimeout,
+		ResponseHeaderTimeout:  s.cfg.ResponseHeaderTimeout,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 64 << 10,
+		DisableCompression:     true,
+		WriteBufferSize:        32 << 10,
+		ReadBufferSize:         32 << 10,
+	}
+}
+
+// proxyError answers a request that could not be proxied, saying why.
+func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	info := r.Context().Value(requestInfoKey).(*requestInfo)
+	info.err = err
+	ep := info.endpoint
+	if r.Context().Err() != nil {
+		// The client went away; nobody reads the answer.
+		w.WriteHeader(statusClientClosed)
+		return
+	}
+	status, msg := http.StatusBadGateway, ""
+	var se *quicutil.StatusError
+	var le *linkError
+	var appErr *quic.ApplicationError
+	var idle *quic.IdleTimeoutError
+	var strErr *quic.StreamError
+	switch {
+	case errors.Is(err, routing.ErrNoRoute):
+		msg = fmt.Sprintf("no upstream for endpoint %q", ep)
+	case errors.As(err, &se):
+		switch se.Code {
+		case quicutil.StatusUpstreamTimeout:
+			status = http.StatusGatewayTimeout
+		case quicutil.StatusOverloaded:
+			status = http.StatusServiceUnavailable
+		}
+		msg = fmt.Sprintf("endpoint %q: %s", ep, se.Message)
+		if se.Message == "" {
+			msg = fmt.Sprintf("endpoint %q: %s", ep, se.Code)
+		}
+	case isTimeout(err):
+		status = http.StatusGatewayTimeout
+		msg = fmt.Sprintf("endpoint %q: upstream did not answer within %s", ep, s.cfg.ResponseHeaderTimeout)
+	case errors.As(err, &idle):
+		msg = fmt.Sprintf("endpoint %q: agent stopped answering (connection timed out)", ep)
+	case errors.As(err, &appErr), errors.As(err, &le), errors.Is(err, quicutil.ErrNoAnswer):
+		msg = fmt.Sprintf("endpoint %q: agent disconnected before answering", ep)
+	case errors.As(err, &strErr):
+		msg = fmt.Sprintf("endpoint %q: agent reset the stream (upstream connection failed)", ep)
+	default:
+		msg = fmt.Sprintf("endpoint %q: %v", ep, err)
+	}
+	writeError(w, r, status, ep, msg)
+}
+
+// statusClientClosed is logged for requests whose client went away (nginx's 499).
+const statusClientClosed = 499
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() && !isIdle(err)
+}
+
+func isIdle(err error) bool {
+	var idle *quic.IdleTimeoutError
+	return errors.As(err, &idle)
+}
+
+// writeError writes an error answer: text, or JSON when the client asks
+// for it with Accept.
+func writeError(w http.ResponseWriter, r *http.Request, status int, ep routing.EndpointID, msg string) {
+	h := w.Header()
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if strings.Contains(r.Header.Get("Accept"), "application/json") {
+		h.Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		json.NewEncoder(w).Encode(struct {
+			Status   int    `json:"status"`
+			Error    string `json:"error"`
+			Endpoint string `json:"endpoint,omitempty"`
+		}{status, msg, string(ep)})
+		return
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(status)
+	io.WriteString(w, msg+"\n")
+}
+
+// replayBody keeps the first maxReplay bytes read from a request body so a
+// new reader can start over, as long as no more than that was read.
+type replayBody struct {
+	mu   sync.Mutex // guards the fields below; held across src.Read
+	src  io.ReadCloser
+	buf  []byte
+	over bool // more than maxReplay read: no replay
+	eof  bool
+	gen  int // readers of older generations are detached
+}
+
+func newReplayBody(src io.ReadCloser) *replayBody { return &replayBody{src: src} }
+
+func (b *replayBody) reader() io.ReadCloser { return &replayReader{b: b, gen: b.gen} }
+
+// rewind detaches earlier readers and returns one that starts over.
+func (b *replayBody) rewind() (io.ReadCloser, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.over {
+		return nil, false
+	}
+	b.gen++
+	return &replayReader{b: b, gen: b.gen}, true
+}
+
+type replayReader struct {
+	b   *replayBody
+	gen int
+	off int
+}
+
+var errDetached = errors.New("edge: request body taken over by a retry")
+
+func (r *replayReader) Read(p []byte) (int, error) {
+	b := r.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if r.gen != b.gen {
+		return 0, errDetached
+	}
+	if r.off < len(b.buf) {
+		n := copy(p, b.buf[r.off:])
+		r.off += n
+		return n, nil
+	}
+	if b.eof {
+		return 0, io.EOF
+	}
+	n, err := b.src.Read(p)
+	if n > 0 && !b.over {
+		if len(b.buf)+n > maxReplay {
+			b.over, b.buf = true, nil
+		} else {
+			b.buf = append(b.buf, p[:n]...)
+		}
+	}
+	if !b.over {
+		r.off = len(b.buf)
+	}
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+// Close leaves the client's body alone: the server closes it, and a retry
+// may still read it.
+func (r *replayReader) Close() error { return nil }
+
+// trackBody calls done once when the response body is closed. A 101
+// response's body is the upgraded connection: it stays writable.
+func trackBody(body io.ReadCloser, done func()) io.ReadCloser {
+	t := trackedBody{ReadCloser: body, done: sync.OnceFunc(done)}
+	if rw, ok := body.(io.ReadWriteCloser); ok {
+		return &trackedRWBody{trackedBody: t, w: rw}
+	}
+	return &t
+}
+
+type trackedBody struct {
+	io.ReadCloser
+	done func()
+}
+
+func (b *trackedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.done()
+	return err
+}
+
+type trackedRWBody struct {
+	trackedBody
+	w io.Writer
+}
+
+func (b *trackedRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
+
+// bufferPool lends ReverseProxy its 32 KiB copy buffers.
+type bufferPool struct{}
+
+var proxyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *proxyBufs.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { proxyBufs.Put(&b) }
+
+// statusWriter records the status and size of a response. Unwrap lets
+// http.ResponseController reach Flush and Hijack of the real writer.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 || w.status < 200 && w.status != http.StatusSwitchingProtocols {
+		w.status = code // the last informational status gives way to the final one
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

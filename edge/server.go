@@ -1,0 +1,264 @@
+// Package edge is a Pico edge node: the front door that takes client
+// requests, the agent listener that takes agent connections over QUIC, and
+// the admin API. Create one with New and run it with Run.
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pico-edge/pico/quicutil"
+	"github.com/pico-edge/pico/routing"
+)
+
+// Listeners are the sockets a Server serves. The caller opens them (so tests
+// can use 127.0.0.1:0); Run closes them.
+type Listeners struct {
+	Proxy net.Listener   // plain HTTP/1.1 front door
+	Agent net.PacketConn // UDP for QUIC: agents and forwarders
+	Admin net.Listener   // admin API; may be nil
+}
+
+// Server is one edge node.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	table *routing.Table
+	m     *serverMetrics
+
+	proxy    http.Handler
+	httpSrv  *http.Server
+	adminSrv *http.Server
+
+	mu       sync.Mutex // guards the fields below
+	sessions map[uint64]*session
+	nextID   uint64
+	tr       *quic.Transport
+	ln       *quic.Listener
+	running  bool
+
+	activeStreams atomic.Int64
+	draining      atomic.Bool
+	ready         atomic.Bool
+	conns         sync.WaitGroup // session goroutines
+
+	closeOnce sync.Once
+	closed    chan struct{} // closed by Close
+	runDone   chan struct{} // closed when Run returns
+}
+
+// New validates cfg and allocates a Server; Run starts it.
+func New(cfg Config) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		table:    routing.NewTable(),
+		sessions: make(map[uint64]*session),
+		closed:   make(chan struct{}),
+		runDone:  make(chan struct{}),
+	}
+	s.m = newServerMetrics(cfg.Metrics, s)
+	s.proxy = s.newFrontDoor()
+	return s, nil
+}
+
+// NodeID returns the node's ID.
+func (s *Server) NodeID() string { return s.cfg.NodeID }
+
+// Table returns the node's routing table (read it, do not change it).
+func (s *Server) Table() *routing.Table { return s.table }
+
+// Handler returns the front door as an http.Handler.
+func (s *Server) Handler() http.Handler { return s.proxy }
+
+// Run serves lns until ctx is done, then drains (agents are told to go
+// away, requests in flight get Config.ShutdownGrace) and returns nil. It
+// returns an error if a listener fails. Run closes lns.
+func (s *Server) Run(ctx context.Context, lns Listeners) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return errors.New("edge: Run called twice")
+	}
+	s.running = true
+	s.mu.Unlock()
+	defer close(s.runDone)
+	tlsConf := &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: s.cfg.GetCertificate,
+		NextProtos:     []string{quicutil.ALPNAgent},
+	}
+	tr := &quic.Transport{Conn: lns.Agent, StatelessResetKey: s.cfg.StatelessResetKey}
+	ln, err := tr.Listen(tlsConf, quicutil.EdgeConfig())
+	if err != nil {
+		closeAll(lns)
+		tr.Close()
+		return fmt.Errorf("listen for agents on %s: %w", lns.Agent.LocalAddr(), err)
+	}
+	if udp, ok := lns.Agent.(*net.UDPConn); ok {
+		if advice := quicutil.UDPBufferAdvice(udp); advice != "" {
+			s.log.Warn(advice)
+		}
+	}
+	s.httpSrv = &http.Server{
+		Handler:           s.proxy,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
+		ErrorLog:          log.New(slogWriter{s.log, slog.LevelDebug}, "", 0),
+	}
+	s.mu.Lock()
+	s.tr, s.ln = tr, ln
+	s.mu.Unlock()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.acceptAgents(gctx, ln) })
+	g.Go(func() error {
+		if err := s.httpSrv.Serve(lns.Proxy); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve proxy on %s: %w", lns.Proxy.Addr(), err)
+		}
+		return nil
+	})
+	if lns.Admin != nil {
+		s.adminSrv = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			if err := s.adminSrv.Serve(lns.Admin); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve admin on %s: %w", lns.Admin.Addr(), err)
+			}
+			return nil
+		})
+	}
+	s.ready.Store(true)
+	s.log.Info("edge node ready", "node_id", s.cfg.NodeID, "proxy_addr", lns.Proxy.Addr().String(),
+		"agent_addr", lns.Agent.LocalAddr().String())
+
+	g.Go(func() error {
+		select {
+		case <-gctx.Done():
+		case <-s.closed:
+		}
+		s.shutdown(ctx.Err() != nil)
+		return nil
+	})
+	err = g.Wait()
+	if ctx.Err() != nil && err == nil {
+		return nil
+	}
+	return err
+}
+
+// shutdown drains when graceful, then closes everything. It runs once.
+func (s *Server) shutdown(graceful bool) {
+	s.ready.Store(false)
+	s.mu.Lock() // after this, acceptAgents adds no connection to s.conns
+	s.draining.Store(true)
+	s.mu.Unlock()
+	grace := s.cfg.ShutdownGrace
+	if !graceful {
+		grace = 0
+	}
+	s.log.Info("edge node shutting down", "node_id", s.cfg.NodeID, "grace", grace.String())
+	for _, sess := range s.sessionList() {
+		sess.goAway("edge node " + s.cfg.NodeID + " is shutting down")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	s.httpSrv.Shutdown(ctx) // waits for requests in flight until ctx ends
+	s.httpSrv.Close()
+	if s.adminSrv != nil {
+		s.adminSrv.Close()
+	}
+	// Streams of TCP forwards and upgraded connections get the rest of the grace.
+	for s.activeStreams.Load() > 0 && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	s.mu.Lock()
+	ln, tr := s.ln, s.tr
+	s.mu.Unlock()
+	ln.Close()
+	for _, sess := range s.sessionList() {
+		sess.close(quicutil.ConnCodeGoingAway, "edge node shutting down")
+	}
+	s.conns.Wait()
+	tr.Close()
+	tr.Conn.Close()
+}
+
+// Close stops a running Server at once, without grace, and waits for Run to
+// tidy up. It is safe to call more than once, and before Run.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() { close(s.closed) })
+	s.mu.Lock()
+	running := s.running
+	s.mu.Unlock()
+	if running {
+		<-s.runDone
+	}
+	return nil
+}
+
+func closeAll(lns Listeners) {
+	lns.Proxy.Close()
+	lns.Agent.Close()
+	if lns.Admin != nil {
+		lns.Admin.Close()
+	}
+}
+
+func (s *Server) sessionList() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		out = append(out, sess)
+	}
+	return out
+}
+
+func (s *Server) sessionCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// slogWriter adapts a *log.Logger's output (http.Server's ErrorLog) to slog.
+type slogWriter struct {
+	log   *slog.Logger
+	level slog.Level
+}
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	msg := string(p)
+	if n := len(msg); n > 0 && msg[n-1] == '\n' {
+		msg = msg[:n-1]
+	}
+	w.log.Log(context.Background(), w.level, msg)
+	return len(p), nil
+}

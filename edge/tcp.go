@@ -1,0 +1,118 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/pico-edge/pico/quicutil"
+	"github.com/pico-edge/pico/routing"
+)
+
+// forwardTCP connects a stream opened by a forwarder to an agent serving
+// h.Endpoint, answers the forwarder, and splices the two streams.
+func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx context.Context) {
+	start := time.Now()
+	id := routing.EndpointID(h.Endpoint)
+	s.m.tcpConns.Inc()
+	target, sess, err := s.dialEndpoint(ctx, id, h.ClientAddr)
+	attrs := []slog.Attr{
+		slog.String("endpoint_id", h.Endpoint),
+		slog.String("proto", "tcp"),
+		slog.String("remote_addr", h.ClientAddr),
+		slog.String("node_id", s.cfg.NodeID),
+	}
+	if err != nil {
+		code, msg := quicutil.StatusInternal, err.Error()
+		var se *quicutil.StatusError
+		switch {
+		case errors.Is(err, routing.ErrNoRoute):
+			code, msg = quicutil.StatusNoRoute, fmt.Sprintf("no upstream for endpoint %q", h.Endpoint)
+		case errors.As(err, &se):
+			code, msg = se.Code, fmt.Sprintf("endpoint %q: %s", h.Endpoint, se.Message)
+		default:
+			code, msg = quicutil.StatusUpstreamUnreachable, fmt.Sprintf("endpoint %q: agent link failed: %v", h.Endpoint, err)
+		}
+		answer(client, code, msg)
+		client.Close()
+		s.cfg.AccessLog.LogAttrs(ctx, slog.LevelInfo, "tcp connection", append(attrs,
+			slog.Duration("duration", time.Since(start)), slog.String("err", msg))...)
+		return
+	}
+	defer sess.inflight.Add(-1)
+	s.activeStreams.Add(1)
+	defer s.activeStreams.Add(-1)
+	answer(client, quicutil.StatusOK, "")
+	res := quicutil.Join(client, target, s.cfg.TCPIdleTimeout)
+	s.m.tcpBytesIn.Add(int(res.AToB))
+	s.m.tcpBytesOut.Add(int(res.BToA))
+	attrs = append(attrs,
+		slog.String("agent_id", sess.hello.AgentID),
+		slog.Int64("bytes_in", res.AToB),
+		slog.Int64("bytes_out", res.BToA),
+		slog.Duration("duration", time.Since(start)))
+	if res.Err != nil {
+		attrs = append(attrs, slog.String("err", res.Err.Error()))
+	}
+	s.cfg.AccessLog.LogAttrs(ctx, slog.LevelInfo, "tcp connection", attrs...)
+}
+
+// dialEndpoint opens a TCP stream to an agent serving id and waits for its
+// answer. The upstream has seen no byte before a good answer, so a failure
+// is retried once on another agent. On success the session's in-flight
+// count includes the stream; the caller decrements it.
+func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, clientAddr string) (*quicutil.Conn, *session, error) {
+	var tried []routing.Target
+	skip := func(tg routing.Target) bool {
+		for _, x := range tried {
+			if x == tg {
+				return true
+			}
+		}
+		return false
+	}
+	var lastErr error
+	for attempt := 0; attempt < 2; attempt++ {
+		tg, err := s.table.Pick(id, skip)
+		if err != nil {
+			if lastErr != nil {
+				return nil, nil, lastErr
+			}
+			return nil, nil, err
+		}
+		sess := tg.(*session)
+		sess.inflight.Add(1)
+		c, err := s.openAnswered(ctx, sess, id, clientAddr)
+		if err == nil {
+			return c, sess, nil
+		}
+		sess.inflight.Add(-1)
+		lastErr = err
+		tried = append(tried, tg)
+		if attempt == 0 {
+			s.m.retries.Inc()
+		}
+	}
+	return nil, nil, lastErr
+}
+
+func (s *Server) openAnswered(ctx context.Context, sess *session, id routing.EndpointID, clientAddr string) (*quicutil.Conn, error) {
+	c, err := sess.openStream(ctx, &quicutil.StreamHeader{Kind: quicutil.KindTCP, Endpoint: string(id), ClientAddr: clientAddr}, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Flush(); err != nil {
+		c.Abort(quicutil.StreamCodeCanceled)
+		return nil, &linkError{err: err}
+	}
+	c.SetReadDeadline(time.Now().Add(s.cfg.OpenStreamTimeout))
+	err = quicutil.ReadAnswer(c)
+	c.SetReadDeadline(time.Time{})
+	if err != nil {
+		c.Abort(quicutil.StreamCodeCanceled)
+		return nil, err
+	}
+	return c, nil
+}

@@ -1,0 +1,78 @@
+package quicutil
+
+import (
+	"fmt"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Link timing of agent connections (LIMITS.md: fail fast, like cloudflared).
+const (
+	AgentKeepAlive    = 1 * time.Second
+	AgentIdleTimeout  = 5 * time.Second
+	HandshakeTimeout  = 5 * time.Second
+	MaxStreamsToAgent = 1000 // streams the edge may have open to one agent connection
+	MaxStreamsToEdge  = 1000 // streams an agent may have open to the edge (control + Dial)
+)
+
+// Flow-control windows of agent links, sized so that stalled readers on a few
+// streams never exhaust the connection window (QUIC.md pitfall 2):
+// the initial connection window covers 60 stalled streams.
+const (
+	streamWindowInitial = 512 << 10
+	streamWindowMax     = 6 << 20
+	connWindowInitial   = 32 << 20
+	connWindowMax       = 64 << 20
+)
+
+// LinkConfig is the quic.Config shared by both ends of an agent link.
+// maxIncoming bounds the streams the peer may open.
+func LinkConfig(maxIncoming int64) *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout:           HandshakeTimeout,
+		MaxIdleTimeout:                 AgentIdleTimeout,
+		KeepAlivePeriod:                AgentKeepAlive,
+		MaxIncomingStreams:             maxIncoming,
+		MaxIncomingUniStreams:          -1,
+		InitialStreamReceiveWindow:     streamWindowInitial,
+		MaxStreamReceiveWindow:         streamWindowMax,
+		InitialConnectionReceiveWindow: connWindowInitial,
+		MaxConnectionReceiveWindow:     connWindowMax,
+		Allow0RTT:                      false,
+	}
+}
+
+// EdgeConfig is the quic.Config of the edge's agent listener.
+func EdgeConfig() *quic.Config { return LinkConfig(MaxStreamsToEdge) }
+
+// AgentConfig is the quic.Config an agent dials with.
+func AgentConfig() *quic.Config { return LinkConfig(MaxStreamsToAgent) }
+
+// WantUDPBuffer is the socket buffer size quic-go asks for.
+const WantUDPBuffer = 7 << 20
+
+// UDPBufferAdvice reports, for a socket that quic-go has already tuned, a
+// warning with the sysctl commands to run when its buffers are smaller than
+// quic-go wants, or "" when they are large enough. Linux reports twice the
+// size it granted.
+func UDPBufferAdvice(c *net.UDPConn) string {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return ""
+	}
+	var rcv, snd int
+	rc.Control(func(fd uintptr) {
+		rcv, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF)
+		snd, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF)
+	})
+	if rcv >= WantUDPBuffer && snd >= WantUDPBuffer {
+		return ""
+	}
+	return fmt.Sprintf("UDP socket buffers are small (receive %d KiB, send %d KiB; QUIC wants %d KiB): "+
+		"throughput will suffer under load; raise them with "+
+		"'sysctl -w net.core.rmem_max=7500000 net.core.wmem_max=7500000'",
+		rcv>>10, snd>>10, WantUDPBuffer>>10)
+}

@@ -1,0 +1,271 @@
+package quicutil
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Stream error codes, sent with RESET_STREAM and STOP_SENDING.
+const (
+	StreamCodeCanceled    quic.StreamErrorCode = 0 // the reader no longer wants the data
+	StreamCodeAborted     quic.StreamErrorCode = 1 // the other side of the splice failed
+	StreamCodeIdleTimeout quic.StreamErrorCode = 2 // no byte either way for the idle timeout
+	StreamCodeBadHeader   quic.StreamErrorCode = 3 // the stream header was malformed
+)
+
+// Connection error codes, sent with CONNECTION_CLOSE.
+const (
+	ConnCodeNormal        quic.ApplicationErrorCode = 0 // closed on purpose
+	ConnCodeGoingAway     quic.ApplicationErrorCode = 1 // node shutting down: reconnect elsewhere
+	ConnCodeUnauthorized  quic.ApplicationErrorCode = 2 // token refused: do not retry with the same token
+	ConnCodeProtocolError quic.ApplicationErrorCode = 3 // the peer broke the protocol
+	ConnCodeTimeout       quic.ApplicationErrorCode = 4 // the peer did not complete a step in time
+	ConnCodeLimit         quic.ApplicationErrorCode = 5 // a limit on connections was reached
+)
+
+// Conn is a bidirectional QUIC stream as a net.Conn. Read and Write may be
+// called concurrently with each other (one goroutine each); Close and Abort
+// may be called from any goroutine, any number of times.
+//
+// A Conn made with OpenConn sends its header together with the first Write,
+// and reads the peer's answer before the first byte Read returns.
+type Conn struct {
+	str    *quic.Stream
+	local  net.Addr
+	remote net.Addr
+
+	idle     time.Duration // 0: no idle timeout
+	lastIO   atomic.Int64  // unix nanos of the last byte read or written
+	deadline time.Time     // read deadline last set by the idle logic (reader only)
+	userRD   atomic.Bool   // SetReadDeadline was called by the user: idle logic stands aside
+	rdReset  atomic.Bool   // the user cleared its read deadline: re-arm the idle deadline
+	aborted  atomic.Bool   // RESET_STREAM sent: never send FIN after it
+
+	wmu     sync.Mutex // serializes Write, CloseWrite and the FIN of Close
+	pending []byte     // header to send before the first write (under wmu)
+	wdone   bool       // FIN or RESET sent (under wmu)
+
+	answerWanted bool         // read an answer before the first byte (reader only)
+	answer       atomic.Value // error: nil, *StatusError or ErrNoAnswer (set once)
+
+	closeOnce sync.Once
+}
+
+// NewConn wraps an accepted stream.
+func NewConn(str *quic.Stream, local, remote net.Addr) *Conn {
+	c := &Conn{str: str, local: local, remote: remote}
+	c.touch()
+	return c
+}
+
+// OpenConn wraps a stream this side opened: header is sent with the first
+// Write (or by Flush), and when wantAnswer is set the first Read consumes the
+// peer's answer and fails with it unless it is StatusOK.
+func OpenConn(str *quic.Stream, local, remote net.Addr, header []byte, wantAnswer bool) *Conn {
+	c := NewConn(str, local, remote)
+	c.pending = header
+	c.answerWanted = wantAnswer
+	return c
+}
+
+// SetIdleTimeout makes Read fail with os.ErrDeadlineExceeded after d with no
+// byte read or written. Call it before the first Read.
+func (c *Conn) SetIdleTimeout(d time.Duration) { c.idle = d }
+
+func (c *Conn) touch() { c.lastIO.Store(time.Now().UnixNano()) }
+
+// LastActivity reports when a byte was last read or written.
+func (c *Conn) LastActivity() time.Time { return time.Unix(0, c.lastIO.Load()) }
+
+// Stream returns the underlying stream.
+func (c *Conn) Stream() *quic.Stream { return c.str }
+
+// Answer reports the peer's answer once it was read: (nil, true) for
+// StatusOK, (err, true) for a refusal or a stream that ended first, and
+// (nil, false) while no answer has been read.
+func (c *Conn) Answer() (error, bool) {
+	v := c.answer.Load()
+	if v == nil {
+		return nil, false
+	}
+	return v.(answerBox).err, true
+}
+
+type answerBox struct{ err error }
+
+func (c *Conn) Read(p []byte) (int, error) {
+	if c.answerWanted {
+		c.answerWanted = false
+		err := c.readWithIdle(func() error { return ReadAnswer(c.str) })
+		c.answer.Store(answerBox{err})
+		if err != nil {
+			return 0, err
+		}
+	}
+	var n int
+	err := c.readWithIdle(func() error {
+		var err error
+		n, err = c.str.Read(p)
+		return err
+	})
+	if n > 0 {
+		c.touch()
+	}
+	return n, err
+}
+
+// readWithIdle runs read under the idle deadline, extending it while the
+// write side is busy: the stream is idle only when neither side moves.
+func (c *Conn) readWithIdle(read func() error) error {
+	if c.idle <= 0 || c.userRD.Load() {
+		return read()
+	}
+	if c.rdReset.Swap(false) {
+		c.deadline = time.Time{}
+	}
+	for {
+		due := c.LastActivity().Add(c.idle)
+		// Moving the deadline costs a lock in quic-go; do it only when it is
+		// off by more than a tenth of the timeout.
+		if d := due.Sub(c.deadline); d > c.idle/10 || d < -c.idle/10 {
+			c.deadline = due
+			c.str.SetReadDeadline(due)
+		}
+		err := read()
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || c.userRD.Load() {
+			return err
+		}
+		if time.Since(c.LastActivity()) >= c.idle {
+			return err
+		}
+	}
+}
+
+func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wdone {
+		return 0, net.ErrClosed
+	}
+	if c.pending != nil {
+		// One write carries the header and the first payload bytes.
+		buf := append(c.pending, p...)
+		c.pending = nil
+		n, err := c.str.Write(buf)
+		c.touch()
+		n -= len(buf) - len(p)
+		if n < 0 {
+			n = 0
+		}
+		return n, err
+	}
+	n, err := c.str.Write(p)
+	if n > 0 {
+		c.touch()
+	}
+	return n, err
+}
+
+// Prepend queues b to go out with the next Write (or Flush, or CloseWrite):
+// an accepting side uses it to send its answer in the same packet as the
+// first response bytes.
+func (c *Conn) Prepend(b []byte) {
+	c.wmu.Lock()
+	c.pending = append(c.pending, b...)
+	c.wmu.Unlock()
+}
+
+// Flush sends the pending header, if any, without payload.
+func (c *Conn) Flush() error {
+	_, err := c.Write(nil)
+	return err
+}
+
+// CloseWrite sends FIN: the peer reads EOF after the bytes written so far.
+func (c *Conn) CloseWrite() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.finLocked()
+}
+
+func (c *Conn) finLocked() error {
+	if c.wdone || c.aborted.Load() {
+		return nil
+	}
+	if c.pending != nil {
+		if _, err := c.str.Write(c.pending); err != nil {
+			c.pending = nil
+			c.wdone = true
+			c.str.CancelWrite(StreamCodeAborted)
+			return err
+		}
+		c.pending = nil
+	}
+	c.wdone = true
+	return c.str.Close()
+}
+
+// CloseRead tells the peer to stop sending (STOP_SENDING).
+func (c *Conn) CloseRead() error {
+	c.str.CancelRead(StreamCodeCanceled)
+	return nil
+}
+
+// Close ends both directions: data already written is still delivered
+// (FIN), unread data is discarded (STOP_SENDING). A Write blocked on flow
+// control at that moment is aborted instead (RESET_STREAM), and so is a
+// stream that never sent its header.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.str.CancelRead(StreamCodeCanceled)
+		if c.wmu.TryLock() {
+			if c.pending != nil {
+				// Never used: the peer has nothing to serve, so do not
+				// send it a header; reset the stream instead.
+				c.pending = nil
+				c.wdone = true
+				c.aborted.Store(true)
+				c.str.CancelWrite(StreamCodeCanceled)
+			} else {
+				c.finLocked()
+			}
+			c.wmu.Unlock()
+			return
+		}
+		c.aborted.Store(true)
+		c.str.CancelWrite(StreamCodeAborted)
+	})
+	return nil
+}
+
+// Abort resets both directions with code: nothing more is delivered.
+func (c *Conn) Abort(code quic.StreamErrorCode) {
+	c.closeOnce.Do(func() {
+		c.aborted.Store(true)
+		c.str.CancelRead(code)
+		c.str.CancelWrite(code)
+	})
+}
+
+func (c *Conn) LocalAddr() net.Addr  { return c.local }
+func (c *Conn) RemoteAddr() net.Addr { return c.remote }
+
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.str.SetWriteDeadline(t)
+}
+
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if c.userRD.Swap(!t.IsZero()) && t.IsZero() {
+		c.rdReset.Store(true)
+	}
+	return c.str.SetReadDeadline(t)
+}
+
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.str.SetWriteDeadline(t) }

@@ -1,0 +1,63 @@
+// Package quicutil is the wire protocol that pico-edge and pico-agent share:
+// ALPN names, the stream header and answer, control messages, error codes,
+// quic-go configuration presets, a QUIC stream as a net.Conn, and Join, which
+// splices two connections with half-close.
+//
+// It imports no other Pico package.
+//
+// # Flow
+//
+//	agent                                   edge
+//	  | QUIC handshake, ALPN "pico-agent/1"   |
+//	  |-- stream 0: header{kind=control} ---->|
+//	  |-- Hello{token, agent} --------------->|
+//	  |<-------------- Welcome{node} ---------|  (or CONNECTION_CLOSE with a code)
+//	  |-- Register{seq, endpoints} ---------->|
+//	  |<-------------- Result{seq, per-ID} ---|
+//	  |                 ...                   |
+//	  |<-------------- GoAway{reason} --------|  (node drains: move elsewhere)
+//	  |                                       |
+//	  |<== stream: header{http|tcp, id, client} + request bytes
+//	  |==> answer{code, msg} + response bytes (code OK: upstream reached)
+//	  |                                       |
+//	  |== stream: header{tcp, id} ==========> |  (Dial / pico-agent forward)
+//	  |<========================= answer + bytes
+//
+// # Stream header
+//
+// Every bidirectional stream starts with a header written by the side that
+// opens it, in the same flight as the first payload bytes:
+//
+//	version  uint8        HeaderVersion (1)
+//	length   uint16 (BE)  length of the rest, at most MaxHeaderLen
+//	kind     uint8        KindControl (0), KindHTTP (1) or KindTCP (2)
+//	flags    uint8        FlagRelayed (bit 0); other bits must be zero
+//	idLen    uint8        0 for control, else 1..63
+//	id       [idLen]      endpoint ID, a DNS label (ValidateEndpointID)
+//	addrLen  uint8        0..MaxAddrLen
+//	addr     [addrLen]    client address ("ip:port"), informational
+//	extensions            until length: key uint8 | len uvarint | value;
+//	                      unknown keys are skipped, so fields can be added
+//	                      without a new version.
+//
+// The side that accepts a stream of kind http or tcp answers before any
+// other byte:
+//
+//	code    uint8   StatusOK, or why the stream cannot be served
+//	msgLen  uint8
+//	msg     [msgLen] a short reason for people, UTF-8
+//
+// StatusOK means the upstream was reached. Any other code means the upstream
+// never saw a byte, so the opener may retry on another target.
+//
+// # Control stream
+//
+// The first stream an agent opens has kind control and carries frames:
+//
+//	type    uint8
+//	length  uvarint, at most MaxControlFrameLen
+//	body    [length]
+//
+// Bodies are sequences of uvarint integers and length-prefixed strings; each
+// message type documents its fields beside its Go type.
+package quicutil
