@@ -36,9 +36,9 @@ const requestInfoKey ctxKey = 0
 type requestInfo struct {
 	endpoint   routing.EndpointID
 	clientAddr string
-	agent    string
-	retried  bool
-	err      error
+	agent      string
+	retried    bool
+	err        error
 }
 
 func (s *Server) newFrontDoor() http.Handler {

@@ -215,7 +215,7 @@ func ReadStreamHeader(r io.Reader) (StreamHeader, error) {
 	if n > MaxHeaderLen {
 		return StreamHeader{}, headerErr("length %d (max %d)", n, MaxHeaderLen)
 	}
-	b := buf[:3+n:3+n]
+	b := buf[: 3+n : 3+n]
 	if 3+n > len(buf) {
 		b = make([]byte, 3+n)
 		copy(b, buf[:3])

@@ -43,7 +43,7 @@ type CLI struct {
 	MaxEndpointsPerAgent  int           `help:"Endpoints one agent connection may serve." default:"100" group:"Limits"`
 	ShutdownGrace         time.Duration `help:"Time requests in flight get to finish on SIGTERM." default:"30s" group:"Limits"`
 
-	AccessLog bool `help:"Log one line per request and TCP connection." default:"true" negatable:"" group:"Logging"`
+	AccessLog    bool `help:"Log one line per request and TCP connection." default:"true" negatable:"" group:"Logging"`
 	cli.LogFlags `embed:"" group:"Logging"`
 }
 
