@@ -147,8 +147,12 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		})
 	}
 	s.ready.Store(true)
-	s.log.Info("edge node ready", "node_id", s.cfg.NodeID, "proxy_addr", lns.Proxy.Addr().String(),
-		"agent_addr", lns.Agent.LocalAddr().String())
+	attrs := []any{"node_id", s.cfg.NodeID, "proxy_addr", lns.Proxy.Addr().String(),
+		"agent_addr", lns.Agent.LocalAddr().String()}
+	if lns.Admin != nil {
+		attrs = append(attrs, "admin_addr", lns.Admin.Addr().String())
+	}
+	s.log.Info("edge node ready", attrs...)
 
 	g.Go(func() error {
 		select {
