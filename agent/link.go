@@ -235,8 +235,9 @@ func (l *link) handleStream(str *quic.Stream) {
 	}
 	if err != nil {
 		l.log.Warn("stream refused", "err", err)
+		str.CancelRead(quicutil.StreamCodeBadHeader)
 		writeAnswer(c, quicutil.StatusBadHeader, err.Error())
-		c.Abort(quicutil.StreamCodeBadHeader)
+		c.Close()
 		return
 	}
 	r := l.a.lookup(h.Endpoint)

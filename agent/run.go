@@ -21,9 +21,13 @@ const retireGrace = 30 * time.Second
 // only when retrying cannot help (ErrUnauthorized) or it cannot start.
 func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
-	if a.running || a.closed {
+	if a.closed {
 		a.mu.Unlock()
-		return errors.New("agent: Run called twice or after Close")
+		return nil
+	}
+	if a.running {
+		a.mu.Unlock()
+		return errors.New("agent: Run called twice")
 	}
 	a.running = true
 	a.mu.Unlock()

@@ -340,8 +340,9 @@ func (sess *session) handleDial(str *quic.Stream) {
 	}
 	if err != nil {
 		sess.log.Warn("stream refused", "err", err)
+		str.CancelRead(quicutil.StreamCodeBadHeader)
 		answer(c, quicutil.StatusBadHeader, err.Error())
-		c.Abort(quicutil.StreamCodeBadHeader)
+		c.Close()
 		return
 	}
 	if h.ClientAddr == "" {

@@ -36,8 +36,8 @@ type Table struct {
 	changed chan struct{} // closed and replaced on every change
 }
 
-// entry's targets slice is never modified in place (copy on write), so Pick
-// can use it after dropping the lock.
+// An entry is never modified once in the map (copy on write), so Lookup and
+// Pick can use it after dropping the lock.
 type entry struct {
 	proto   string
 	targets []Target
@@ -77,7 +77,7 @@ func (t *Table) Add(id EndpointID, proto string, tg Target) error {
 	if slices.Contains(e.targets, tg) {
 		return nil
 	}
-	e.targets = append(slices.Clip(e.targets), tg)
+	t.eps[id] = &entry{proto: e.proto, targets: append(slices.Clip(e.targets), tg)}
 	t.notifyLocked()
 	return nil
 }
@@ -101,7 +101,7 @@ func (t *Table) removeLocked(id EndpointID, tg Target) bool {
 	if len(e.targets) == 1 {
 		delete(t.eps, id)
 	} else {
-		e.targets = slices.Delete(slices.Clone(e.targets), i, i+1)
+		t.eps[id] = &entry{proto: e.proto, targets: slices.Delete(slices.Clone(e.targets), i, i+1)}
 	}
 	t.notifyLocked()
 	return true

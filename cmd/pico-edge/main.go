@@ -40,6 +40,7 @@ type CLI struct {
 	ResponseHeaderTimeout time.Duration `help:"Time the upstream has to start its response (504 after it)." default:"30s" group:"Limits"`
 	StreamIdleTimeout     time.Duration `help:"Idle time after which an HTTP stream (WebSocket, SSE, slow body) is cut." default:"5m" group:"Limits"`
 	TCPIdleTimeout        time.Duration `help:"Idle time after which a TCP forward is cut." default:"1h" group:"Limits"`
+	OpenStreamTimeout     time.Duration `help:"Time to wait for a stream to an agent at its stream limit (503 after it), and for a TCP agent's answer." default:"10s" group:"Limits"`
 	MaxEndpointsPerAgent  int           `help:"Endpoints one agent connection may serve." default:"100" group:"Limits"`
 	ShutdownGrace         time.Duration `help:"Time requests in flight get to finish on SIGTERM." default:"30s" group:"Limits"`
 
@@ -105,6 +106,7 @@ func (c *CLI) run(log *slog.Logger) error {
 		ResponseHeaderTimeout: c.ResponseHeaderTimeout,
 		StreamIdleTimeout:     c.StreamIdleTimeout,
 		TCPIdleTimeout:        c.TCPIdleTimeout,
+		OpenStreamTimeout:     c.OpenStreamTimeout,
 		MaxEndpointsPerAgent:  c.MaxEndpointsPerAgent,
 		ShutdownGrace:         c.ShutdownGrace,
 		Logger:                log,
