@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -242,11 +243,25 @@ func (l *link) handleStream(str *quic.Stream) {
 	}
 	r := l.a.lookup(h.Endpoint)
 	if r == nil {
-		writeAnswer(c, quicutil.StatusNoRoute, fmt.Sprintf("agent %s does not serve endpoint %q", l.a.id, h.Endpoint))
-		c.Close()
+		refuse(c, quicutil.StatusNoRoute, fmt.Sprintf("agent %s does not serve endpoint %q", l.a.id, h.Endpoint))
 		return
 	}
 	r.handler.serve(c, h)
+}
+
+// refuseDrain is how much of a refused stream's request is read and
+// dropped before the agent stops reading: as much as the edge keeps to
+// retry the request elsewhere, so that the edge gets to read the refusal
+// instead of failing on a write.
+const refuseDrain = 64<<10 + 1
+
+// refuse answers a stream that will not be served, and ends it.
+func refuse(c *quicutil.Conn, code quicutil.Status, msg string) {
+	writeAnswer(c, code, msg)
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.CopyN(io.Discard, c, refuseDrain)
+	c.Close()
 }
 
 func writeAnswer(c *quicutil.Conn, code quicutil.Status, msg string) {

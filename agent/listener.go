@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 
@@ -42,6 +43,12 @@ func (a *Agent) listen(ctx context.Context, id string, kind quicutil.Kind) (*Lis
 }
 
 func (ln *Listener) serve(c *quicutil.Conn, h quicutil.StreamHeader) {
+	select {
+	case <-ln.done:
+		refuse(c, quicutil.StatusNoRoute, fmt.Sprintf("endpoint %q is closing", ln.id))
+		return
+	default:
+	}
 	acceptAnswer(c, h)
 	select {
 	case ln.ch <- c:

@@ -49,8 +49,7 @@ func (u *upstreamHandler) serve(c *quicutil.Conn, h quicutil.StreamHeader) {
 			code = quicutil.StatusUpstreamTimeout
 		}
 		u.a.log.Warn("upstream unreachable", "endpoint_id", h.Endpoint, "upstream", u.addr, "err", err)
-		writeAnswer(c, code, fmt.Sprintf("agent could not reach upstream %s: %v", u.addr, unwrapOp(err)))
-		c.Close()
+		refuse(c, code, fmt.Sprintf("agent could not reach upstream %s: %v", u.addr, unwrapOp(err)))
 		return
 	}
 	idle := cfg.TCPIdleTimeout

@@ -8,10 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/http/httputil"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -167,25 +167,17 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 		}
 		sess := tg.(*session)
 		info.agent = sess.hello.AgentID
-		var used *quicutil.Conn
-		trace := &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
-			used, _ = ci.Conn.(*quicutil.Conn)
-		}}
-		ctx := httptrace.WithClientTrace(req.Context(), trace)
 		sess.inflight.Add(1)
 		s.activeStreams.Add(1)
-		resp, err := sess.rt.RoundTrip(req.WithContext(ctx))
+		resp, err := sess.rt.RoundTrip(req)
 		if err == nil {
-			resp.Body = trackBody(resp.Body, func() {
-				sess.inflight.Add(-1)
-				s.activeStreams.Add(-1)
-			})
+			resp.Body = trackBody(resp.Body, sess)
 			return resp, nil
 		}
 		sess.inflight.Add(-1)
 		s.activeStreams.Add(-1)
 		lastErr = err
-		if attempt > 0 || !retryable(req, used, err) {
+		if attempt > 0 || !retryable(req, err) {
 			break
 		}
 		if body != nil {
@@ -204,24 +196,18 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 }
 
 // retryable reports whether a failed attempt may be sent to another agent:
-// always when the upstream never saw it (no stream, or an answer that says
-// so), and for idempotent requests also when the link died before any
-// answer came.
-func retryable(req *http.Request, used *quicutil.Conn, err error) bool {
-	if used == nil {
-		var le *linkError
-		var se *quicutil.StatusError
-		return errors.As(err, &le) || errors.As(err, &se)
-	}
-	ans, ok := used.Answer()
-	if !ok {
-		return false // the request went out on a stream that had answered before
-	}
+// always when the upstream never saw it (the agent answered so, or no
+// stream could be opened), and for idempotent requests also when the link
+// died before the stream's answer came. A stream that answered before (a
+// reused keep-alive stream) may have reached the upstream: http.Transport
+// itself retries those requests when that is safe.
+func retryable(req *http.Request, err error) bool {
+	var le *linkError
 	var se *quicutil.StatusError
-	if errors.As(ans, &se) {
+	switch {
+	case errors.As(err, &se), errors.As(err, &le):
 		return true
-	}
-	if errors.Is(ans, quicutil.ErrNoAnswer) {
+	case errors.Is(err, quicutil.ErrNoAnswer):
 		return idempotent(req)
 	}
 	return false
@@ -416,24 +402,28 @@ func (r *replayReader) Read(p []byte) (int, error) {
 // may still read it.
 func (r *replayReader) Close() error { return nil }
 
-// trackBody calls done once when the response body is closed. A 101
-// response's body is the upgraded connection: it stays writable.
-func trackBody(body io.ReadCloser, done func()) io.ReadCloser {
-	t := trackedBody{ReadCloser: body, done: sync.OnceFunc(done)}
+// trackBody counts the response's stream as in flight until its body is
+// closed. A 101 response's body is the upgraded connection: it stays
+// writable.
+func trackBody(body io.ReadCloser, sess *session) io.ReadCloser {
 	if rw, ok := body.(io.ReadWriteCloser); ok {
-		return &trackedRWBody{trackedBody: t, w: rw}
+		return &trackedRWBody{trackedBody: trackedBody{ReadCloser: body, sess: sess}, w: rw}
 	}
-	return &t
+	return &trackedBody{ReadCloser: body, sess: sess}
 }
 
 type trackedBody struct {
 	io.ReadCloser
-	done func()
+	sess *session
+	done atomic.Bool
 }
 
 func (b *trackedBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.done()
+	if !b.done.Swap(true) {
+		b.sess.inflight.Add(-1)
+		b.sess.srv.activeStreams.Add(-1)
+	}
 	return err
 }
 

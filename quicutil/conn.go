@@ -148,6 +148,17 @@ func (c *Conn) readWithIdle(read func() error) error {
 }
 
 func (c *Conn) Write(p []byte) (int, error) {
+	n, err := c.write(p)
+	if err != nil {
+		// Once the peer refused the stream, that is the reason writes fail.
+		if ans, ok := c.Answer(); ok && ans != nil {
+			err = ans
+		}
+	}
+	return n, err
+}
+
+func (c *Conn) write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.wdone {
