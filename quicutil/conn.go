@@ -1,7 +1,6 @@
 package quicutil
 
 import (
-	"errors"
 	"net"
 	"os"
 	"sync"
@@ -40,12 +39,11 @@ type Conn struct {
 	local  net.Addr
 	remote net.Addr
 
-	idle     time.Duration // 0: no idle timeout
-	lastIO   atomic.Int64  // unix nanos of the last byte read or written
-	deadline time.Time     // read deadline last set by the idle logic (reader only)
-	userRD   atomic.Bool   // SetReadDeadline was called by the user: idle logic stands aside
-	rdReset  atomic.Bool   // the user cleared its read deadline: re-arm the idle deadline
-	aborted  atomic.Bool   // RESET_STREAM sent: never send FIN after it
+	idle      time.Duration              // 0: no idle timeout
+	idleTimer atomic.Pointer[time.Timer] // fires idle after the last byte; re-armed lazily
+	idled     atomic.Bool                // aborted by the idle timer
+	lastIO    atomic.Int64               // unix nanos of the last byte read or written
+	aborted   atomic.Bool                // RESET_STREAM sent: never send FIN after it
 
 	wmu     sync.Mutex // serializes Write, CloseWrite and the FIN of Close
 	pending []byte     // header to send before the first write (under wmu)
@@ -74,9 +72,27 @@ func OpenConn(str *quic.Stream, local, remote net.Addr, header []byte, wantAnswe
 	return c
 }
 
-// SetIdleTimeout makes Read fail with os.ErrDeadlineExceeded after d with no
-// byte read or written. Call it before the first Read.
-func (c *Conn) SetIdleTimeout(d time.Duration) { c.idle = d }
+// SetIdleTimeout aborts the stream (StreamCodeIdleTimeout) once no byte
+// was read or written for d; Read and Write then fail with ErrIdle. It costs
+// one timer per stream, not one per Read. Call it once, before use.
+func (c *Conn) SetIdleTimeout(d time.Duration) {
+	if d <= 0 || c.idleTimer.Load() != nil {
+		return
+	}
+	c.idle = d
+	t := time.AfterFunc(time.Hour, c.checkIdle) // armed below, once stored for checkIdle
+	c.idleTimer.Store(t)
+	t.Reset(d)
+}
+
+func (c *Conn) checkIdle() {
+	if since := time.Since(c.LastActivity()); since < c.idle {
+		c.idleTimer.Load().Reset(c.idle - since)
+		return
+	}
+	c.idled.Store(true)
+	c.Abort(StreamCodeIdleTimeout)
+}
 
 func (c *Conn) touch() { c.lastIO.Store(time.Now().UnixNano()) }
 
@@ -102,49 +118,29 @@ type answerBox struct{ err error }
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.answerWanted {
 		c.answerWanted = false
-		err := c.readWithIdle(func() error { return ReadAnswer(c.str) })
+		err := ReadAnswer(c.str)
 		c.answer.Store(answerBox{err})
 		if err != nil {
-			return 0, err
+			return 0, c.mapErr(err)
 		}
 	}
-	var n int
-	err := c.readWithIdle(func() error {
-		var err error
-		n, err = c.str.Read(p)
-		return err
-	})
+	n, err := c.str.Read(p)
 	if n > 0 {
 		c.touch()
+	}
+	if err != nil {
+		err = c.mapErr(err)
 	}
 	return n, err
 }
 
-// readWithIdle runs read under the idle deadline, extending it while the
-// write side is busy: the stream is idle only when neither side moves.
-func (c *Conn) readWithIdle(read func() error) error {
-	if c.idle <= 0 || c.userRD.Load() {
-		return read()
+// mapErr reports the idle timeout as ErrIdle rather than as the reset it
+// caused.
+func (c *Conn) mapErr(err error) error {
+	if c.idled.Load() {
+		return ErrIdle
 	}
-	if c.rdReset.Swap(false) {
-		c.deadline = time.Time{}
-	}
-	for {
-		due := c.LastActivity().Add(c.idle)
-		// Moving the deadline costs a lock in quic-go; do it only when it is
-		// off by more than a tenth of the timeout.
-		if d := due.Sub(c.deadline); d > c.idle/10 || d < -c.idle/10 {
-			c.deadline = due
-			c.str.SetReadDeadline(due)
-		}
-		err := read()
-		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || c.userRD.Load() {
-			return err
-		}
-		if time.Since(c.LastActivity()) >= c.idle {
-			return err
-		}
-	}
+	return err
 }
 
 func (c *Conn) Write(p []byte) (int, error) {
@@ -154,6 +150,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		if ans, ok := c.Answer(); ok && ans != nil {
 			err = ans
 		}
+		err = c.mapErr(err)
 	}
 	return n, err
 }
@@ -234,6 +231,7 @@ func (c *Conn) CloseRead() error {
 // stream that never sent its header.
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
+		c.stopIdle()
 		c.str.CancelRead(StreamCodeCanceled)
 		if c.wmu.TryLock() {
 			if c.pending != nil {
@@ -258,25 +256,34 @@ func (c *Conn) Close() error {
 // Abort resets both directions with code: nothing more is delivered.
 func (c *Conn) Abort(code quic.StreamErrorCode) {
 	c.closeOnce.Do(func() {
+		c.stopIdle()
 		c.aborted.Store(true)
 		c.str.CancelRead(code)
 		c.str.CancelWrite(code)
 	})
 }
 
+func (c *Conn) stopIdle() {
+	if t := c.idleTimer.Load(); t != nil {
+		t.Stop()
+	}
+}
+
 func (c *Conn) LocalAddr() net.Addr  { return c.local }
 func (c *Conn) RemoteAddr() net.Addr { return c.remote }
 
-func (c *Conn) SetDeadline(t time.Time) error {
-	c.SetReadDeadline(t)
-	return c.str.SetWriteDeadline(t)
-}
-
-func (c *Conn) SetReadDeadline(t time.Time) error {
-	if c.userRD.Swap(!t.IsZero()) && t.IsZero() {
-		c.rdReset.Store(true)
-	}
-	return c.str.SetReadDeadline(t)
-}
-
+func (c *Conn) SetDeadline(t time.Time) error      { return c.str.SetDeadline(t) }
+func (c *Conn) SetReadDeadline(t time.Time) error  { return c.str.SetReadDeadline(t) }
 func (c *Conn) SetWriteDeadline(t time.Time) error { return c.str.SetWriteDeadline(t) }
+
+// ErrIdle is returned by a Conn's Read and Write, and by Join, once no byte
+// moved either way for the idle timeout. It is a timeout: errors.Is(err,
+// os.ErrDeadlineExceeded) holds.
+var ErrIdle error = idleError{}
+
+type idleError struct{}
+
+func (idleError) Error() string   { return "quicutil: idle timeout" }
+func (idleError) Timeout() bool   { return true }
+func (idleError) Temporary() bool { return false }
+func (idleError) Unwrap() error   { return os.ErrDeadlineExceeded }

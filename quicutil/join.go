@@ -4,9 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -16,9 +14,6 @@ const CopyBufferSize = 32 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, CopyBufferSize); return &b }}
 
-// ErrIdle is returned by Join when no byte moved either way for the idle timeout.
-var ErrIdle = errors.New("quicutil: idle timeout")
-
 // JoinResult reports what Join moved.
 type JoinResult struct {
 	AToB, BToA int64
@@ -27,12 +22,19 @@ type JoinResult struct {
 
 // Join copies a to b and b to a until both directions end, then closes
 // both. EOF on one side becomes CloseWrite on the other (half-close
-// travels). A read or write error on either side, or no byte in either
-// direction for idle (0: none), aborts both connections: Abort on a *Conn,
-// Close on anything else. Join returns when both copies have stopped.
+// travels). A read or write error on either side aborts both connections:
+// Abort on a *Conn, a reset on a TCP connection, Close on anything else.
+// With idle > 0, no byte in either direction for idle also aborts both
+// (ErrIdle); the idle clock is that of the *Conn side, so at least one of
+// a and b must be a *Conn for it to apply. Join returns when both copies
+// have stopped.
 func Join(a, b net.Conn, idle time.Duration) JoinResult {
-	j := joiner{idle: idle}
-	j.touch()
+	for _, c := range []net.Conn{a, b} {
+		if qc, ok := c.(*Conn); ok {
+			qc.SetIdleTimeout(idle)
+		}
+	}
+	var j joiner
 	var res JoinResult
 	var errBA error
 	done := make(chan struct{})
@@ -50,6 +52,9 @@ func Join(a, b net.Conn, idle time.Duration) JoinResult {
 	}
 	<-done
 	res.Err = errors.Join(errAB, errBA)
+	if errors.Is(errAB, ErrIdle) || errors.Is(errBA, ErrIdle) {
+		res.Err = ErrIdle
+	}
 	if res.Err == nil {
 		a.Close()
 		b.Close()
@@ -58,12 +63,8 @@ func Join(a, b net.Conn, idle time.Duration) JoinResult {
 }
 
 type joiner struct {
-	idle    time.Duration
-	lastIO  atomic.Int64
 	aborted sync.Once
 }
-
-func (j *joiner) touch() { j.lastIO.Store(time.Now().UnixNano()) }
 
 func (j *joiner) abort(a, b net.Conn) {
 	j.aborted.Do(func() {
@@ -90,18 +91,9 @@ func (j *joiner) copy(dst, src net.Conn) (int64, error) {
 	defer bufPool.Put(bp)
 	buf := *bp
 	var total int64
-	var deadline time.Time
 	for {
-		if j.idle > 0 {
-			due := time.Unix(0, j.lastIO.Load()).Add(j.idle)
-			if d := due.Sub(deadline); d > j.idle/10 || d < -j.idle/10 {
-				deadline = due
-				src.SetReadDeadline(due)
-			}
-		}
 		n, err := src.Read(buf)
 		if n > 0 {
-			j.touch()
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
 			if werr != nil {
@@ -118,12 +110,6 @@ func (j *joiner) copy(dst, src net.Conn) (int64, error) {
 				}
 			}
 			return total, nil
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) && j.idle > 0 {
-			if time.Since(time.Unix(0, j.lastIO.Load())) < j.idle {
-				continue // the other direction moved: not idle
-			}
-			return total, ErrIdle
 		}
 		return total, err
 	}
