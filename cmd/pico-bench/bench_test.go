@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const wrkSample = `Running 5s test @ http://127.0.0.1:40000/small
+  2 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   152.20us  110.41us   8.07ms   95.37%
+    Req/Sec    52.53k     3.18k   58.44k    71.00%
+  Latency Distribution
+     50%  134.00us
+     75%  160.00us
+     90%  203.00us
+     99%    1.55ms
+  522840 requests in 5.00s, 62.33MB read
+  Non-2xx or 3xx responses: 3
+  Socket errors: connect 0, read 1, write 2, timeout 4
+Requests/sec: 104554.24
+Transfer/sec:     12.46MB
+`
+
+func TestParseWrk(t *testing.T) {
+	r, err := parseWrk(wrkSample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := WrkResult{
+		Requests: 522840, Seconds: 5, RequestsPerSec: 104554.24, TransferBPS: 12.46 * (1 << 20),
+		LatencyAvgUs: 152.2, LatencyMaxUs: 8070, P50Us: 134, P75Us: 160, P90Us: 203, P99Us: 1550,
+		Non2xx: 3, ErrRead: 1, ErrWrite: 2, ErrTimeout: 4,
+	}
+	if !approxEqual(r, want) {
+		t.Errorf("parseWrk:\n got %+v\nwant %+v", r, want)
+	}
+	if r.Errors() != 10 {
+		t.Errorf("Errors() = %d, want 10", r.Errors())
+	}
+	if _, err := parseWrk("Running 1s test @ http://x\nunable to connect to 127.0.0.1:1 Connection refused\n"); err == nil {
+		t.Error("parseWrk accepted output without figures")
+	}
+}
+
+func approxEqual(a, b WrkResult) bool {
+	near := func(x, y float64) bool { return x-y < 1e-6*max(1, y) && y-x < 1e-6*max(1, y) }
+	return a.Requests == b.Requests && near(a.Seconds, b.Seconds) && near(a.RequestsPerSec, b.RequestsPerSec) &&
+		near(a.TransferBPS, b.TransferBPS) && near(a.LatencyAvgUs, b.LatencyAvgUs) && near(a.LatencyMaxUs, b.LatencyMaxUs) &&
+		near(a.P50Us, b.P50Us) && near(a.P75Us, b.P75Us) && near(a.P90Us, b.P90Us) && near(a.P99Us, b.P99Us) &&
+		a.Non2xx == b.Non2xx && a.ErrConnect == b.ErrConnect && a.ErrRead == b.ErrRead &&
+		a.ErrWrite == b.ErrWrite && a.ErrTimeout == b.ErrTimeout
+}
+
+func TestParseProc(t *testing.T) {
+	cpu, err := parseStatCPU("1234 (pico edge) S 1 1234 1234 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 12 0 100 0 0")
+	if err != nil || cpu != 3.0 {
+		t.Errorf("parseStatCPU = %v, %v; want 3.0", cpu, err)
+	}
+	rss, hwm, err := parseStatusMem("Name:\tpico-edge\nVmHWM:\t   30000 kB\nVmRSS:\t   12345 kB\n")
+	if err != nil || rss != 12345 || hwm != 30000 {
+		t.Errorf("parseStatusMem = %d, %d, %v", rss, hwm, err)
+	}
+	busy, err := parseHostBusy("cpu  100 0 50 1000 20 0 10 5 0 0\ncpu0 1 2 3 4 5 6 7 8\n")
+	if err != nil || busy != 1.55 {
+		t.Errorf("parseHostBusy = %v, %v; want 1.55", busy, err)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	o, err := parseFlags([]string{"--quick"})
+	if err != nil || o.Duration != 3*time.Second || len(o.Scenarios) != 4 {
+		t.Errorf("--quick: %+v, %v", o, err)
+	}
+	o, err = parseFlags([]string{"--quick", "--duration", "1s", "--scenarios", "a,C"})
+	if err != nil || o.Duration != time.Second || !o.Scenarios["a"] || !o.Scenarios["c"] || o.Scenarios["b"] {
+		t.Errorf("--quick --duration 1s --scenarios a,C: %+v, %v", o, err)
+	}
+	for _, bad := range [][]string{{"--duration", "1500ms"}, {"--scenarios", "x"}, {"--idle-agents", "0"}, {"extra"}} {
+		if _, err := parseFlags(bad); err == nil {
+			t.Errorf("parseFlags(%q) accepted", bad)
+		}
+	}
+}
+
+// TestHarness runs the whole harness in quick mode: a smoke test that it
+// works, with no assertion on the figures beyond their being measured.
+func TestHarness(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the whole harness (about a minute)")
+	}
+	if _, err := exec.LookPath("wrk"); err != nil {
+		t.Skip("wrk not installed")
+	}
+	dir := t.TempDir()
+	jsonPath := filepath.Join(dir, "out", "results.json")
+	var out strings.Builder
+	opts := Options{
+		Duration: time.Second, Warmup: time.Second, Repeat: 1,
+		Scenarios:  map[string]bool{"a": true, "b": true, "c": true, "d": true},
+		IdleAgents: 20, JSON: jsonPath, Settle: 300 * time.Millisecond, SettleSamples: 2,
+		Out: &out, Log: testWriter{t},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, opts)
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if len(res.Small) != 3 {
+		t.Fatalf("scenario A: %d rows, want 3", len(res.Small))
+	}
+	for _, row := range res.Small {
+		for _, r := range []WrkRun{row.Direct, row.Pico} {
+			w := r.Result
+			if w.Requests <= 0 || w.RequestsPerSec <= 0 || w.P50Us <= 0 || w.P99Us < w.P50Us {
+				t.Errorf("A %s c=%d: implausible figures %+v", r.Target, row.Conns, w)
+			}
+		}
+		if row.ReqRatioPct <= 0 || row.Pico.CPUPer1kReq["edge"] <= 0 || row.Pico.CPUPer1kReq["agent"] <= 0 {
+			t.Errorf("A c=%d: ratio %v, CPU per 1k %v", row.Conns, row.ReqRatioPct, row.Pico.CPUPer1kReq)
+		}
+	}
+	if b := res.Bulk; b == nil || b.DirectMiBps <= 0 || b.PicoMiBps <= 0 || b.RatioPct <= 0 {
+		t.Errorf("scenario B: %+v", b)
+	}
+	if c := res.QUICCopy; c == nil || c.MiBps <= 0 || c.Bytes <= 0 {
+		t.Errorf("scenario C: %+v", c)
+	}
+	if res.PicoVsQUICPct <= 0 {
+		t.Errorf("pico vs quic ratio %v", res.PicoVsQUICPct)
+	}
+	if d := res.Idle; d == nil || d.Links != 20 || d.RSSBeforeKiB <= 0 || d.RSSAfterKiB <= 0 || d.EPRSSAfterKiB <= 0 {
+		t.Errorf("scenario D: %+v", d)
+	}
+	if res.PeakRSSKiB["edge"] <= 0 || res.PeakRSSKiB["agent"] <= 0 {
+		t.Errorf("peak RSS: %v", res.PeakRSSKiB)
+	}
+	if res.Host.NProc <= 0 || res.Host.GoVersion == "" {
+		t.Errorf("host info: %+v", res.Host)
+	}
+
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Results
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatalf("results JSON: %v", err)
+	}
+	if len(back.Small) != 3 || back.Bulk == nil || back.QUICCopy == nil || back.Idle == nil {
+		t.Errorf("results JSON lacks scenarios: %s", b)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(jsonPath))
+	if len(entries) != 1 {
+		t.Errorf("%d files next to the results (history off), want 1", len(entries))
+	}
+	for _, want := range []string{"A. small requests", "B. 1 MiB responses", "C. quic-go one-stream copy", "D. idle agent links"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+var _ io.Writer = testWriter{}

@@ -1,0 +1,383 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/pico-edge/pico/agent"
+	"github.com/pico-edge/pico/certs"
+	"github.com/pico-edge/pico/quicutil"
+)
+
+// Helper processes print one JSON line on stdout when ready (and a result
+// line when they have one); everything else goes to stderr.
+
+// maxLife bounds every helper, should the harness vanish without killing it.
+const maxLife = 30 * time.Minute
+
+func printJSON(v any) {
+	b, _ := json.Marshal(v)
+	os.Stdout.Write(append(b, '\n'))
+}
+
+// Upstream bodies.
+var (
+	smallBody = []byte("hello world\n") // 12 bytes
+	bigBody   = func() []byte {
+		b := make([]byte, 1<<20)
+		for i := range b {
+			b[i] = byte('a' + i%26)
+		}
+		return b
+	}()
+)
+
+type upstreamReady struct {
+	Addr string `json:"addr"`
+}
+
+// runUpstream serves /small (12 bytes) and /1m (1 MiB) over HTTP/1.1.
+func runUpstream(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("upstream", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:0", "listen address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	smallLen := strconv.Itoa(len(smallBody))
+	bigLen := strconv.Itoa(len(bigBody))
+	mux := http.NewServeMux()
+	mux.HandleFunc("/small", func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h["Content-Type"] = []string{"text/plain"}
+		h["Content-Length"] = []string{smallLen}
+		w.Write(smallBody)
+	})
+	mux.HandleFunc("/1m", func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h["Content-Type"] = []string{"application/octet-stream"}
+		h["Content-Length"] = []string{bigLen}
+		w.Write(bigBody)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	ctx, cancel := context.WithTimeout(ctx, maxLife)
+	defer cancel()
+	go func() { // ends with ctx
+		<-ctx.Done()
+		srv.Close()
+	}()
+	printJSON(upstreamReady{Addr: ln.Addr().String()})
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+const copyALPN = "pico-bench-copy"
+
+type sinkReady struct {
+	Addr string `json:"addr"`
+}
+
+// CopyResult is what the sink measured of the one-stream copy: from the
+// first byte received to EOF.
+type CopyResult struct {
+	Bytes   int64   `json:"bytes"`
+	Seconds float64 `json:"seconds"`
+}
+
+// runQUICSink accepts one QUIC connection and one stream, reads it to EOF,
+// and answers with a CopyResult on the same stream.
+func runQUICSink(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("quic-sink", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:0", "UDP listen address")
+	caOut := fs.String("ca-out", "", "file to write the generated CA certificate (PEM) to")
+	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long")
+	bufSize := fs.Int("buf", 64<<10, "read buffer size")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	b, err := certs.Generate()
+	if err != nil {
+		return err
+	}
+	if *caOut != "" {
+		if err := os.WriteFile(*caOut, b.CAPEM, 0o644); err != nil {
+			return err
+		}
+	}
+	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+	tlsConf := &tls.Config{Certificates: []tls.Certificate{b.Cert}, NextProtos: []string{copyALPN}}
+	ln, err := quic.ListenAddr(*addr, tlsConf, quicutil.LinkConfig(1000))
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	printJSON(sinkReady{Addr: ln.Addr().String()})
+	conn, err := ln.Accept(ctx)
+	if err != nil {
+		return fmt.Errorf("accept: %w", err)
+	}
+	defer conn.CloseWithError(0, "done")
+	str, err := conn.AcceptStream(ctx)
+	if err != nil {
+		return fmt.Errorf("accept stream: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { str.CancelRead(1); str.CancelWrite(1) })
+	defer stop()
+	buf := make([]byte, *bufSize)
+	var n int64
+	var first time.Time
+	for {
+		k, err := str.Read(buf)
+		if k > 0 && n == 0 {
+			first = time.Now()
+		}
+		n += int64(k)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read after %d bytes: %w", n, err)
+		}
+	}
+	res := CopyResult{Bytes: n, Seconds: time.Since(first).Seconds()}
+	out, _ := json.Marshal(res)
+	if _, err := str.Write(append(out, '\n')); err != nil {
+		return fmt.Errorf("answer: %w", err)
+	}
+	str.Close()
+	printJSON(res)
+	// Wait for the source to read the answer and close the connection.
+	select {
+	case <-conn.Context().Done():
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+	}
+	return nil
+}
+
+// SourceResult is what quic-source prints: its own view and the sink's.
+type SourceResult struct {
+	BytesSent   int64      `json:"bytes_sent"`
+	SendSeconds float64    `json:"send_seconds"`
+	Sink        CopyResult `json:"sink"`
+	// From the sender's quic.ConnectionStats at the end.
+	PacketsSent uint64  `json:"packets_sent"`
+	PacketsLost uint64  `json:"packets_lost"`
+	CwndBytes   uint64  `json:"cwnd_bytes"`
+	SRTTMs      float64 `json:"srtt_ms"`
+	MinRTTMs    float64 `json:"min_rtt_ms"`
+}
+
+// runQUICSource dials the sink, opens one stream and writes a preallocated
+// buffer over and over for --duration (or --bytes), then closes the stream
+// and reads the sink's CopyResult.
+func runQUICSource(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("quic-source", flag.ContinueOnError)
+	addr := fs.String("addr", "", "sink address")
+	caFile := fs.String("ca", "", "CA certificate (PEM) of the sink")
+	duration := fs.Duration("duration", 10*time.Second, "write for this long (0: use --bytes)")
+	total := fs.Int64("bytes", 0, "write this many bytes instead of for --duration")
+	chunk := fs.Int("chunk", 1<<20, "write size, from one preallocated buffer")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *addr == "" || *caFile == "" {
+		return errors.New("--addr and --ca are required")
+	}
+	if *duration <= 0 && *total <= 0 {
+		return errors.New("--duration or --bytes must be positive")
+	}
+	pool, err := certs.LoadPool(*caFile)
+	if err != nil {
+		return err
+	}
+	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+	limit := *duration + time.Minute
+	if *total > 0 {
+		limit = 10 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	tlsConf := certs.ClientTLSConfig(pool, "127.0.0.1", copyALPN)
+	raddr, err := net.ResolveUDPAddr("udp", *addr)
+	if err != nil {
+		return err
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}) // loopback only
+	if err != nil {
+		return err
+	}
+	defer udp.Close()
+	tr := &quic.Transport{Conn: udp}
+	defer tr.Close()
+	conn, err := tr.Dial(ctx, raddr, tlsConf, quicutil.LinkConfig(1000))
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	defer conn.CloseWithError(0, "done")
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return fmt.Errorf("open stream: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { str.CancelRead(1); str.CancelWrite(1) })
+	defer stop()
+	buf := make([]byte, *chunk)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	start := time.Now()
+	deadline := start.Add(*duration)
+	var sent int64
+	for {
+		p := buf
+		if *total > 0 {
+			if sent >= *total {
+				break
+			}
+			if rem := *total - sent; rem < int64(len(p)) {
+				p = p[:rem]
+			}
+		} else if !time.Now().Before(deadline) {
+			break
+		}
+		n, err := str.Write(p)
+		sent += int64(n)
+		if err != nil {
+			return fmt.Errorf("write after %d bytes: %w", sent, err)
+		}
+	}
+	sendSecs := time.Since(start).Seconds()
+	if err := str.Close(); err != nil {
+		return err
+	}
+	answer, err := io.ReadAll(io.LimitReader(str, 4096))
+	if err != nil {
+		return fmt.Errorf("read the sink's answer: %w", err)
+	}
+	st := conn.ConnectionStats()
+	res := SourceResult{BytesSent: sent, SendSeconds: sendSecs,
+		PacketsSent: st.PacketsSent, PacketsLost: st.PacketsLost, CwndBytes: st.CongestionWindow,
+		SRTTMs: float64(st.SmoothedRTT.Microseconds()) / 1e3, MinRTTMs: float64(st.MinRTT.Microseconds()) / 1e3}
+	if err := json.Unmarshal(answer, &res.Sink); err != nil {
+		return fmt.Errorf("sink answer %q: %w", answer, err)
+	}
+	if res.Sink.Bytes != sent {
+		return fmt.Errorf("sink received %d bytes, %d were sent", res.Sink.Bytes, sent)
+	}
+	printJSON(res)
+	return nil
+}
+
+// IdleReady is what idle-agents prints once every agent is registered.
+type IdleReady struct {
+	Agents    int     `json:"agents"`
+	Endpoints int     `json:"endpoints"`
+	Seconds   float64 `json:"seconds"`
+}
+
+// runIdleAgents connects --n agents from this one process, each with its
+// own QUIC connection (and UDP socket), each serving --endpoints endpoints,
+// and keeps them idle until killed.
+func runIdleAgents(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("idle-agents", flag.ContinueOnError)
+	n := fs.Int("n", 200, "agents (QUIC connections)")
+	perAgent := fs.Int("endpoints", 1, "endpoints per agent")
+	edgeAddr := fs.String("edge", "", "edge agent address")
+	caFile := fs.String("ca", "", "CA certificate (PEM) of the edge")
+	upstream := fs.String("upstream", "127.0.0.1:9", "upstream address the endpoints forward to (never dialled while idle)")
+	prefix := fs.String("prefix", "idle", "endpoint ID prefix")
+	parallel := fs.Int("parallel", 16, "agents connecting at once (the edge's accept queue holds 32)")
+	timeout := fs.Duration("connect-timeout", 2*time.Minute, "time all agents have to register")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *n < 1 || *perAgent < 1 || *edgeAddr == "" || *caFile == "" || *parallel < 1 {
+		return errors.New("--n, --endpoints and --parallel must be positive; --edge and --ca are required")
+	}
+	pool, err := certs.LoadPool(*caFile)
+	if err != nil {
+		return err
+	}
+	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+	ctx, cancel := context.WithTimeout(ctx, maxLife)
+	defer cancel()
+
+	start := time.Now()
+	cctx, ccancel := context.WithTimeout(ctx, *timeout)
+	defer ccancel()
+	var (
+		wg      sync.WaitGroup // Run loops
+		regs    sync.WaitGroup // registrations
+		sem     = make(chan struct{}, *parallel)
+		failed  atomic.Int64
+		errOnce sync.Once
+		firstEr error
+		agents  []*agent.Agent
+	)
+	for i := 0; i < *n; i++ {
+		a, err := agent.New(agent.Config{Edges: []string{*edgeAddr}, RootCAs: pool, Name: "pico-bench/idle"})
+		if err != nil {
+			return err
+		}
+		agents = append(agents, a)
+		wg.Go(func() { a.Run(ctx) })
+		select {
+		case sem <- struct{}{}:
+		case <-cctx.Done():
+		}
+		if cctx.Err() != nil {
+			break
+		}
+		regs.Go(func() {
+			defer func() { <-sem }()
+			for j := 0; j < *perAgent; j++ {
+				id := fmt.Sprintf("%s-%d", *prefix, i)
+				if *perAgent > 1 {
+					id = fmt.Sprintf("%s-%d-%d", *prefix, i, j)
+				}
+				if err := a.ServeUpstream(cctx, id, quicutil.KindHTTP, *upstream); err != nil {
+					failed.Add(1)
+					errOnce.Do(func() { firstEr = fmt.Errorf("endpoint %s: %w", id, err) })
+					return
+				}
+			}
+		})
+	}
+	regs.Wait()
+	defer func() {
+		for _, a := range agents {
+			a.Close()
+		}
+		wg.Wait()
+	}()
+	if cctx.Err() != nil && firstEr == nil {
+		firstEr = cctx.Err()
+	}
+	if firstEr != nil {
+		return fmt.Errorf("%d agents failed to register; first: %w", failed.Load(), firstEr)
+	}
+	printJSON(IdleReady{Agents: *n, Endpoints: *n * *perAgent, Seconds: time.Since(start).Seconds()})
+	<-ctx.Done()
+	return nil
+}
