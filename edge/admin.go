@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"sort"
+
+	"github.com/VictoriaMetrics/metrics"
 )
 
 // adminHandler serves the read-only admin API.
@@ -22,6 +24,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		s.cfg.Metrics.WritePrometheus(w)
+		metrics.WriteProcessMetrics(w) // go_* and process_*: memory, GC, goroutines, CPU
 	})
 	mux.HandleFunc("GET /status/endpoints", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, s.endpointStatus())

@@ -44,6 +44,10 @@ func (s *Server) acceptAgents(ctx context.Context, ln *quic.Listener) error {
 	}
 }
 
+// controlReadBuffer sizes the control stream's reader: control messages are
+// rare and small, and an idle agent link should cost little memory.
+const controlReadBuffer = 512
+
 // session is one agent connection: its control stream, the endpoints it
 // serves, and an HTTP transport whose connections are streams to it.
 type session struct {
@@ -128,7 +132,7 @@ func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (quicutil.Hello
 	if h.Kind != quicutil.KindControl {
 		return quicutil.Hello{}, nil, nil, fmt.Errorf("first stream is %s, want control", h.Kind)
 	}
-	br := bufio.NewReader(str)
+	br := bufio.NewReaderSize(str, controlReadBuffer)
 	msg, err := quicutil.ReadMessage(br)
 	if err != nil {
 		return quicutil.Hello{}, nil, nil, fmt.Errorf("read hello: %w", err)

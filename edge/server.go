@@ -105,6 +105,9 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: s.cfg.GetCertificate,
 		NextProtos:     []string{quicutil.ALPNAgent},
+		// Agents reconnect with full handshakes (no 0-RTT); tickets would
+		// only cost memory on every connection.
+		SessionTicketsDisabled: true,
 	}
 	tr := &quic.Transport{Conn: lns.Agent, StatelessResetKey: s.cfg.StatelessResetKey}
 	ln, err := tr.Listen(tlsConf, quicutil.EdgeConfig())
