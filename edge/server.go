@@ -190,15 +190,15 @@ func (s *Server) shutdown(graceful bool) {
 	defer cancel()
 	s.httpSrv.Shutdown(ctx) // waits for requests in flight until ctx ends
 	s.httpSrv.Close()
-	if s.adminSrv != nil {
-		s.adminSrv.Close()
-	}
 	// Streams of TCP forwards and upgraded connections get the rest of the grace.
 	for s.activeStreams.Load() > 0 && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+	if s.adminSrv != nil {
+		s.adminSrv.Close() // /readyz said 503 for the whole drain
 	}
 	s.mu.Lock()
 	ln, tr := s.ln, s.tr
