@@ -114,6 +114,7 @@ type Agent struct {
 
 	quit     chan struct{} // closed by Close
 	runDone  chan struct{} // closed when Run returns
+	bg       sync.WaitGroup // registrations sent outside Run; each ends with its link
 	quitOnce sync.Once
 }
 
@@ -175,8 +176,9 @@ func (a *Agent) Close() error {
 		}
 	}
 	if running {
-		<-a.runDone
+		<-a.runDone // Run closed its links, which ends every request on them
 	}
+	a.bg.Wait()
 	return nil
 }
 
@@ -200,7 +202,7 @@ func (a *Agent) serve(ctx context.Context, id string, kind quicutil.Kind, h hand
 	l := a.link
 	a.mu.Unlock()
 	if l != nil {
-		go l.register([]*registration{r})
+		a.bg.Go(func() { l.register([]*registration{r}) })
 	}
 	select {
 	case <-r.done:
@@ -228,7 +230,7 @@ func (a *Agent) remove(r *registration) {
 	l := a.link
 	a.mu.Unlock()
 	if l != nil {
-		go l.deregister(r.id)
+		a.bg.Go(func() { l.deregister(r.id) })
 	}
 }
 
