@@ -44,6 +44,7 @@ type Conn struct {
 	idled     atomic.Bool                // aborted by the idle timer
 	lastIO    atomic.Int64               // unix nanos of the last byte read or written
 	aborted   atomic.Bool                // RESET_STREAM sent: never send FIN after it
+	closed    atomic.Bool                // Close or Abort was called
 
 	wmu     sync.Mutex // serializes Write, CloseWrite and the FIN of Close
 	pending []byte     // header to send before the first write (under wmu)
@@ -86,6 +87,9 @@ func (c *Conn) SetIdleTimeout(d time.Duration) {
 }
 
 func (c *Conn) checkIdle() {
+	if c.closed.Load() {
+		return // Close may have stopped the timer just before this re-arms it
+	}
 	if since := time.Since(c.LastActivity()); since < c.idle {
 		c.idleTimer.Load().Reset(c.idle - since)
 		return
@@ -102,20 +106,23 @@ func (c *Conn) LastActivity() time.Time { return time.Unix(0, c.lastIO.Load()) }
 // Stream returns the underlying stream.
 func (c *Conn) Stream() *quic.Stream { return c.str }
 
-// Answer reports the peer's answer once it was read: (nil, true) for
-// StatusOK, (err, true) for a refusal or a stream that ended first, and
-// (nil, false) while no answer has been read.
-func (c *Conn) Answer() (error, bool) {
+// Answer reports whether the peer's answer was read, and what it was: nil
+// for StatusOK, a *StatusError for a refusal, or ErrNoAnswer (wrapping the
+// cause) for a stream that ended first.
+func (c *Conn) Answer() (answered bool, err error) {
 	v := c.answer.Load()
 	if v == nil {
-		return nil, false
+		return false, nil
 	}
-	return v.(answerBox).err, true
+	return true, v.(answerBox).err
 }
 
 type answerBox struct{ err error }
 
 func (c *Conn) Read(p []byte) (int, error) {
+	if ok, ans := c.Answer(); ok && ans != nil {
+		return 0, ans // a refused stream stays refused
+	}
 	if c.answerWanted {
 		c.answerWanted = false
 		err := ReadAnswer(c.str)
@@ -147,7 +154,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 	n, err := c.write(p)
 	if err != nil {
 		// Once the peer refused the stream, that is the reason writes fail.
-		if ans, ok := c.Answer(); ok && ans != nil {
+		if ok, ans := c.Answer(); ok && ans != nil {
 			err = ans
 		}
 		err = c.mapErr(err)
@@ -264,6 +271,7 @@ func (c *Conn) Abort(code quic.StreamErrorCode) {
 }
 
 func (c *Conn) stopIdle() {
+	c.closed.Store(true)
 	if t := c.idleTimer.Load(); t != nil {
 		t.Stop()
 	}

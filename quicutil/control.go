@@ -290,6 +290,9 @@ func ReadMessage(r *bufio.Reader) (Message, error) {
 	}
 	body := make([]byte, l)
 	if _, err := io.ReadFull(r, body); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // the type and length were read
+		}
 		return nil, fmt.Errorf("read control frame: %w", err)
 	}
 	return parseBody(typ, body)

@@ -199,7 +199,8 @@ func cutShort(b []byte) (field, rest []byte, ok bool) {
 	if len(b) < 1 || int(b[0]) > len(b)-1 {
 		return nil, nil, false
 	}
-	return b[1 : 1+b[0]], b[1+b[0]:], true
+	n := 1 + int(b[0]) // not 1+b[0]: that is a uint8 and wraps at 255
+	return b[1:n], b[n:], true
 }
 
 // ReadStreamHeader reads one header from r, reading no byte past it.
@@ -215,12 +216,17 @@ func ReadStreamHeader(r io.Reader) (StreamHeader, error) {
 	if n > MaxHeaderLen {
 		return StreamHeader{}, headerErr("length %d (max %d)", n, MaxHeaderLen)
 	}
-	b := buf[: 3+n : 3+n]
-	if 3+n > len(buf) {
+	var b []byte
+	if 3+n <= len(buf) {
+		b = buf[: 3+n : 3+n]
+	} else {
 		b = make([]byte, 3+n)
 		copy(b, buf[:3])
 	}
 	if _, err := io.ReadFull(r, b[3:]); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // the version and length were read
+		}
 		return StreamHeader{}, fmt.Errorf("read stream header: %w", err)
 	}
 	return parseHeaderBody(b[3:])
