@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -147,25 +148,12 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 		body = newReplayBody(req.Body)
 		req.Body = body.reader()
 	}
-	var tried []routing.Target
-	skip := func(tg routing.Target) bool {
-		for _, x := range tried {
-			if x == tg {
-				return true
-			}
-		}
-		return false
-	}
-	var lastErr error
-	for attempt := 0; attempt < 2; attempt++ {
-		tg, err := s.table.Pick(info.endpoint, skip)
+	at := attempts{s: s, id: info.endpoint}
+	for {
+		sess, err := at.next()
 		if err != nil {
-			if lastErr != nil {
-				return nil, lastErr
-			}
 			return nil, err
 		}
-		sess := tg.(*session)
 		info.agent = sess.hello.AgentID
 		sess.inflight.Add(1)
 		s.activeStreams.Add(1)
@@ -176,24 +164,57 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 		}
 		sess.inflight.Add(-1)
 		s.activeStreams.Add(-1)
-		lastErr = err
-		if attempt > 0 || !retryable(req, err) {
-			break
+		at.failed(err)
+		if !retryable(req, err) {
+			return nil, err
 		}
 		if body != nil {
 			r, ok := body.rewind()
 			if !ok {
-				break
+				return nil, err
 			}
 			req.Body = r
 		}
-		tried = append(tried, tg)
 		info.retried = true
-		s.m.retries.Inc()
 		sess.log.Debug("retrying request on another agent", "endpoint_id", info.endpoint, "err", err)
 	}
-	return nil, lastErr
 }
+
+// maxAttempts is how many agents one request or TCP connection may try.
+const maxAttempts = 2
+
+// attempts picks the agents of one request or TCP connection: a different
+// one each time, up to maxAttempts.
+type attempts struct {
+	s     *Server
+	id    routing.EndpointID
+	tried []routing.Target
+	err   error // why the last attempt failed
+}
+
+// next returns the agent to try next, or why there is none: the last
+// attempt's error once there was one, else routing.ErrNoRoute.
+func (a *attempts) next() (*session, error) {
+	if len(a.tried) == maxAttempts {
+		return nil, a.err
+	}
+	tg, err := a.s.table.Pick(a.id, a.skip)
+	if err != nil {
+		if a.err != nil {
+			return nil, a.err
+		}
+		return nil, err
+	}
+	if len(a.tried) > 0 {
+		a.s.m.retries.Inc()
+	}
+	a.tried = append(a.tried, tg)
+	return tg.(*session), nil
+}
+
+func (a *attempts) skip(tg routing.Target) bool { return slices.Contains(a.tried, tg) }
+
+func (a *attempts) failed(err error) { a.err = err }
 
 // retryable reports whether a failed attempt may be sent to another agent:
 // always when the upstream never saw it (the agent answered so, or no

@@ -64,38 +64,20 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 // is retried once on another agent. On success the session's in-flight
 // count includes the stream; the caller decrements it.
 func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, clientAddr string) (*quicutil.Conn, *session, error) {
-	var tried []routing.Target
-	skip := func(tg routing.Target) bool {
-		for _, x := range tried {
-			if x == tg {
-				return true
-			}
-		}
-		return false
-	}
-	var lastErr error
-	for attempt := 0; attempt < 2; attempt++ {
-		tg, err := s.table.Pick(id, skip)
+	at := attempts{s: s, id: id}
+	for {
+		sess, err := at.next()
 		if err != nil {
-			if lastErr != nil {
-				return nil, nil, lastErr
-			}
 			return nil, nil, err
 		}
-		sess := tg.(*session)
 		sess.inflight.Add(1)
 		c, err := s.openAnswered(ctx, sess, id, clientAddr)
 		if err == nil {
 			return c, sess, nil
 		}
 		sess.inflight.Add(-1)
-		lastErr = err
-		tried = append(tried, tg)
-		if attempt == 0 {
-			s.m.retries.Inc()
-		}
+		at.failed(err)
 	}
-	return nil, nil, lastErr
 }
 
 func (s *Server) openAnswered(ctx context.Context, sess *session, id routing.EndpointID, clientAddr string) (*quicutil.Conn, error) {
