@@ -300,6 +300,10 @@ func (l *link) dial(ctx context.Context, id string) (net.Conn, error) {
 		}
 		return nil, fmt.Errorf("dial endpoint %q: %w", id, err)
 	}
+	// A link retiring after goaway waits for dialled streams (pico-agent
+	// forward) as for accepted ones, until the caller closes them.
+	l.active.Add(1)
+	c.OnClose(func() { l.active.Add(-1) })
 	return c, nil
 }
 

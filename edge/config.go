@@ -49,6 +49,9 @@ type Config struct {
 	// HelloTimeout bounds the time a new agent connection has to say hello;
 	// if zero, 10s.
 	HelloTimeout time.Duration
+	// AllowUnderscoresInHeaders passes request header names with '_'
+	// (rejected with 400 by default: proxies disagree on whether X_A is X-A).
+	AllowUnderscoresInHeaders bool
 	// MaxEndpointsPerAgent bounds the endpoints one agent connection may
 	// serve; if zero, 100.
 	MaxEndpointsPerAgent int

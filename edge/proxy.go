@@ -48,6 +48,9 @@ func (s *Server) newFrontDoor() http.Handler {
 		Transport:    &agentRoundTripper{s: s},
 		ErrorHandler: s.proxyError,
 		BufferPool:   bufferPool{},
+		// A tunnel passes bytes on as they come: a partial body must not
+		// wait in the edge for the rest.
+		FlushInterval: -1,
 		ErrorLog:     nil,
 	}
 	return &frontDoor{s: s, rp: rp}
@@ -70,6 +73,10 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.accessLog(r, rw, info, d)
 	}()
 
+	if status, msg := checkRequest(r, s.cfg.MaxHeaderBytes, s.cfg.AllowUnderscoresInHeaders); status != 0 {
+		writeError(rw, r, status, "", msg)
+		return
+	}
 	ep, err := endpointOf(r)
 	if err != nil {
 		writeError(rw, r, http.StatusBadRequest, "", err.Error())
@@ -95,11 +102,11 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // header, else the first label of a Host with two labels or more.
 func endpointOf(r *http.Request) (routing.EndpointID, error) {
 	if v := r.Header.Get(EndpointHeader); v != "" {
-		v = strings.ToLower(strings.TrimSpace(v))
-		if err := quicutil.ValidateEndpointID(v); err != nil {
-			return "", fmt.Errorf("bad %s header: %v", EndpointHeader, err)
+		id := strings.ToLower(strings.TrimSpace(v))
+		if err := quicutil.ValidateEndpointID(id); err != nil {
+			return "", fmt.Errorf("bad %s header %q: %v", EndpointHeader, v, err)
 		}
-		return routing.EndpointID(v), nil
+		return routing.EndpointID(id), nil
 	}
 	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {

@@ -64,6 +64,14 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 // is retried once on another agent. On success the session's in-flight
 // count includes the stream; the caller decrements it.
 func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, clientAddr string) (*quicutil.Conn, *session, error) {
+	proto, _, err := s.table.Lookup(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if proto != quicutil.KindTCP.String() {
+		return nil, nil, &quicutil.StatusError{Code: quicutil.StatusNoRoute,
+			Message: "serves HTTP, not raw TCP; send HTTP requests to the edge's proxy port instead"}
+	}
 	at := attempts{s: s, id: id}
 	for {
 		sess, err := at.next()

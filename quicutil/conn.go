@@ -54,6 +54,7 @@ type Conn struct {
 	answer       atomic.Value // error: nil, *StatusError or ErrNoAnswer (set once)
 
 	closeOnce sync.Once
+	onClose   func() // run once by the first Close or Abort
 }
 
 // NewConn wraps an accepted stream.
@@ -238,6 +239,9 @@ func (c *Conn) CloseRead() error {
 // stream that never sent its header.
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
+		if c.onClose != nil {
+			defer c.onClose()
+		}
 		c.stopIdle()
 		c.str.CancelRead(StreamCodeCanceled)
 		if c.wmu.TryLock() {
@@ -260,9 +264,16 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// OnClose makes f run once, when Close or Abort is first called. Call it
+// before handing the Conn to other goroutines.
+func (c *Conn) OnClose(f func()) { c.onClose = f }
+
 // Abort resets both directions with code: nothing more is delivered.
 func (c *Conn) Abort(code quic.StreamErrorCode) {
 	c.closeOnce.Do(func() {
+		if c.onClose != nil {
+			defer c.onClose()
+		}
 		c.stopIdle()
 		c.aborted.Store(true)
 		c.str.CancelRead(code)

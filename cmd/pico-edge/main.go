@@ -44,6 +44,8 @@ type CLI struct {
 	MaxEndpointsPerAgent  int           `help:"Endpoints one agent connection may serve." default:"100" group:"Limits"`
 	ShutdownGrace         time.Duration `help:"Time requests in flight get to finish on SIGTERM." default:"30s" group:"Limits"`
 
+	AllowUnderscoresInHeaders bool `help:"Pass request header names that contain '_' (rejected with 400 by default)." group:"Limits"`
+
 	AccessLog    bool `help:"Log one line per request and TCP connection." default:"true" negatable:"" group:"Logging"`
 	cli.LogFlags `embed:"" group:"Logging"`
 }
@@ -96,21 +98,22 @@ func (c *CLI) run(log *slog.Logger) error {
 		accessLog = slog.New(slog.DiscardHandler)
 	}
 	srv, err := edge.New(edge.Config{
-		NodeID:                c.NodeID,
-		Version:               cli.Version(),
-		GetCertificate:        getCert,
-		StatelessResetKey:     resetKey,
-		ReadHeaderTimeout:     c.ReadHeaderTimeout,
-		IdleTimeout:           c.IdleTimeout,
-		MaxHeaderBytes:        c.MaxHeaderBytes,
-		ResponseHeaderTimeout: c.ResponseHeaderTimeout,
-		StreamIdleTimeout:     c.StreamIdleTimeout,
-		TCPIdleTimeout:        c.TCPIdleTimeout,
-		OpenStreamTimeout:     c.OpenStreamTimeout,
-		MaxEndpointsPerAgent:  c.MaxEndpointsPerAgent,
-		ShutdownGrace:         c.ShutdownGrace,
-		Logger:                log,
-		AccessLog:             accessLog,
+		NodeID:                    c.NodeID,
+		Version:                   cli.Version(),
+		GetCertificate:            getCert,
+		StatelessResetKey:         resetKey,
+		ReadHeaderTimeout:         c.ReadHeaderTimeout,
+		IdleTimeout:               c.IdleTimeout,
+		MaxHeaderBytes:            c.MaxHeaderBytes,
+		ResponseHeaderTimeout:     c.ResponseHeaderTimeout,
+		StreamIdleTimeout:         c.StreamIdleTimeout,
+		TCPIdleTimeout:            c.TCPIdleTimeout,
+		OpenStreamTimeout:         c.OpenStreamTimeout,
+		MaxEndpointsPerAgent:      c.MaxEndpointsPerAgent,
+		ShutdownGrace:             c.ShutdownGrace,
+		AllowUnderscoresInHeaders: c.AllowUnderscoresInHeaders,
+		Logger:                    log,
+		AccessLog:                 accessLog,
 	})
 	if err != nil {
 		return err
