@@ -112,8 +112,8 @@ type Agent struct {
 	closed    bool
 	running   bool
 
-	quit     chan struct{} // closed by Close
-	runDone  chan struct{} // closed when Run returns
+	quit     chan struct{}  // closed by Close
+	runDone  chan struct{}  // closed when Run returns
 	bg       sync.WaitGroup // registrations sent outside Run; each ends with its link
 	quitOnce sync.Once
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -51,7 +53,7 @@ func (s *Server) newFrontDoor() http.Handler {
 		// A tunnel passes bytes on as they come: a partial body must not
 		// wait in the edge for the rest.
 		FlushInterval: -1,
-		ErrorLog:     nil,
+		ErrorLog:      log.New(slogWriter{s.log, slog.LevelDebug}, "", 0),
 	}
 	return &frontDoor{s: s, rp: rp}
 }
