@@ -50,10 +50,7 @@ func (s *Server) newFrontDoor() http.Handler {
 		Transport:    &agentRoundTripper{s: s},
 		ErrorHandler: s.proxyError,
 		BufferPool:   bufferPool{},
-		// A tunnel passes bytes on as they come: a partial body must not
-		// wait in the edge for the rest.
-		FlushInterval: -1,
-		ErrorLog:      log.New(slogWriter{s.log, slog.LevelDebug}, "", 0),
+		ErrorLog:     log.New(slogWriter{s.log, slog.LevelDebug}, "", 0),
 	}
 	return &frontDoor{s: s, rp: rp}
 }
