@@ -166,7 +166,7 @@ func TestGenerate(t *testing.T) {
 		wantIPs []string
 	}{
 		"default hosts": {
-			wantDNS: []string{"localhost", "*.localhost"},
+			wantDNS: []string{"localhost", "*.localhost", "*.pico.localhost"},
 			wantIPs: []string{"127.0.0.1", "::1"},
 		},
 		"given hosts": {
@@ -223,7 +223,7 @@ func TestGenerateInvalidHost(t *testing.T) {
 }
 
 func TestDefaultHosts(t *testing.T) {
-	want := []string{"localhost", "*.localhost", "127.0.0.1", "::1"}
+	want := []string{"localhost", "*.localhost", "*.pico.localhost", "127.0.0.1", "::1"}
 	got := certs.DefaultHosts()
 	if !slices.Equal(got, want) {
 		t.Fatalf("DefaultHosts() got %q, want %q", got, want)

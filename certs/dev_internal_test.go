@@ -110,7 +110,7 @@ func TestParseHosts(t *testing.T) {
 		wantDNS []string
 		wantIPs []string
 	}{
-		"defaults":           {hosts: DefaultHosts(), wantDNS: []string{"localhost", "*.localhost"}, wantIPs: []string{"127.0.0.1", "::1"}},
+		"defaults":           {hosts: DefaultHosts(), wantDNS: []string{"localhost", "*.localhost", "*.pico.localhost"}, wantIPs: []string{"127.0.0.1", "::1"}},
 		"case and dot":       {hosts: []string{"Edge.EXAMPLE.", "edge.example"}, wantDNS: []string{"edge.example"}},
 		"bracketed IPv6":     {hosts: []string{"[fd00::1]", "fd00:0:0::1"}, wantIPs: []string{"fd00::1"}},
 		"IPv4-mapped":        {hosts: []string{"::ffff:10.0.0.1", "10.0.0.1"}, wantIPs: []string{"10.0.0.1"}},

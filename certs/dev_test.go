@@ -127,7 +127,7 @@ func TestLoadOrCreateDevExtraHosts(t *testing.T) {
 	if bytes.Equal(after[d.CertFile], first[d.CertFile]) {
 		t.Errorf("%s unchanged, want a new certificate", d.CertFile)
 	}
-	wantHosts := []string{"localhost", "*.localhost", "pico.example.test", "127.0.0.1", "::1", "10.1.2.3", "fd00::1"}
+	wantHosts := []string{"localhost", "*.localhost", "*.pico.localhost", "pico.example.test", "127.0.0.1", "::1", "10.1.2.3", "fd00::1"}
 	if !slices.Equal(d.Hosts, wantHosts) {
 		t.Errorf("Hosts got %q, want %q", d.Hosts, wantHosts)
 	}

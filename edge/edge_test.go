@@ -560,7 +560,7 @@ func TestAdmin(t *testing.T) {
 	}{
 		"healthz":   {"/healthz", 200, []string{"ok"}},
 		"readyz":    {"/readyz", 200, []string{"ready"}},
-		"metrics":   {"/metrics", 200, []string{`pico_requests_total{code="2xx"} 1`, "pico_agents 1", "pico_endpoints 1", "pico_request_duration_seconds_bucket"}},
+		"metrics":   {"/metrics", 200, []string{`pico_requests_total{proto="http1",code="2xx"} 1`, "pico_agents 1", "pico_endpoints 1", "pico_request_duration_seconds_bucket"}},
 		"endpoints": {"/status/endpoints", 200, []string{`"id": "foo"`, `"protocol": "http"`}},
 		"agents":    {"/status/agents", 200, []string{`"endpoints": [`, `"foo/http"`}},
 		"not found": {"/debug/pprof/", 404, nil},

@@ -7,7 +7,7 @@ import (
 // serverMetrics are the node's metrics, registered in one *metrics.Set per
 // node so that several nodes can live in one process.
 type serverMetrics struct {
-	requests       [6]*metrics.Counter // by status class; index 0 is "error" (no response)
+	requests       [3][6]*metrics.Counter // by client protocol (HTTP/1, /2, /3) and status class; class 0 is "error" (no response)
 	duration       *metrics.PrometheusHistogram
 	activeStreams  *metrics.Gauge // via func
 	tcpConns       *metrics.Counter
@@ -20,8 +20,10 @@ type serverMetrics struct {
 
 func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	m := &serverMetrics{registrations: make(map[string]*metrics.Counter)}
-	for i, class := range []string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"} {
-		m.requests[i] = set.NewCounter(`pico_requests_total{code="` + class + `"}`)
+	for p, proto := range []string{"http1", "http2", "http3"} {
+		for i, class := range []string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"} {
+			m.requests[p][i] = set.NewCounter(`pico_requests_total{proto="` + proto + `",code="` + class + `"}`)
+		}
 	}
 	m.duration = set.NewPrometheusHistogram("pico_request_duration_seconds")
 	set.NewGauge("pico_active_streams", func() float64 { return float64(s.activeStreams.Load()) })
@@ -38,10 +40,11 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	return m
 }
 
-func (m *serverMetrics) request(status int) *metrics.Counter {
+func (m *serverMetrics) request(protoMajor, status int) *metrics.Counter {
 	c := status / 100
 	if c < 1 || c > 5 {
 		c = 0
 	}
-	return m.requests[c]
+	p := min(max(protoMajor, 1), 3) - 1
+	return m.requests[p][c]
 }

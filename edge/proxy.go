@@ -46,11 +46,13 @@ type requestInfo struct {
 
 func (s *Server) newFrontDoor() http.Handler {
 	rp := &httputil.ReverseProxy{
-		Rewrite:      s.rewrite,
-		Transport:    &agentRoundTripper{s: s},
-		ErrorHandler: s.proxyError,
-		BufferPool:   bufferPool{},
-		ErrorLog:     log.New(slogWriter{s.log, slog.LevelDebug}, "", 0),
+		Rewrite: s.rewrite,
+		// The upstream's Alt-Svc names its own ports, not the edge's.
+		ModifyResponse: func(resp *http.Response) error { resp.Header.Del("Alt-Svc"); return nil },
+		Transport:      &agentRoundTripper{s: s},
+		ErrorHandler:   s.proxyError,
+		BufferPool:     bufferPool{},
+		ErrorLog:       log.New(slogWriter{s.log, slog.LevelDebug}, "", 0),
 	}
 	return &frontDoor{s: s, rp: rp}
 }
@@ -67,7 +69,7 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	info := &requestInfo{clientAddr: r.RemoteAddr}
 	defer func() {
 		d := time.Since(start)
-		s.m.request(rw.status).Inc()
+		s.m.request(r.ProtoMajor, rw.status).Inc()
 		s.m.duration.Update(d.Seconds())
 		s.accessLog(r, rw, info, d)
 	}()

@@ -31,6 +31,8 @@ type Listeners struct {
 	Proxy net.Listener   // plain HTTP/1.1 front door
 	Agent net.PacketConn // UDP for QUIC: agents and forwarders
 	Admin net.Listener   // admin API; may be nil
+	TLS   net.Listener   // HTTPS front door (HTTP/1.1 and HTTP/2); may be nil
+	H3    net.PacketConn // HTTP/3 front door (UDP, usually TLS's port number); may be nil
 }
 
 // Server is one edge node.
@@ -43,6 +45,7 @@ type Server struct {
 	proxy    http.Handler
 	httpSrv  *http.Server
 	adminSrv *http.Server
+	tlsDoor  *tlsDoor
 
 	mu       sync.Mutex // guards the fields below
 	sessions map[uint64]*session
@@ -133,6 +136,15 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	s.mu.Unlock()
 
 	g, gctx := errgroup.WithContext(ctx)
+	door, err := s.startTLSDoor(lns, g.Go) // fails only before it starts anything
+	if err != nil {
+		closeAll(lns)
+		tr.Close()
+		return err
+	}
+	s.mu.Lock()
+	s.tlsDoor = door
+	s.mu.Unlock()
 	g.Go(func() error { return s.acceptAgents(gctx, ln) })
 	g.Go(func() error {
 		if err := s.httpSrv.Serve(lns.Proxy); !errors.Is(err, http.ErrServerClosed) {
@@ -154,6 +166,12 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		"agent_addr", lns.Agent.LocalAddr().String()}
 	if lns.Admin != nil {
 		attrs = append(attrs, "admin_addr", lns.Admin.Addr().String())
+	}
+	if lns.TLS != nil {
+		attrs = append(attrs, "proxy_tls_addr", lns.TLS.Addr().String())
+	}
+	if lns.H3 != nil {
+		attrs = append(attrs, "proxy_h3_addr", lns.H3.LocalAddr().String())
 	}
 	s.log.Info("edge node ready", attrs...)
 
@@ -188,8 +206,17 @@ func (s *Server) shutdown(graceful bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	s.mu.Lock()
+	door := s.tlsDoor
+	s.mu.Unlock()
+	doorDone := make(chan struct{})
+	go func() { // HTTPS and HTTP/3 drain alongside HTTP
+		defer close(doorDone)
+		door.shutdown(ctx)
+	}()
 	s.httpSrv.Shutdown(ctx) // waits for requests in flight until ctx ends
 	s.httpSrv.Close()
+	<-doorDone
 	// Streams of TCP forwards and upgraded connections get the rest of the grace.
 	for s.activeStreams.Load() > 0 && ctx.Err() == nil {
 		select {
@@ -230,6 +257,12 @@ func closeAll(lns Listeners) {
 	lns.Agent.Close()
 	if lns.Admin != nil {
 		lns.Admin.Close()
+	}
+	if lns.TLS != nil {
+		lns.TLS.Close()
+	}
+	if lns.H3 != nil {
+		lns.H3.Close()
 	}
 }
 

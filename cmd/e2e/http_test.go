@@ -106,6 +106,19 @@ func TestQuickstart(t *testing.T) {
 			t.Fatalf("got %d %q, want 200 %q", status, body, hello)
 		}
 	})
+	t.Run("curl over HTTPS and HTTP/2", func(t *testing.T) {
+		tlsHost := "foo.pico.localhost:" + portOf(e.tls) // the dev certificate covers *.pico.localhost
+		for _, v := range []struct{ flag, statusLine string }{{"--http1.1", "HTTP/1.1 200"}, {"--http2", "HTTP/2 200"}} {
+			out, status := curl(t, v.flag, "--cacert", e.ca, "--resolve", tlsHost+":127.0.0.1",
+				"-D", "-", "-o", "/dev/null", "https://"+tlsHost+"/")
+			if status != http.StatusOK || !strings.HasPrefix(out, v.statusLine) {
+				t.Fatalf("%s: status %d, headers %q; want %s", v.flag, status, out, v.statusLine)
+			}
+			if want := `h3=":` + portOf(e.tls) + `"`; !strings.Contains(strings.ToLower(out), "alt-svc: "+want) {
+				t.Errorf("%s: no Alt-Svc %s in the response headers:\n%s", v.flag, want, out)
+			}
+		}
+	})
 	t.Run("net/http by header and by host", func(t *testing.T) {
 		c := newClient(t, 30*time.Second)
 		resp, body := e.request(t, c, "GET", "foo", "/", nil)

@@ -335,6 +335,7 @@ type edgeProc struct {
 	proxy   string // host:port of the HTTP front door
 	agent   string // host:port of the QUIC agent listener
 	admin   string // host:port of the admin API
+	tls     string // host:port of the HTTPS front door (HTTP/3 on the same UDP port)
 	ca      string // the development CA agents verify it with
 	admc    *http.Client
 }
@@ -349,13 +350,14 @@ func startEdge(t testing.TB, extra ...string) *edgeProc {
 		"--proxy-addr", "127.0.0.1:0",
 		"--agent-addr", "127.0.0.1:0",
 		"--admin-addr", "127.0.0.1:0",
+		"--proxy-tls-addr", "127.0.0.1:0",
 		"--log-format", "json",
 	}, extra...)
 	p := startProc(t, "pico-edge", bin.edge, args...)
 	line := p.waitLineFor(t, 0, `"edge node ready"`, startTimeout, isMsg("edge node ready"))
 	l, _ := parseLog(line)
 	e := &edgeProc{proc: p, dataDir: dir, proxy: l.str("proxy_addr"), agent: l.str("agent_addr"),
-		admin: l.str("admin_addr"), ca: filepath.Join(dir, "ca.pem"), admc: newClient(t, 10*time.Second)}
+		admin: l.str("admin_addr"), tls: l.str("proxy_tls_addr"), ca: filepath.Join(dir, "ca.pem"), admc: newClient(t, 10*time.Second)}
 	if e.proxy == "" || e.agent == "" || e.admin == "" {
 		t.Fatalf("edge ready line lacks an address: %s", line)
 	}

@@ -23,9 +23,10 @@ import (
 )
 
 type CLI struct {
-	ProxyAddr string `help:"Address of the plain HTTP/1.1 front door (TCP)." default:":8000" group:"Listeners"`
-	AgentAddr string `help:"Address agents and forwarders connect to (UDP, QUIC)." default:":8001" group:"Listeners"`
-	AdminAddr string `help:"Address of the admin API: /healthz, /readyz, /metrics, /status/... (TCP); empty disables it." default:":8002" group:"Listeners"`
+	ProxyAddr    string `help:"Address of the plain HTTP/1.1 front door (TCP)." default:":8000" group:"Listeners"`
+	ProxyTLSAddr string `help:"Address of the HTTPS front door: HTTP/1.1 and HTTP/2 over TLS on TCP, HTTP/3 on UDP on the same port; empty disables it." default:":8443" group:"Listeners"`
+	AgentAddr    string `help:"Address agents and forwarders connect to (UDP, QUIC)." default:":8001" group:"Listeners"`
+	AdminAddr    string `help:"Address of the admin API: /healthz, /readyz, /metrics, /status/... (TCP); empty disables it." default:":8002" group:"Listeners"`
 
 	NodeID  string `help:"ID of this node in logs and status (default: random edge-xxxxxxxx)." group:"Node"`
 	DataDir string `help:"Directory for the development CA and certificate and the QUIC reset key." default:"${data_dir}" type:"path" group:"Node"`
@@ -182,7 +183,36 @@ func (c *CLI) listen() (edge.Listeners, error) {
 			return lns, fmt.Errorf("listen on --admin-addr: %w", err)
 		}
 	}
+	if c.ProxyTLSAddr != "" {
+		if lns.TLS, lns.H3, err = listenTCPAndUDP(c.ProxyTLSAddr); err != nil {
+			lns.Proxy.Close()
+			lns.Agent.Close()
+			if lns.Admin != nil {
+				lns.Admin.Close()
+			}
+			return lns, fmt.Errorf("listen on --proxy-tls-addr: %w", err)
+		}
+	}
 	return lns, nil
+}
+
+// listenTCPAndUDP listens on addr with TCP and then on the same port with
+// UDP (HTTP/3 lives on the port number of HTTPS).
+func listenTCPAndUDP(addr string) (net.Listener, *net.UDPConn, error) {
+	tcp, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	udpAddr, err := net.ResolveUDPAddr("udp", net.JoinHostPort(host, fmt.Sprint(tcp.Addr().(*net.TCPAddr).Port)))
+	if err == nil {
+		var udp *net.UDPConn
+		if udp, err = net.ListenUDP("udp", udpAddr); err == nil {
+			return tcp, udp, nil
+		}
+	}
+	tcp.Close()
+	return nil, nil, fmt.Errorf("HTTP/3 on UDP: %w", err)
 }
 
 // printAgentHint tells the user how to connect an agent and send a request.
@@ -196,8 +226,18 @@ func (c *CLI) printAgentHint(lns edge.Listeners, caFile string) {
 	fmt.Fprintf(os.Stderr, "\nConnect an agent (here: endpoint foo served by localhost:3000):\n\n"+
 		"    %s\n\n"+
 		"    e.g. go run ./cmd/pico-agent http foo 3000 --edge %s%s\n\n"+
-		"Then send requests:  curl -H 'x-pico-endpoint: foo' http://%s/   or   curl http://foo.localhost:%s/\n\n",
+		"Then send requests:  curl -H 'x-pico-endpoint: foo' http://%s/   or   curl http://foo.localhost:%s/\n",
 		cmd, agent, caHint(caFile), proxy, portOf(proxy))
+	if lns.TLS != nil {
+		tlsAddr := loopbackIfUnspecified(lns.TLS.Addr().String())
+		cacert := ""
+		if caFile != "" {
+			cacert = " --cacert " + caFile
+		}
+		fmt.Fprintf(os.Stderr, "HTTPS, HTTP/2 and HTTP/3 (UDP) on port %s:  curl%s https://foo.pico.localhost:%s/\n",
+			portOf(tlsAddr), cacert, portOf(tlsAddr))
+	}
+	fmt.Fprintln(os.Stderr)
 }
 
 func caHint(caFile string) string {

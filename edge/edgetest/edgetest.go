@@ -29,6 +29,7 @@ type Node struct {
 	ProxyURL  string // http://127.0.0.1:PORT
 	AgentAddr string // 127.0.0.1:PORT (UDP)
 	AdminURL  string // http://127.0.0.1:PORT
+	TLSURL    string // https://127.0.0.1:PORT: HTTPS on TCP and HTTP/3 on UDP, same port
 	CAPool    *x509.CertPool
 	Bundle    *certs.Bundle
 
@@ -86,12 +87,14 @@ func NewNodeOn(tb testing.TB, agentAddr string, b *certs.Bundle, opts ...func(*e
 	if lns.Admin, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		tb.Fatalf("listen: %v", err)
 	}
+	lns.TLS, lns.H3 = listenTCPAndUDP(tb)
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
 		Server:    srv,
 		ProxyURL:  "http://" + lns.Proxy.Addr().String(),
 		AgentAddr: lns.Agent.LocalAddr().String(),
 		AdminURL:  "http://" + lns.Admin.Addr().String(),
+		TLSURL:    "https://" + lns.TLS.Addr().String(),
 		CAPool:    b.CAPool,
 		Bundle:    b,
 		cancel:    cancel,
@@ -220,4 +223,23 @@ func ClosedPort(tb testing.TB) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// listenTCPAndUDP opens a TCP and a UDP socket on one 127.0.0.1 port, as
+// the HTTPS and HTTP/3 front doors share a port number.
+func listenTCPAndUDP(tb testing.TB) (net.Listener, net.PacketConn) {
+	tb.Helper()
+	for range 50 {
+		tcp, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("listen: %v", err)
+		}
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: tcp.Addr().(*net.TCPAddr).Port})
+		if err == nil {
+			return tcp, udp
+		}
+		tcp.Close() // the UDP port is taken: try another
+	}
+	tb.Fatalf("no 127.0.0.1 port free for both TCP and UDP")
+	return nil, nil
 }
