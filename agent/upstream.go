@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -13,13 +14,55 @@ import (
 
 // ServeUpstream registers endpoint id with kind (quicutil.KindHTTP or
 // quicutil.KindTCP) and connects each of its streams to the TCP address
-// upstream. It returns once the edge accepted the endpoint, or with the
-// edge's refusal; the endpoint is served until Close or Remove.
+// upstream, speaking HTTP/1.1 for HTTP. It returns once the edge accepted
+// the endpoint, or with the edge's refusal; the endpoint is served until
+// Close or Remove.
 func (a *Agent) ServeUpstream(ctx context.Context, id string, kind quicutil.Kind, upstream string) error {
-	if _, _, err := net.SplitHostPort(upstream); err != nil {
-		return fmt.Errorf("agent: upstream %q: want host:port", upstream)
+	if kind == quicutil.KindHTTP2 {
+		return a.ServeHTTPUpstream(ctx, id, Upstream{Addr: upstream, HTTP2: true})
 	}
-	_, err := a.serve(ctx, id, kind, &upstreamHandler{a: a, addr: upstream})
+	return a.serveUpstream(ctx, id, kind, Upstream{Addr: upstream})
+}
+
+// Upstream says how the agent reaches an HTTP upstream.
+type Upstream struct {
+	Addr string // host:port
+	// HTTP2 speaks HTTP/2 to the upstream: with prior knowledge (h2c) in
+	// plaintext, or negotiated with ALPN over TLS. gRPC needs it.
+	HTTP2 bool
+	// TLS connects to the upstream with TLS; nil means plaintext. Its
+	// ServerName defaults to the host of Addr and its NextProtos are set
+	// from HTTP2.
+	TLS *tls.Config
+}
+
+// ServeHTTPUpstream registers HTTP endpoint id and connects each of its
+// streams to up: the edge speaks HTTP/1.1 or, with up.HTTP2, HTTP/2 over
+// the stream, and the agent adds TLS when up.TLS is set.
+func (a *Agent) ServeHTTPUpstream(ctx context.Context, id string, up Upstream) error {
+	kind := quicutil.KindHTTP
+	if up.HTTP2 {
+		kind = quicutil.KindHTTP2
+	}
+	if up.TLS != nil {
+		cfg := up.TLS.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(up.Addr)
+		}
+		cfg.NextProtos = []string{"http/1.1"}
+		if up.HTTP2 {
+			cfg.NextProtos = []string{"h2"}
+		}
+		up.TLS = cfg
+	}
+	return a.serveUpstream(ctx, id, kind, up)
+}
+
+func (a *Agent) serveUpstream(ctx context.Context, id string, kind quicutil.Kind, up Upstream) error {
+	if _, _, err := net.SplitHostPort(up.Addr); err != nil {
+		return fmt.Errorf("agent: upstream %q: want host:port", up.Addr)
+	}
+	_, err := a.serve(ctx, id, kind, &upstreamHandler{a: a, up: up})
 	return err
 }
 
@@ -34,30 +77,48 @@ func (a *Agent) Remove(id string) {
 }
 
 type upstreamHandler struct {
-	a    *Agent
-	addr string
+	a  *Agent
+	up Upstream
 }
 
 func (u *upstreamHandler) serve(c *quicutil.Conn, h quicutil.StreamHeader) {
 	cfg := &u.a.cfg
-	d := net.Dialer{Timeout: cfg.UpstreamDialTimeout, KeepAlive: 30 * time.Second}
-	up, err := d.DialContext(c.Stream().Context(), "tcp", u.addr)
+	up, err := u.dial(c.Stream().Context())
 	if err != nil {
 		code := quicutil.StatusUpstreamUnreachable
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
 			code = quicutil.StatusUpstreamTimeout
 		}
-		u.a.log.Warn("upstream unreachable", "endpoint_id", h.Endpoint, "upstream", u.addr, "err", err)
-		refuse(c, code, fmt.Sprintf("agent could not reach upstream %s: %v", u.addr, unwrapOp(err)))
+		u.a.log.Warn("upstream unreachable", "endpoint_id", h.Endpoint, "upstream", u.up.Addr, "err", err)
+		refuse(c, code, fmt.Sprintf("agent could not reach upstream %s: %v", u.up.Addr, unwrapOp(err)))
 		return
 	}
 	idle := cfg.TCPIdleTimeout
-	if h.Kind == quicutil.KindHTTP {
+	if h.Kind.IsHTTP() {
 		idle = cfg.StreamIdleTimeout
 	}
 	acceptAnswer(c, h)
 	quicutil.Join(c, up, idle)
+}
+
+// dial connects to the upstream, with TLS when configured; over TLS an
+// HTTP/2 upstream must agree to h2.
+func (u *upstreamHandler) dial(ctx context.Context) (net.Conn, error) {
+	d := &net.Dialer{Timeout: u.a.cfg.UpstreamDialTimeout, KeepAlive: 30 * time.Second}
+	if u.up.TLS == nil {
+		return d.DialContext(ctx, "tcp", u.up.Addr)
+	}
+	td := &tls.Dialer{NetDialer: d, Config: u.up.TLS}
+	c, err := td.DialContext(ctx, "tcp", u.up.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if u.up.HTTP2 && c.(*tls.Conn).ConnectionState().NegotiatedProtocol != "h2" {
+		c.Close()
+		return nil, errors.New("it does not offer HTTP/2 over TLS (ALPN h2)")
+	}
+	return c, nil
 }
 
 // acceptAnswer tells the edge the stream is being served. An HTTP answer
@@ -65,7 +126,7 @@ func (u *upstreamHandler) serve(c *quicutil.Conn, h quicutil.StreamHeader) {
 // the edge waits for it before it passes on the client's bytes.
 func acceptAnswer(c *quicutil.Conn, h quicutil.StreamHeader) {
 	ok := quicutil.AppendAnswer(nil, quicutil.StatusOK, "")
-	if h.Kind == quicutil.KindHTTP {
+	if h.Kind.IsHTTP() {
 		c.Prepend(ok)
 		return
 	}

@@ -57,7 +57,9 @@ type session struct {
 	log     *slog.Logger
 	hello   quicutil.Hello
 	started time.Time
-	rt      *http.Transport
+	rt      *http.Transport // HTTP/1.1 over streams
+	rt2     *http.Transport // HTTP/2 over streams, made on first use
+	rt2Once sync.Once
 
 	inflight atomic.Int64  // streams in flight, for the balancer
 	streams  atomic.Uint64 // streams served in total
@@ -98,7 +100,7 @@ func (s *Server) serveAgentConn(conn *quic.Conn) {
 		ctrl:      ctrl,
 		endpoints: make(map[routing.EndpointID]quicutil.Kind),
 	}
-	sess.rt = s.newAgentTransport(sess)
+	sess.rt = s.newAgentTransport(sess, quicutil.KindHTTP)
 	s.mu.Lock()
 	s.nextID++
 	sess.id = s.nextID
@@ -218,7 +220,7 @@ func (sess *session) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
 	if err := quicutil.ValidateEndpointID(ep.ID); err != nil {
 		return fail(quicutil.StatusInvalidEndpoint, "%v", err)
 	}
-	if ep.Kind != quicutil.KindHTTP && ep.Kind != quicutil.KindTCP {
+	if !ep.Kind.IsHTTP() && ep.Kind != quicutil.KindTCP {
 		return fail(quicutil.StatusInvalidEndpoint, "endpoint %q: unknown protocol %s", ep.ID, ep.Kind)
 	}
 	id := routing.EndpointID(ep.ID)
@@ -233,19 +235,47 @@ func (sess *session) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
 	if max := sess.srv.cfg.MaxEndpointsPerAgent; len(sess.endpoints) >= max {
 		return fail(quicutil.StatusLimit, "agent serves %d endpoints already (max %d per connection)", len(sess.endpoints), max)
 	}
-	if err := sess.srv.table.Add(id, ep.Kind.String(), sess); err != nil {
+	if err := sess.srv.table.Add(id, tableProto(ep.Kind), sess); err != nil {
+		other := protoTCP
+		if ep.Kind == quicutil.KindTCP {
+			other = protoHTTP
+		}
 		return fail(quicutil.StatusConflict, "endpoint %q is served as %s by another agent; it cannot also be %s",
-			ep.ID, otherKind(ep.Kind), ep.Kind)
+			ep.ID, other, tableProto(ep.Kind))
 	}
 	sess.endpoints[id] = ep.Kind
 	return r
 }
 
-func otherKind(k quicutil.Kind) quicutil.Kind {
-	if k == quicutil.KindHTTP {
-		return quicutil.KindTCP
+// The protocols of the routing table: every agent of an endpoint serves
+// HTTP (whatever version it speaks on its streams) or every one raw TCP.
+const (
+	protoHTTP = "http"
+	protoTCP  = "tcp"
+)
+
+func tableProto(k quicutil.Kind) string {
+	if k.IsHTTP() {
+		return protoHTTP
 	}
-	return quicutil.KindHTTP
+	return protoTCP
+}
+
+// endpointKind returns what the agent speaks on the streams of endpoint id.
+func (sess *session) endpointKind(id routing.EndpointID) quicutil.Kind {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.endpoints[id]
+}
+
+// transport returns the HTTP transport for streams of kind k: HTTP/1.1
+// (one stream per connection) or HTTP/2 (many requests on one stream).
+func (sess *session) transport(k quicutil.Kind) *http.Transport {
+	if k != quicutil.KindHTTP2 {
+		return sess.rt
+	}
+	sess.rt2Once.Do(func() { sess.rt2 = sess.srv.newAgentTransport(sess, quicutil.KindHTTP2) })
+	return sess.rt2
 }
 
 func (sess *session) deregister(m *quicutil.Deregister) *quicutil.Result {
@@ -295,6 +325,10 @@ func (sess *session) teardown(cause error) {
 	s.mu.Unlock()
 	sess.conn.CloseWithError(quicutil.ConnCodeNormal, "")
 	sess.rt.CloseIdleConnections()
+	sess.rt2Once.Do(func() {}) // no HTTP/2 transport from now on
+	if sess.rt2 != nil {
+		sess.rt2.CloseIdleConnections()
+	}
 	sess.wg.Wait()
 	sess.log.Info("agent disconnected", "endpoints", len(ids), "reason", disconnectReason(cause),
 		"connected_for", time.Since(sess.started).Round(time.Millisecond).String())

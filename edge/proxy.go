@@ -90,7 +90,7 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(rw, r, http.StatusBadGateway, ep, fmt.Sprintf("no upstream for endpoint %q", ep))
 		return
 	}
-	if proto != quicutil.KindHTTP.String() {
+	if proto != protoHTTP {
 		writeError(rw, r, http.StatusBadGateway, ep, fmt.Sprintf(
 			"endpoint %q serves raw TCP, not HTTP; reach it with 'pico-agent forward PORT %s'", ep, ep))
 		return
@@ -165,7 +165,7 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 		info.agent = sess.hello.AgentID
 		sess.inflight.Add(1)
 		s.activeStreams.Add(1)
-		resp, err := sess.rt.RoundTrip(req)
+		resp, err := sess.transport(sess.endpointKind(info.endpoint)).RoundTrip(req)
 		if err == nil {
 			resp.Body = trackBody(resp.Body, sess)
 			return resp, nil
@@ -250,16 +250,18 @@ func idempotent(req *http.Request) bool {
 	return false
 }
 
-// newAgentTransport returns the HTTP/1.1 transport whose connections are
-// streams to sess. Keep-alive connections reuse their stream.
-func (s *Server) newAgentTransport(sess *session) *http.Transport {
-	return &http.Transport{
+// newAgentTransport returns the transport whose connections are streams
+// to sess carrying kind: HTTP/1.1, where a keep-alive connection reuses its
+// stream, or HTTP/2 with prior knowledge, where one stream carries many
+// requests (gRPC and other HTTP/2 upstreams need it end to end).
+func (s *Server) newAgentTransport(sess *session, kind quicutil.Kind) *http.Transport {
+	t := &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			host, _, err := net.SplitHostPort(addr)
 			if err != nil {
 				return nil, err
 			}
-			h := &quicutil.StreamHeader{Kind: quicutil.KindHTTP, Endpoint: host}
+			h := &quicutil.StreamHeader{Kind: kind, Endpoint: host}
 			if info, ok := ctx.Value(requestInfoKey).(*requestInfo); ok {
 				h.ClientAddr = info.clientAddr
 			}
@@ -280,6 +282,11 @@ func (s *Server) newAgentTransport(sess *session) *http.Transport {
 		WriteBufferSize:        32 << 10,
 		ReadBufferSize:         32 << 10,
 	}
+	if kind == quicutil.KindHTTP2 {
+		t.Protocols = new(http.Protocols)
+		t.Protocols.SetUnencryptedHTTP2(true)
+	}
+	return t
 }
 
 // proxyError answers a request that could not be proxied, saying why.

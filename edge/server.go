@@ -124,8 +124,13 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 			s.log.Warn(advice)
 		}
 	}
+	plain := new(http.Protocols)
+	plain.SetHTTP1(true)
+	plain.SetUnencryptedHTTP2(true) // h2c with prior knowledge, e.g. gRPC behind a TLS-terminating balancer
 	s.httpSrv = &http.Server{
 		Handler:           s.proxy,
+		Protocols:         plain,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxClientStreams},
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		IdleTimeout:       s.cfg.IdleTimeout,
 		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,

@@ -29,9 +29,13 @@ type Kind uint8
 
 const (
 	KindControl Kind = 0
-	KindHTTP    Kind = 1
-	KindTCP     Kind = 2
+	KindHTTP    Kind = 1 // HTTP/1.1 on the stream
+	KindTCP     Kind = 2 // raw bytes
+	KindHTTP2   Kind = 3 // HTTP/2 with prior knowledge (h2c) on the stream
 )
+
+// IsHTTP reports whether k carries HTTP (of any version).
+func (k Kind) IsHTTP() bool { return k == KindHTTP || k == KindHTTP2 }
 
 func (k Kind) String() string {
 	switch k {
@@ -41,6 +45,8 @@ func (k Kind) String() string {
 		return "http"
 	case KindTCP:
 		return "tcp"
+	case KindHTTP2:
+		return "http2"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -93,7 +99,7 @@ func (h *StreamHeader) Validate() error {
 		if h.Endpoint != "" {
 			return headerErr("control stream names endpoint %q", h.Endpoint)
 		}
-	case KindHTTP, KindTCP:
+	case KindHTTP, KindTCP, KindHTTP2:
 		if err := ValidateEndpointID(h.Endpoint); err != nil {
 			return &HeaderError{Reason: err.Error()}
 		}

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,7 +42,12 @@ type CLI struct {
 
 // ServeCmd serves endpoints from upstream addresses.
 type ServeCmd struct {
-	Pairs []string `arg:"" name:"ENDPOINT UPSTREAM" help:"Pairs of endpoint ID and upstream: a port (3000), host:port, or http://host:port."`
+	Pairs []string `arg:"" name:"ENDPOINT UPSTREAM" help:"Pairs of endpoint ID and upstream: a port (3000), host:port, http://host:port or https://host:port."`
+
+	UpstreamProtocol      string `help:"How to speak to HTTP upstreams: http (HTTP/1.1), h2c (HTTP/2 without TLS, e.g. gRPC), https (HTTP/1.1 over TLS) or h2 (HTTP/2 over TLS). Default: http, or https for https:// upstreams." enum:",http,h2c,https,h2" default:""`
+	UpstreamCA            string `help:"PEM bundle of CAs that verify TLS upstreams (default: the system roots)." type:"existingfile"`
+	UpstreamServerName    string `help:"Name to verify in TLS upstreams' certificates (default: the upstream's host)."`
+	UpstreamTLSSkipVerify bool   `help:"Do not verify TLS upstreams' certificates (self-signed development servers only)."`
 }
 
 // ForwardCmd forwards a local port to an endpoint.
@@ -125,18 +131,26 @@ func (s *ServeCmd) run(ctx context.Context, g *Globals, log *slog.Logger, kind q
 	if len(s.Pairs)%2 != 0 {
 		return fmt.Errorf("arguments come in pairs ENDPOINT UPSTREAM; got %d arguments", len(s.Pairs))
 	}
-	type pair struct{ id, upstream string }
+	type pair struct {
+		id    string
+		up    agent.Upstream
+		proto string
+	}
 	var pairs []pair
 	for i := 0; i < len(s.Pairs); i += 2 {
 		id := s.Pairs[i]
 		if err := quicutil.ValidateEndpointID(id); err != nil {
 			return err
 		}
-		up, err := parseUpstream(s.Pairs[i+1])
+		addr, scheme, err := parseUpstream(s.Pairs[i+1])
 		if err != nil {
 			return fmt.Errorf("endpoint %s: %w", id, err)
 		}
-		pairs = append(pairs, pair{id, up})
+		up, proto, err := s.upstream(kind, addr, scheme)
+		if err != nil {
+			return fmt.Errorf("endpoint %s: %w", id, err)
+		}
+		pairs = append(pairs, pair{id, up, proto})
 	}
 	a, err := g.newAgent(log)
 	if err != nil {
@@ -144,47 +158,93 @@ func (s *ServeCmd) run(ctx context.Context, g *Globals, log *slog.Logger, kind q
 	}
 	return runAgent(ctx, a, func(ctx context.Context) error {
 		for _, p := range pairs {
-			if err := a.ServeUpstream(ctx, p.id, kind, p.upstream); err != nil {
+			var err error
+			if kind == quicutil.KindTCP {
+				err = a.ServeUpstream(ctx, p.id, kind, p.up.Addr)
+			} else {
+				err = a.ServeHTTPUpstream(ctx, p.id, p.up)
+			}
+			if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "endpoint %s (%s) is registered: forwarding to %s\n", p.id, kind, p.upstream)
+			fmt.Fprintf(os.Stderr, "endpoint %s (%s) is registered: forwarding to %s (%s)\n", p.id, kind, p.up.Addr, p.proto)
 		}
 		return nil
 	})
 }
 
-// parseUpstream turns a port, host:port or http URL into host:port.
-func parseUpstream(s string) (string, error) {
+// parseUpstream turns a port, host:port or http(s) URL into host:port and
+// the URL's scheme ("" without one).
+func parseUpstream(s string) (addr, scheme string, err error) {
 	if n, err := strconv.Atoi(s); err == nil {
 		if n < 1 || n > 65535 {
-			return "", fmt.Errorf("upstream port %d out of range", n)
+			return "", "", fmt.Errorf("upstream port %d out of range", n)
 		}
-		return net.JoinHostPort("localhost", s), nil
+		return net.JoinHostPort("localhost", s), "", nil
 	}
 	if strings.Contains(s, "://") {
 		u, err := url.Parse(s)
 		if err != nil {
-			return "", fmt.Errorf("upstream %q: %w", s, err)
+			return "", "", fmt.Errorf("upstream %q: %w", s, err)
 		}
+		port := u.Port()
 		switch u.Scheme {
 		case "http":
+			if port == "" {
+				port = "80"
+			}
 		case "https":
-			return "", fmt.Errorf("upstream %q: TLS to upstreams is not supported yet; give its plain HTTP address", s)
+			if port == "" {
+				port = "443"
+			}
 		default:
-			return "", fmt.Errorf("upstream %q: scheme %q (want http)", s, u.Scheme)
+			return "", "", fmt.Errorf("upstream %q: scheme %q (want http or https)", s, u.Scheme)
 		}
-		if u.Port() == "" {
-			return net.JoinHostPort(u.Hostname(), "80"), nil
-		}
-		return u.Host, nil
+		return net.JoinHostPort(u.Hostname(), port), u.Scheme, nil
 	}
 	if _, _, err := net.SplitHostPort(s); err != nil {
-		return "", fmt.Errorf("upstream %q: want a port, host:port or http://host:port", s)
+		return "", "", fmt.Errorf("upstream %q: want a port, host:port or http(s)://host:port", s)
 	}
-	return s, nil
+	return s, "", nil
+}
+
+// upstream applies the --upstream-* flags to one upstream address, and
+// names the protocol it ends up with.
+func (s *ServeCmd) upstream(kind quicutil.Kind, addr, scheme string) (agent.Upstream, string, error) {
+	up := agent.Upstream{Addr: addr}
+	proto := s.UpstreamProtocol
+	if proto == "" {
+		proto = "http"
+		if scheme == "https" {
+			proto = "https"
+		}
+	}
+	if kind == quicutil.KindTCP {
+		if s.UpstreamProtocol != "" || scheme != "" || s.UpstreamCA != "" || s.UpstreamTLSSkipVerify {
+			return up, "", errors.New("tcp endpoints take a plain host:port upstream, without --upstream-* flags")
+		}
+		return up, "tcp", nil
+	}
+	if scheme == "https" && (proto == "http" || proto == "h2c") || scheme == "http" && (proto == "https" || proto == "h2") {
+		return up, "", fmt.Errorf("a %s:// upstream cannot be spoken to as %s", scheme, proto)
+	}
+	up.HTTP2 = proto == "h2c" || proto == "h2"
+	if proto == "https" || proto == "h2" {
+		up.TLS = &tls.Config{ServerName: s.UpstreamServerName, InsecureSkipVerify: s.UpstreamTLSSkipVerify}
+		if s.UpstreamCA != "" {
+			pool, err := certs.LoadPool(s.UpstreamCA)
+			if err != nil {
+				return up, "", fmt.Errorf("--upstream-ca: %w", err)
+			}
+			up.TLS.RootCAs = pool
+		}
+	} else if s.UpstreamCA != "" || s.UpstreamTLSSkipVerify || s.UpstreamServerName != "" {
+		return up, "", fmt.Errorf("--upstream-ca, --upstream-server-name and --upstream-tls-skip-verify need a TLS upstream (https or h2)")
+	}
+	return up, proto, nil
 }
 
 func (f *ForwardCmd) run(ctx context.Context, g *Globals, log *slog.Logger) error {
