@@ -49,6 +49,7 @@ var sampleHeaders = map[string]quicutil.StreamHeader{
 	"control":         {Kind: quicutil.KindControl},
 	"control relayed": {Kind: quicutil.KindControl, Flags: quicutil.FlagRelayed},
 	"http":            {Kind: quicutil.KindHTTP, Endpoint: "web"},
+	"http2":           {Kind: quicutil.KindHTTP2, Endpoint: "grpc", ClientAddr: "127.0.0.1:9"},
 	"http relayed v4": {Kind: quicutil.KindHTTP, Flags: quicutil.FlagRelayed, Endpoint: "web", ClientAddr: "203.0.113.7:51234"},
 	"tcp v6":          {Kind: quicutil.KindTCP, Endpoint: "db-1", ClientAddr: "[2001:db8::1]:443"},
 	"tcp token":       {Kind: quicutil.KindTCP, Endpoint: "ssh", Token: "secret-token"},
@@ -153,7 +154,7 @@ func TestStreamHeaderMalformed(t *testing.T) {
 		"length 0xffff":             {quicutil.HeaderVersion, 0xff, 0xff},
 		"empty body":                hdrFrame(nil),
 		"body of 3 bytes":           hdrFrame([]byte{http, 0, 0}),
-		"unknown kind":              hdrFrame(hdrBody(3, 0, "web", "")),
+		"unknown kind":              hdrFrame(hdrBody(4, 0, "web", "")),
 		"unknown kind 255":          hdrFrame(hdrBody(255, 0, "web", "")),
 		"unknown flag bit 1":        hdrFrame(hdrBody(http, 2, "web", "")),
 		"unknown flag bit 7":        hdrFrame(hdrBody(http, 0x81, "web", "")),
@@ -279,7 +280,7 @@ func TestReadStreamHeaderReaderError(t *testing.T) {
 
 func TestStreamHeaderValidate(t *testing.T) {
 	tests := map[string]quicutil.StreamHeader{
-		"unknown kind":          {Kind: 3, Endpoint: "web"},
+		"unknown kind":          {Kind: 4, Endpoint: "web"},
 		"control with endpoint": {Kind: quicutil.KindControl, Endpoint: "web"},
 		"http without endpoint": {Kind: quicutil.KindHTTP},
 		"invalid endpoint":      {Kind: quicutil.KindTCP, Endpoint: "a_b"},

@@ -50,6 +50,42 @@ func TestParseWrk(t *testing.T) {
 	}
 }
 
+const h2loadSample = `starting benchmark...
+spawning thread #0: 2 total client(s). Timing-based test with 0s of warm-up time and 1s of main duration for measurements.
+Application protocol: h2
+
+finished in 1.00s, 28878.00 req/s, 959.30KB/s
+requests: 28880 total, 28886 started, 28880 done, 28878 succeeded, 2 failed, 1 errored, 0 timeout
+status codes: 28876 2xx, 2 3xx, 1 4xx, 0 5xx
+traffic: 959.30KB (982324) total, 113.03KB (115740) headers (space savings 95.05%), 338.41KB (346536) data
+                     min         max         mean         sd        +/- sd
+time for request:       32us      7.82ms       252us       344us    95.90%
+time for connect:     1.93ms      4.28ms      3.06ms      1.02ms    50.00%
+`
+
+func TestParseH2load(t *testing.T) {
+	log := "1795627692235514\t200\t100\n1795627692235515\t200\t300\n1795627692235516\t-1\t5\n" +
+		"1795627692235517\t200\t200\n1795627692235518\t404\t1\n"
+	r, err := parseH2load(h2loadSample, strings.NewReader(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Requests != 28876 || r.Errors != 4 || r.Seconds != 1 || r.RequestsPerSec != 28876 {
+		t.Errorf("counts: %+v", r)
+	}
+	if r.P50Us != 200 || r.P99Us != 300 || r.MeanUs != 252 || r.MaxUs != 7820 {
+		t.Errorf("latencies: %+v", r)
+	}
+	if _, err := parseH2load("starting benchmark...\nconnect error\n", nil); err == nil {
+		t.Error("parseH2load accepted output without a summary")
+	}
+	var lr LoadResult
+	lr.setLatencies([]float64{5, 1, 4, 2, 3, 6, 7, 8, 9, 10})
+	if lr.P50Us != 5 || lr.P90Us != 9 || lr.P99Us != 10 || lr.MaxUs != 10 || lr.MeanUs != 5.5 {
+		t.Errorf("setLatencies: %+v", lr)
+	}
+}
+
 func approxEqual(a, b WrkResult) bool {
 	near := func(x, y float64) bool { return x-y < 1e-6*max(1, y) && y-x < 1e-6*max(1, y) }
 	return a.Requests == b.Requests && near(a.Seconds, b.Seconds) && near(a.RequestsPerSec, b.RequestsPerSec) &&
@@ -76,7 +112,7 @@ func TestParseProc(t *testing.T) {
 
 func TestParseFlags(t *testing.T) {
 	o, err := parseFlags([]string{"--quick"})
-	if err != nil || o.Duration != 3*time.Second || len(o.Scenarios) != 4 {
+	if err != nil || o.Duration != 3*time.Second || len(o.Scenarios) != 5 {
 		t.Errorf("--quick: %+v, %v", o, err)
 	}
 	o, err = parseFlags([]string{"--quick", "--duration", "1s", "--scenarios", "a,C"})
@@ -94,7 +130,7 @@ func TestParseFlags(t *testing.T) {
 // works, with no assertion on the figures beyond their being measured.
 func TestHarness(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs the whole harness (about a minute)")
+		t.Skip("runs the whole harness (about a minute and a half)")
 	}
 	if _, err := exec.LookPath("wrk"); err != nil {
 		t.Skip("wrk not installed")
@@ -104,7 +140,7 @@ func TestHarness(t *testing.T) {
 	var out strings.Builder
 	opts := Options{
 		Duration: time.Second, Warmup: time.Second, Repeat: 1,
-		Scenarios:  map[string]bool{"a": true, "b": true, "c": true, "d": true},
+		Scenarios:  map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true},
 		IdleAgents: 20, JSON: jsonPath, Settle: 300 * time.Millisecond, SettleSamples: 2,
 		Out: &out, Log: testWriter{t},
 	}
@@ -142,6 +178,33 @@ func TestHarness(t *testing.T) {
 	if d := res.Idle; d == nil || d.Links != 20 || d.RSSBeforeKiB <= 0 || d.RSSAfterKiB <= 0 || d.EPRSSAfterKiB <= 0 {
 		t.Errorf("scenario D: %+v", d)
 	}
+	// E: h2load's row, or h3load --proto h2's without h2load, and h3load's.
+	_, errH2load := exec.LookPath("h2load")
+	if len(res.TLS) != 2 {
+		t.Fatalf("scenario E: %d rows, want 2 (notes %q)", len(res.TLS), res.TLSNotes)
+	}
+	for i, proto := range []string{"h2", "h3"} {
+		row := res.TLS[i]
+		if row.Proto != proto {
+			t.Errorf("E row %d: proto %q, want %q", i, row.Proto, proto)
+		}
+		for _, r := range []LoadRun{row.Direct, row.Pico} {
+			l := r.Result
+			if l.Requests <= 0 || l.RequestsPerSec <= 0 || l.P50Us <= 0 || l.P99Us < l.P50Us || l.Errors != 0 {
+				t.Errorf("E %s %s: implausible figures %+v", proto, r.Target, l)
+			}
+		}
+		if row.ReqRatioPct <= 0 || row.P50RatioTimes <= 0 || row.Pico.CPUPer1kReq["edge"] <= 0 || row.Pico.CPUPer1kReq["agent"] <= 0 {
+			t.Errorf("E %s: ratio %v, p50 ratio %v, CPU per 1k %v", proto, row.ReqRatioPct, row.P50RatioTimes, row.Pico.CPUPer1kReq)
+		}
+	}
+	if wantClient := "h2load"; errH2load != nil {
+		if res.TLS[0].Client == wantClient || len(res.TLSNotes) == 0 {
+			t.Errorf("E without h2load: h2 client %q, notes %q", res.TLS[0].Client, res.TLSNotes)
+		}
+	} else if res.TLS[0].Client != wantClient {
+		t.Errorf("E h2 client %q, want h2load", res.TLS[0].Client)
+	}
 	if res.PeakRSSKiB["edge"] <= 0 || res.PeakRSSKiB["agent"] <= 0 {
 		t.Errorf("peak RSS: %v", res.PeakRSSKiB)
 	}
@@ -157,14 +220,14 @@ func TestHarness(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatalf("results JSON: %v", err)
 	}
-	if len(back.Small) != 3 || back.Bulk == nil || back.QUICCopy == nil || back.Idle == nil {
+	if len(back.Small) != 3 || back.Bulk == nil || back.QUICCopy == nil || back.Idle == nil || len(back.TLS) != 2 {
 		t.Errorf("results JSON lacks scenarios: %s", b)
 	}
 	entries, _ := os.ReadDir(filepath.Dir(jsonPath))
 	if len(entries) != 1 {
 		t.Errorf("%d files next to the results (history off), want 1", len(entries))
 	}
-	for _, want := range []string{"A. small requests", "B. 1 MiB responses", "C. quic-go one-stream copy", "D. idle agent links"} {
+	for _, want := range []string{"A. small requests", "B. 1 MiB responses", "C. quic-go one-stream copy", "D. idle agent links", "E. small requests"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -32,6 +32,9 @@ type harness struct {
 
 	upstream *proc
 	upAddr   string
+	upTLS    string // the upstream's HTTPS (TCP) and HTTP/3 (UDP) addresses, with scenario E
+	upH3     string
+	upCA     string // CA file of the upstream's certificate
 }
 
 // Run runs the selected scenarios and returns their results, after
@@ -57,7 +60,7 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 			},
 		},
 	}
-	for _, s := range []string{"a", "b", "c", "d"} {
+	for _, s := range allScenarios {
 		if opts.Scenarios[s] {
 			h.res.Options.Scenarios = append(h.res.Options.Scenarios, s)
 		}
@@ -77,6 +80,9 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	}
 	if opts.Scenarios["d"] && ctx.Err() == nil {
 		h.record("D", h.runD(ctx))
+	}
+	if opts.Scenarios["e"] && ctx.Err() == nil {
+		h.record("E", h.runE(ctx))
 	}
 	if h.res.Bulk != nil && h.res.QUICCopy != nil {
 		h.res.PicoVsQUICPct = pct(h.res.Bulk.PicoMiBps, h.res.QUICCopy.MiBps)
@@ -173,6 +179,11 @@ func (h *harness) setup(ctx context.Context) error {
 	if v, err := h.output(ctx, "", "wrk", "--version"); err == nil || v != "" {
 		hi.WrkVersion, _, _ = strings.Cut(strings.TrimSpace(v), " Copyright")
 	}
+	if h.opts.Scenarios["e"] {
+		if v, err := h.output(ctx, "", "h2load", "--version"); err == nil {
+			hi.H2loadVer = strings.TrimSpace(v)
+		}
+	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		hi.Kernel = strings.TrimSpace(string(b))
 	}
@@ -217,15 +228,24 @@ func (h *harness) startUpstream(ctx context.Context) error {
 	if h.upstream != nil {
 		return nil
 	}
-	p, err := h.procs.start("upstream", false, h.binary("pico-bench"), "upstream", "--addr", "127.0.0.1:0")
+	args := []string{"upstream", "--addr", "127.0.0.1:0"}
+	tls := h.opts.Scenarios["e"]
+	if tls { // scenario E's direct baselines
+		h.upCA = filepath.Join(h.tmp, "upstream-ca.pem")
+		args = append(args, "--tls-addr", "127.0.0.1:0", "--ca-out", h.upCA)
+	}
+	p, err := h.procs.start("upstream", false, h.binary("pico-bench"), args...)
 	if err != nil {
 		return err
 	}
 	var ready upstreamReady
-	if _, err := p.waitLine(ctx, 20*time.Second, jsonLine(&ready, func() bool { return ready.Addr != "" })); err != nil {
+	if _, err := p.waitLine(ctx, 20*time.Second, jsonLine(&ready, func() bool {
+		return ready.Addr != "" && (!tls || ready.TLSAddr != "" && ready.H3Addr != "")
+	})); err != nil {
 		return err
 	}
 	h.upstream, h.upAddr = p, ready.Addr
+	h.upTLS, h.upH3 = ready.TLSAddr, ready.H3Addr
 	return nil
 }
 
@@ -243,31 +263,45 @@ type edgeProc struct {
 	*proc
 	dataDir                     string
 	proxy, agentAddr, adminAddr string
+	tlsAddr, h3Addr             string // the HTTPS front door, when enabled
 }
 
 func (e *edgeProc) caFile() string { return filepath.Join(e.dataDir, "ca.pem") }
 
 // startEdge starts an edge on ephemeral ports and waits for its ready line.
-func (h *harness) startEdge(ctx context.Context, name string) (*edgeProc, error) {
+// With tlsDoor it also serves its HTTPS front door (HTTP/1.1 and HTTP/2 on
+// TCP, HTTP/3 on UDP); scenarios A, B and D run without it, as they always
+// have.
+func (h *harness) startEdge(ctx context.Context, name string, tlsDoor bool) (*edgeProc, error) {
 	dir := filepath.Join(h.tmp, name)
+	tlsAddr := ""
+	if tlsDoor {
+		tlsAddr = "127.0.0.1:0"
+	}
 	p, err := h.procs.start(name, false, h.binary("pico-edge"),
 		"--data-dir", dir, "--proxy-addr", "127.0.0.1:0", "--agent-addr", "127.0.0.1:0",
-		"--admin-addr", "127.0.0.1:0", "--proxy-tls-addr", "", "--log-format", "json", "--no-access-log", "--node-id", name)
+		"--admin-addr", "127.0.0.1:0", "--proxy-tls-addr", tlsAddr, "--log-format", "json", "--no-access-log", "--node-id", name)
 	if err != nil {
 		return nil, err
 	}
 	var ready struct {
-		Msg   string `json:"msg"`
-		Proxy string `json:"proxy_addr"`
-		Agent string `json:"agent_addr"`
-		Admin string `json:"admin_addr"`
+		Msg      string `json:"msg"`
+		Proxy    string `json:"proxy_addr"`
+		Agent    string `json:"agent_addr"`
+		Admin    string `json:"admin_addr"`
+		ProxyTLS string `json:"proxy_tls_addr"`
+		ProxyH3  string `json:"proxy_h3_addr"`
 	}
 	if _, err := p.waitLine(ctx, 30*time.Second, jsonLine(&ready, func() bool {
 		return ready.Msg == "edge node ready" && ready.Proxy != "" && ready.Agent != "" && ready.Admin != ""
 	})); err != nil {
 		return nil, err
 	}
-	e := &edgeProc{proc: p, dataDir: dir, proxy: ready.Proxy, agentAddr: ready.Agent, adminAddr: ready.Admin}
+	if tlsDoor && (ready.ProxyTLS == "" || ready.ProxyH3 == "") {
+		return nil, fmt.Errorf("%s: its ready line lacks proxy_tls_addr or proxy_h3_addr (tls %q, h3 %q)", name, ready.ProxyTLS, ready.ProxyH3)
+	}
+	e := &edgeProc{proc: p, dataDir: dir, proxy: ready.Proxy, agentAddr: ready.Agent, adminAddr: ready.Admin,
+		tlsAddr: ready.ProxyTLS, h3Addr: ready.ProxyH3}
 	if _, err := os.Stat(e.caFile()); err != nil {
 		return nil, fmt.Errorf("%s: no development CA: %w", name, err)
 	}
@@ -565,28 +599,41 @@ func median(v []float64) float64 {
 	return s[(len(s)-1)/2]
 }
 
-// runAB runs scenarios A and B against one edge and one agent process.
-func (h *harness) runAB(ctx context.Context) error {
-	if err := h.startUpstream(ctx); err != nil {
-		return err
-	}
-	h.logf("upstream on %s; starting edge and agent", h.upAddr)
-	e, err := h.startEdge(ctx, "edge")
+// startPico starts an edge and an agent serving endpoint "bench" from the
+// upstream (plain HTTP/1.1), and waits until the edge has the endpoint.
+func (h *harness) startPico(ctx context.Context, edgeName, agentName string, tlsDoor bool) (*edgeProc, *proc, error) {
+	e, err := h.startEdge(ctx, edgeName, tlsDoor)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	ag, err := h.procs.start("agent", false, h.binary("pico-agent"), "http", "bench", h.upAddr,
+	ag, err := h.procs.start(agentName, false, h.binary("pico-agent"), "http", "bench", h.upAddr,
 		"--edge", e.agentAddr, "--ca", e.caFile(), "--log-format", "json")
 	if err != nil {
-		return err
+		e.kill()
+		return nil, nil, err
 	}
-	if err := poll(ctx, 30*time.Second, "endpoint bench on the edge", func() (bool, error) {
+	if err := poll(ctx, 30*time.Second, "endpoint bench on "+edgeName, func() (bool, error) {
 		if ag.exited() {
 			return false, fmt.Errorf("agent exited:\n%s", ag.tail(10))
 		}
 		c, err := h.counts(ctx, e)
 		return err == nil && slices.Contains(c.ids, "bench"), err
 	}); err != nil {
+		e.kill()
+		ag.kill()
+		return nil, nil, err
+	}
+	return e, ag, nil
+}
+
+// runAB runs scenarios A and B against one edge and one agent process.
+func (h *harness) runAB(ctx context.Context) error {
+	if err := h.startUpstream(ctx); err != nil {
+		return err
+	}
+	h.logf("upstream on %s; starting edge and agent", h.upAddr)
+	e, ag, err := h.startPico(ctx, "edge", "agent", false)
+	if err != nil {
 		return err
 	}
 	direct := "http://" + h.upAddr
@@ -773,7 +820,7 @@ type idlePhase struct {
 // the edge reports them all, and measures again.
 func (h *harness) idlePhase(ctx context.Context, name string, steps []int, perLink int) (idlePhase, error) {
 	var ph idlePhase
-	e, err := h.startEdge(ctx, name)
+	e, err := h.startEdge(ctx, name, false)
 	if err != nil {
 		return ph, err
 	}

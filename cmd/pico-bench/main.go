@@ -10,15 +10,17 @@
 //	C  a plain quic-go one-stream copy between two processes, the QUIC stack's bulk limit,
 //	   and the ratio of B's Pico throughput to it
 //	D  edge RSS per idle agent link, and per endpoint
+//	E  small requests over HTTPS: HTTP/2 (h2load) and HTTP/3 (the h3load subcommand) through the
+//	   edge's TLS front door, each against the upstream's own TLS listener speaking the same protocol
 //
 // It prints tables to stdout and writes the raw figures as JSON (--json).
 //
 // Usage:
 //
-//	pico-bench [--duration 10s] [--quick] [--scenarios a,b,c,d] [--idle-agents 200] [--json bench-results/latest.json]
+//	pico-bench [--duration 10s] [--quick] [--scenarios a,b,c,d,e] [--idle-agents 200] [--json bench-results/latest.json]
 //
-// The subcommands upstream, quic-sink, quic-source and idle-agents are the
-// harness's own helper processes.
+// The subcommands upstream, quic-sink, quic-source, idle-agents and h3load
+// are the harness's own helper processes.
 package main
 
 import (
@@ -38,7 +40,7 @@ import (
 type Options struct {
 	Duration      time.Duration   // per wrk run (and the QUIC copy)
 	Warmup        time.Duration   // wrk warm-up run before the measurements
-	Scenarios     map[string]bool // "a", "b", "c", "d"
+	Scenarios     map[string]bool // "a", "b", "c", "d", "e"
 	IdleAgents    int             // K of scenario D
 	Repeat        int             // direct/pico pairs per measurement; the median ratio is reported
 	QuietWait     time.Duration   // before each measurement, wait up to this long for other processes to go idle
@@ -85,7 +87,10 @@ var subcommands = map[string]func(ctx context.Context, args []string) error{
 	"quic-sink":   runQUICSink,
 	"quic-source": runQUICSource,
 	"idle-agents": runIdleAgents,
+	"h3load":      runH3Load,
 }
+
+var allScenarios = []string{"a", "b", "c", "d", "e"}
 
 func parseFlags(args []string) (Options, error) {
 	fs := flag.NewFlagSet("pico-bench", flag.ContinueOnError)
@@ -93,12 +98,12 @@ func parseFlags(args []string) (Options, error) {
 		fmt.Fprintf(fs.Output(), "Usage: pico-bench [flags]\n\n"+
 			"Load harness: builds pico-edge and pico-agent, runs wrk and a quic-go copy against them\n"+
 			"on 127.0.0.1, and reports every Pico figure as a ratio of a baseline measured in the same run.\n\n"+
-			"Helper subcommands (started by the harness): upstream, quic-sink, quic-source, idle-agents.\n\nFlags:\n")
+			"Helper subcommands (started by the harness): upstream, quic-sink, quic-source, idle-agents, h3load.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	duration := fs.Duration("duration", 10*time.Second, "length of each wrk run and of the QUIC copy (whole seconds, at least 1s)")
 	quick := fs.Bool("quick", false, "smoke mode: 3s runs (unless --duration is given), shorter warm-up and settle")
-	scenarios := fs.String("scenarios", "a,b,c,d", "scenarios to run, comma separated: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory)")
+	scenarios := fs.String("scenarios", "a,b,c,d,e", "scenarios to run, comma separated: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory), e (small requests over HTTP/2 and HTTP/3)")
 	idle := fs.Int("idle-agents", 200, "idle agent links K in scenario D")
 	quietWait := fs.Duration("quiet-wait", 30*time.Second, "before each measurement, wait up to this long for other processes' CPU use to drop below 0.15 cores (0: don't wait); the run proceeds, flagged, if it does not")
 	repeat := fs.Int("repeat", 1, "run each direct/pico pair (and the QUIC copy) this many times, interleaved, and report the median ratio; use 3 on a busy machine")
@@ -108,7 +113,7 @@ func parseFlags(args []string) (Options, error) {
 		return Options{}, err
 	}
 	if fs.NArg() > 0 {
-		return Options{}, fmt.Errorf("unexpected argument %q (subcommands: upstream, quic-sink, quic-source, idle-agents)", fs.Arg(0))
+		return Options{}, fmt.Errorf("unexpected argument %q (subcommands: upstream, quic-sink, quic-source, idle-agents, h3load)", fs.Arg(0))
 	}
 	durationSet := isSet(fs, "duration")
 
@@ -157,13 +162,13 @@ func parseScenarios(s string) (map[string]bool, error) {
 		switch p {
 		case "":
 		case "all":
-			for _, k := range []string{"a", "b", "c", "d"} {
+			for _, k := range allScenarios {
 				out[k] = true
 			}
-		case "a", "b", "c", "d":
+		case "a", "b", "c", "d", "e":
 			out[p] = true
 		default:
-			return nil, fmt.Errorf("--scenarios: unknown scenario %q (want a, b, c, d or all)", p)
+			return nil, fmt.Errorf("--scenarios: unknown scenario %q (want a, b, c, d, e or all)", p)
 		}
 	}
 	if len(out) == 0 {

@@ -92,6 +92,31 @@ func printReport(w io.Writer, r *Results) {
 				d.EPLinks, d.EPPerLink, fmtKiB(d.EPRSSBeforeKiB), fmtKiB(d.EPRSSAfterKiB), d.PerEndpointKiB, d.MarginalEPKiB)
 		}
 	}
+	if len(r.TLS) > 0 || len(r.TLSNotes) > 0 {
+		fmt.Fprintf(w, "\nE. small requests (12-byte body) over TLS, %d conns x %d streams: direct = the client against the upstream's own TLS listener\n"+
+			"   in the same protocol; pico = client -> edge HTTPS door (h2 over TCP, h3 over UDP) -> agent -> upstream HTTP/1.1.\n"+
+			"   clients: h2load -t2 for h2, pico-bench h3load (quic-go http3, a process of its own) for h3; p50/p99 from every request's latency;\n"+
+			"   CPU = seconds per 1000 requests; p50x/p99x = pico latency / direct latency\n", eConns, eStreams)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "proto\tclient\tdirect req/s\tpico req/s\tratio\tdirect p50/p99\tpico p50/p99\tp50x / p99x\tedge cpu\tagent cpu\tupstr cpu d/p\tclient cpu d/p\tcores d/p\tother d/p\t")
+		for _, row := range r.TLS {
+			d, p := row.Direct, row.Pico
+			note := ""
+			if n := d.Result.Errors + p.Result.Errors; n > 0 {
+				note = fmt.Sprintf("SUSPECT (errors: direct %d, pico %d)", d.Result.Errors, p.Result.Errors)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%s\t%s / %s\t%s / %s\t%.2fx / %.2fx\t%.3f\t%.3f\t%.3f / %.3f\t%.3f / %.3f\t%.2f / %.2f\t%.2f / %.2f\t%s\n",
+				row.Proto, row.Client, d.Result.RequestsPerSec, p.Result.RequestsPerSec, fmtRatio(row.ReqRatioPct, row.Pairs),
+				fmtUs(d.Result.P50Us), fmtUs(d.Result.P99Us), fmtUs(p.Result.P50Us), fmtUs(p.Result.P99Us),
+				row.P50RatioTimes, row.P99RatioTimes,
+				p.CPUPer1kReq["edge"], p.CPUPer1kReq["agent"], d.CPUPer1kReq["upstream"], p.CPUPer1kReq["upstream"],
+				d.CPUPer1kReq["client"], p.CPUPer1kReq["client"], d.CoresBusy, p.CoresBusy, d.OtherCores, p.OtherCores, note)
+		}
+		tw.Flush()
+		for _, n := range r.TLSNotes {
+			fmt.Fprintf(w, "   note: %s\n", n)
+		}
+	}
 	if len(r.PeakRSSKiB) > 0 {
 		fmt.Fprintf(w, "\npeak RSS (VmHWM) during A/B: edge %s, agent %s\n", fmtKiB(r.PeakRSSKiB["edge"]), fmtKiB(r.PeakRSSKiB["agent"]))
 	}

@@ -17,6 +17,9 @@ type Results struct {
 	Bulk     *BulkRow    `json:"scenario_b_1mib,omitempty"`
 	QUICCopy *QUICCopy   `json:"scenario_c_quic_copy,omitempty"`
 	Idle     *IdleResult `json:"scenario_d_idle,omitempty"`
+	TLS      []TLSRow    `json:"scenario_e_tls,omitempty"`
+	// TLSNotes say what scenario E left out or substituted, and why.
+	TLSNotes []string `json:"scenario_e_notes,omitempty"`
 
 	// PicoVsQUICPct is scenario B's Pico MiB/s over scenario C's quic-go
 	// copy MiB/s, in percent (target >= 70).
@@ -37,6 +40,7 @@ type HostInfo struct {
 	GitCommit    string `json:"git_commit,omitempty"`
 	GitDirty     bool   `json:"git_dirty"`
 	WrkVersion   string `json:"wrk_version,omitempty"`
+	H2loadVer    string `json:"h2load_version,omitempty"`
 	LoadAvgStart string `json:"loadavg_start,omitempty"`
 	LoadAvgEnd   string `json:"loadavg_end,omitempty"`
 	UDPRmemMax   int64  `json:"udp_rmem_max,omitempty"`
@@ -150,4 +154,35 @@ type IdleResult struct {
 	PerEndpointKiB  float64 `json:"kib_per_endpoint"`
 	MarginalEPKiB   float64 `json:"kib_per_extra_endpoint"`
 	EPConnectSecond float64 `json:"endpoint_phase_connect_seconds"`
+}
+
+// LoadRun is one scenario E run (h2load or h3load) and the CPU the
+// processes involved spent during it.
+type LoadRun struct {
+	Target string     `json:"target"` // "direct" or "pico"
+	URL    string     `json:"url"`
+	Result LoadResult `json:"result"`
+	// CPUSeconds per process role (edge, agent, upstream, client).
+	CPUSeconds    map[string]float64 `json:"cpu_seconds"`
+	CPUPer1kReq   map[string]float64 `json:"cpu_seconds_per_1k_requests"`
+	CoresBusy     float64            `json:"cores_busy"`
+	HostCoresBusy float64            `json:"host_cores_busy"`
+	OtherCores    float64            `json:"other_cores"`
+}
+
+// TLSRow is scenario E for one protocol: the same client and protocol
+// against the upstream's TLS listener (direct) and the edge's HTTPS front
+// door (pico; the edge reaches the upstream through the agent over plain
+// HTTP/1.1).
+type TLSRow struct {
+	Proto         string      `json:"proto"` // "h2" or "h3"
+	Client        string      `json:"client"`
+	Conns         int         `json:"conns"`
+	Streams       int         `json:"streams_per_conn"`
+	Direct        LoadRun     `json:"direct"`
+	Pico          LoadRun     `json:"pico"`
+	ReqRatioPct   float64     `json:"req_per_sec_ratio_pct"`
+	P50RatioTimes float64     `json:"p50_ratio_times"`
+	P99RatioTimes float64     `json:"p99_ratio_times"`
+	Pairs         []PairRatio `json:"pairs"`
 }

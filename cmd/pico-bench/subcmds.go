@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 
 	"github.com/pico-edge/pico/agent"
 	"github.com/pico-edge/pico/certs"
@@ -47,15 +48,25 @@ var (
 )
 
 type upstreamReady struct {
-	Addr string `json:"addr"`
+	Addr    string `json:"addr"`
+	TLSAddr string `json:"tls_addr,omitempty"` // HTTP/1.1 and HTTP/2 over TLS (TCP)
+	H3Addr  string `json:"h3_addr,omitempty"`  // HTTP/3 (UDP)
 }
 
-// runUpstream serves /small (12 bytes) and /1m (1 MiB) over HTTP/1.1.
+// runUpstream serves /small (12 bytes) and /1m (1 MiB) over HTTP/1.1 and,
+// with --tls-addr, also over TLS: HTTP/1.1 and HTTP/2 on TCP and HTTP/3 on
+// UDP (the same port number if it is free), with a certificate from
+// certs.Generate whose CA it writes to --ca-out.
 func runUpstream(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("upstream", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:0", "listen address")
+	tlsAddr := fs.String("tls-addr", "", "also serve HTTPS (HTTP/1.1, HTTP/2) on this TCP address and HTTP/3 on UDP (empty: no TLS)")
+	caOut := fs.String("ca-out", "", "with --tls-addr: file to write the generated CA certificate (PEM) to")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *tlsAddr != "" && *caOut == "" {
+		return errors.New("--tls-addr needs --ca-out")
 	}
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
@@ -79,15 +90,98 @@ func runUpstream(ctx context.Context, args []string) error {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
 	ctx, cancel := context.WithTimeout(ctx, maxLife)
 	defer cancel()
+	ready := upstreamReady{Addr: ln.Addr().String()}
+	errc := make(chan error, 3)
+	if *tlsAddr != "" {
+		tlsSrv, h3Srv, err := serveUpstreamTLS(*tlsAddr, *caOut, mux, &ready, errc)
+		if err != nil {
+			return err
+		}
+		go func() { // ends with ctx
+			<-ctx.Done()
+			tlsSrv.Close()
+			h3Srv.Close()
+		}()
+	}
 	go func() { // ends with ctx
 		<-ctx.Done()
 		srv.Close()
 	}()
-	printJSON(upstreamReady{Addr: ln.Addr().String()})
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
+	go func() { errc <- srv.Serve(ln) }()
+	printJSON(ready)
+	select {
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	case <-ctx.Done():
 	}
 	return nil
+}
+
+// serveUpstreamTLS starts the upstream's TLS listeners: HTTP/1.1 and
+// HTTP/2 on TCP, HTTP/3 on UDP. Serve errors go to errc.
+func serveUpstreamTLS(addr, caOut string, h http.Handler, ready *upstreamReady, errc chan<- error) (*http.Server, *http3.Server, error) {
+	b, err := certs.Generate()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.WriteFile(caOut, b.CAPEM, 0o644); err != nil {
+		return nil, nil, err
+	}
+	tcp, udp, err := listenTCPAndUDP(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true)
+	tlsSrv := &http.Server{
+		Handler: h, ReadHeaderTimeout: 10 * time.Second, Protocols: protocols,
+		// The edge's front door allows 100 streams per connection too.
+		HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: 100},
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{b.Cert}},
+	}
+	h3Srv := &http3.Server{
+		Handler:    h,
+		TLSConfig:  http3.ConfigureTLSConfig(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{b.Cert}}),
+		QUICConfig: &quic.Config{MaxIncomingStreams: 100, MaxIdleTimeout: 30 * time.Second},
+	}
+	go func() { errc <- tlsSrv.ServeTLS(tcp, "", "") }()
+	go func() {
+		if err := h3Srv.Serve(udp); err != nil && !errors.Is(err, quic.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	ready.TLSAddr, ready.H3Addr = tcp.Addr().String(), udp.LocalAddr().String()
+	return tlsSrv, h3Srv, nil
+}
+
+// listenTCPAndUDP listens on a TCP address and on UDP at the same port
+// number, retrying with new ephemeral ports when that UDP port is taken.
+func listenTCPAndUDP(addr string) (net.Listener, net.PacketConn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	var last error
+	for range 10 {
+		tcp, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		_, p, _ := net.SplitHostPort(tcp.Addr().String())
+		udp, err := net.ListenPacket("udp", net.JoinHostPort(host, p))
+		if err == nil {
+			return tcp, udp, nil
+		}
+		tcp.Close()
+		last = err
+		if port != "0" {
+			break
+		}
+	}
+	return nil, nil, fmt.Errorf("UDP at the TCP port of %s: %w", addr, last)
 }
 
 const copyALPN = "pico-bench-copy"
