@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -49,6 +50,10 @@ type Config struct {
 	// HelloTimeout bounds the time a new agent connection has to say hello;
 	// if zero, 10s.
 	HelloTimeout time.Duration
+	// TrustedProxies are the networks of proxies in front of the edge whose
+	// X-Forwarded-* and Forwarded headers are kept and extended; from any
+	// other client they are replaced. Empty: trust nobody.
+	TrustedProxies []netip.Prefix
 	// AllowUnderscoresInHeaders passes request header names with '_'
 	// (rejected with 400 by default: proxies disagree on whether X_A is X-A).
 	AllowUnderscoresInHeaders bool

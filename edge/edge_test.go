@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -126,6 +127,33 @@ func TestForwardedAndHopHeaders(t *testing.T) {
 		"Keep-Alive":        {h.Get("Keep-Alive"), ""},
 		"X-Kept":            {h.Get("X-Kept"), "yes"},
 		"Host":              {e.Host, "foo.example.com"},
+		"Forwarded":         {h.Get("Forwarded"), "for=127.0.0.1;host=foo.example.com;proto=http"},
+	}
+	for name, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %q, want %q", name, c.got, c.want)
+		}
+	}
+}
+
+// Behind a trusted proxy, the forwarding chains it sent are kept and
+// extended, and the protocol it saw stands.
+func TestTrustedProxies(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")} })
+	serve(t, n, "foo", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders()))
+	req := n.Request(t, "GET", "foo", "/", nil)
+	req.Host = "foo.example.com"
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	req.Header.Set("X-Forwarded-Proto", "https")
+	req.Header.Set("Forwarded", "for=203.0.113.9;proto=https")
+	_, body := do(t, edgetest.Client(t), req)
+	var e echoed
+	json.Unmarshal([]byte(body), &e)
+	h := http.Header(e.Header)
+	checks := map[string]struct{ got, want string }{
+		"X-Forwarded-For":   {h.Get("X-Forwarded-For"), "203.0.113.9, 127.0.0.1"},
+		"X-Forwarded-Proto": {h.Get("X-Forwarded-Proto"), "https"},
+		"Forwarded":         {h.Get("Forwarded"), "for=203.0.113.9;proto=https, for=127.0.0.1;host=foo.example.com;proto=http"},
 	}
 	for name, c := range checks {
 		if c.got != c.want {

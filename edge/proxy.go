@@ -11,7 +11,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -136,12 +138,90 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = string(info.endpoint)
 	pr.Out.Host = pr.In.Host
-	pr.SetXForwarded()
+	s.setForwarded(pr)
 	for k := range pr.Out.Header {
 		if len(k) > 7 && strings.EqualFold(k[:7], "X-Pico-") {
 			delete(pr.Out.Header, k)
 		}
 	}
+}
+
+// setForwarded sets X-Forwarded-For, -Host and -Proto and Forwarded
+// (RFC 7239) from what the edge saw. What the client sent in them is
+// dropped, unless the client is a proxy in Config.TrustedProxies: then its
+// chains are kept and extended, and its -Host and -Proto stand.
+func (s *Server) setForwarded(pr *httputil.ProxyRequest) {
+	in, out := pr.In, pr.Out.Header
+	proto := "http"
+	if in.TLS != nil {
+		proto = "https"
+	}
+	clientIP := ""
+	if ap, err := netip.ParseAddrPort(in.RemoteAddr); err == nil {
+		clientIP = ap.Addr().Unmap().String()
+	}
+	trusted := s.trusted(clientIP)
+	out.Del("Forwarded")
+	if trusted {
+		if prior := in.Header["X-Forwarded-For"]; len(prior) > 0 {
+			out.Set("X-Forwarded-For", strings.Join(prior, ", ")+", "+clientIP)
+		} else {
+			out.Set("X-Forwarded-For", clientIP)
+		}
+		out.Set("X-Forwarded-Host", firstNonEmpty(in.Header.Get("X-Forwarded-Host"), in.Host))
+		out.Set("X-Forwarded-Proto", firstNonEmpty(in.Header.Get("X-Forwarded-Proto"), proto))
+		if prior := in.Header.Values("Forwarded"); len(prior) > 0 {
+			out.Set("Forwarded", strings.Join(prior, ", ")+", "+forwardedElement(clientIP, in.Host, proto))
+			return
+		}
+	} else {
+		out.Set("X-Forwarded-For", clientIP)
+		out.Set("X-Forwarded-Host", in.Host)
+		out.Set("X-Forwarded-Proto", proto)
+	}
+	out.Set("Forwarded", forwardedElement(clientIP, in.Host, proto))
+}
+
+func (s *Server) trusted(ip string) bool {
+	if len(s.cfg.TrustedProxies) == 0 || ip == "" {
+		return false
+	}
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// forwardedElement is one element of a Forwarded header.
+func forwardedElement(ip, host, proto string) string {
+	forIP := ip
+	if strings.Contains(ip, ":") {
+		forIP = `"[` + ip + `]"`
+	}
+	if forIP == "" {
+		forIP = "unknown"
+	}
+	return "for=" + forIP + ";host=" + quoteIfNeeded(host) + ";proto=" + proto
+}
+
+func quoteIfNeeded(v string) string {
+	if strings.ContainsAny(v, `:[]\" ;,=`) {
+		return strconv.Quote(v)
+	}
+	return v
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 // agentRoundTripper sends a request to an agent that serves its endpoint,

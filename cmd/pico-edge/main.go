@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -45,7 +46,8 @@ type CLI struct {
 	MaxEndpointsPerAgent  int           `help:"Endpoints one agent connection may serve." default:"100" group:"Limits"`
 	ShutdownGrace         time.Duration `help:"Time requests in flight get to finish on SIGTERM." default:"30s" group:"Limits"`
 
-	AllowUnderscoresInHeaders bool `help:"Pass request header names that contain '_' (rejected with 400 by default)." group:"Limits"`
+	AllowUnderscoresInHeaders bool     `help:"Pass request header names that contain '_' (rejected with 400 by default)." group:"Limits"`
+	TrustedProxies            []string `help:"CIDRs of proxies in front of the edge (load balancers) whose X-Forwarded-* and Forwarded headers are kept and extended; from anyone else they are replaced." sep:"," group:"Limits"`
 
 	AccessLog    bool `help:"Log one line per request and TCP connection." default:"true" negatable:"" group:"Logging"`
 	cli.LogFlags `embed:"" group:"Logging"`
@@ -98,7 +100,16 @@ func (c *CLI) run(log *slog.Logger) error {
 	if !c.AccessLog {
 		accessLog = slog.New(slog.DiscardHandler)
 	}
+	var trusted []netip.Prefix
+	for _, c := range c.TrustedProxies {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return fmt.Errorf("--trusted-proxies %q: want a CIDR such as 10.0.0.0/8: %w", c, err)
+		}
+		trusted = append(trusted, p)
+	}
 	srv, err := edge.New(edge.Config{
+		TrustedProxies:            trusted,
 		NodeID:                    c.NodeID,
 		Version:                   cli.Version(),
 		GetCertificate:            getCert,
