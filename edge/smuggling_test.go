@@ -1,0 +1,113 @@
+package edge_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pico-edge/pico/edge/edgetest"
+	"github.com/pico-edge/pico/quicutil"
+)
+
+// smugglingVector is one raw HTTP/1.1 input of testdata/smuggling/http1.json.
+type smugglingVector struct {
+	Name     string `json:"name"`
+	Raw      string `json:"raw"`
+	Expect   string `json:"expect"`    // "reject": an error status and nothing upstream; "one": at most one request upstream
+	KnownGap string `json:"known_gap"` // why the edge does not do what it should yet
+}
+
+// TestSmugglingVectors sends each vector of the corpus on its own
+// connection. Whatever the edge does, the upstream never sees the smuggled
+// request, and sees at most one request per vector; vectors expected to be
+// rejected get an error status and reach nobody.
+func TestSmugglingVectors(t *testing.T) {
+	b, err := os.ReadFile("../testdata/smuggling/http1.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vectors []smugglingVector
+	if err := json.Unmarshal(b, &vectors); err != nil {
+		t.Fatalf("corpus: %v", err)
+	}
+	if len(vectors) < 15 {
+		t.Fatalf("corpus has %d vectors", len(vectors))
+	}
+
+	n := edgetest.NewNode(t)
+	var mu sync.Mutex
+	var seen []string // paths the upstream received
+	serve(t, n, "web", quicutil.KindHTTP, edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		seen = append(seen, r.URL.Path)
+		mu.Unlock()
+	})))
+	proxy := strings.TrimPrefix(n.ProxyURL, "http://")
+
+	for _, v := range vectors {
+		t.Run(v.Name, func(t *testing.T) {
+			if v.KnownGap != "" {
+				t.Skip("known gap: " + v.KnownGap)
+			}
+			mu.Lock()
+			seen = nil
+			mu.Unlock()
+			statuses := sendRaw(t, proxy, v.Raw)
+			mu.Lock()
+			got := append([]string(nil), seen...)
+			mu.Unlock()
+			for _, p := range got {
+				if p == "/smuggled" {
+					t.Fatalf("the upstream received the smuggled request (paths %q, statuses %v)", got, statuses)
+				}
+			}
+			switch v.Expect {
+			case "reject":
+				if len(got) != 0 || len(statuses) == 0 || statuses[0] < 400 {
+					t.Fatalf("statuses %v, upstream saw %q; want an error status and nothing upstream", statuses, got)
+				}
+			case "one":
+				if len(got) > 1 {
+					t.Fatalf("upstream saw %d requests %q (statuses %v), want at most one", len(got), got, statuses)
+				}
+			default:
+				t.Fatalf("corpus: unknown expectation %q", v.Expect)
+			}
+		})
+	}
+}
+
+// sendRaw writes raw on a new connection, half-closes it, and returns the
+// status of every response until the edge closes the connection.
+func sendRaw(t *testing.T, addr, raw string) []int {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second)) // a ceiling for failure only
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	conn.(*net.TCPConn).CloseWrite()
+	var statuses []int
+	br := bufio.NewReader(conn)
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return statuses
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		statuses = append(statuses, resp.StatusCode)
+	}
+}
