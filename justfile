@@ -34,6 +34,7 @@ fuzz:
     go test -run='^$' -fuzz=FuzzParseStreamHeader -fuzztime=60s ./quicutil
     go test -run='^$' -fuzz=FuzzParseMessage -fuzztime=60s ./quicutil
     go test -run='^$' -fuzz=FuzzReadAnswer -fuzztime=60s ./quicutil
+    go test -run='^$' -fuzz=FuzzGuard -fuzztime=60s ./edge
 
 # Load run with wrk and quic-go baselines (pico-bench); results in bench-results/
 bench *ARGS:

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -76,6 +77,20 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.accessLog(r, rw, info, d)
 	}()
 
+	if r.TLS == nil {
+		if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok {
+			r.TLS = st // HTTP/1.1 over TLS behind the request guard
+		}
+	}
+	if v := r.Header.Get(rejectHeader); v != "" && r.ProtoMajor == 1 {
+		code, reason, _ := strings.Cut(v, " ")
+		status, _ := strconv.Atoi(code)
+		if status < 400 {
+			status = http.StatusBadRequest
+		}
+		writeError(rw, r, status, "", reason)
+		return
+	}
 	if status, msg := checkRequest(r, s.cfg.MaxHeaderBytes, s.cfg.AllowUnderscoresInHeaders); status != 0 {
 		writeError(rw, r, status, "", msg)
 		return

@@ -152,7 +152,7 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	s.mu.Unlock()
 	g.Go(func() error { return s.acceptAgents(gctx, ln) })
 	g.Go(func() error {
-		if err := s.httpSrv.Serve(lns.Proxy); !errors.Is(err, http.ErrServerClosed) {
+		if err := s.httpSrv.Serve(guardListener{lns.Proxy, s.cfg.MaxHeaderBytes + 4096}); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve proxy on %s: %w", lns.Proxy.Addr(), err)
 		}
 		return nil

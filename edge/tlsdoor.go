@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -26,10 +27,12 @@ const (
 // tlsDoor is the HTTPS front door: HTTP/1.1 and HTTP/2 over TLS on TCP, and
 // HTTP/3 on UDP on the same port number, all served by the same handler.
 type tlsDoor struct {
-	tcp *http.Server
-	h3  *http3.Server
-	tr  *quic.Transport // HTTP/3's UDP socket
-	ln  *quic.Listener
+	tcp   *http.Server
+	tcpLn net.Listener   // the TLS listener the accept loop reads
+	hs    sync.WaitGroup // TLS handshakes under way
+	h3    *http3.Server
+	tr    *quic.Transport // HTTP/3's UDP socket
+	ln    *quic.Listener
 }
 
 // startTLSDoor serves the TLS front door on the listeners given (either may
@@ -83,17 +86,53 @@ func (s *Server) startTLSDoor(lns Listeners, goFn func(func() error)) (*tlsDoor,
 			TLSConfig: &tls.Config{
 				MinVersion:     tls.VersionTLS12,
 				GetCertificate: s.cfg.GetCertificate,
+				NextProtos:     []string{"h2", "http/1.1"},
 			},
-			ErrorLog: log.New(slogWriter{s.log, slog.LevelDebug}, "", 0),
+			ConnContext: guardConnContext,
+			ErrorLog:    log.New(slogWriter{s.log, slog.LevelDebug}, "", 0),
 		}
+		conns := newChanListener(lns.TLS.Addr())
+		d.tcpLn = tls.NewListener(lns.TLS, d.tcp.TLSConfig)
 		goFn(func() error {
-			if err := d.tcp.ServeTLS(lns.TLS, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			if err := d.tcp.Serve(conns); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("serve HTTPS on %s: %w", lns.TLS.Addr(), err)
 			}
 			return nil
 		})
+		goFn(func() error {
+			d.acceptTLS(conns, s.cfg.MaxHeaderBytes+4096)
+			return nil
+		})
 	}
 	return d, nil
+}
+
+// acceptTLS completes TLS handshakes and hands each connection to the
+// HTTPS server: HTTP/2 as it is, HTTP/1.1 behind the request guard. It
+// returns when the TLS listener closes.
+func (d *tlsDoor) acceptTLS(conns *chanListener, maxHead int) {
+	defer d.hs.Wait()
+	for {
+		c, err := d.tcpLn.Accept()
+		if err != nil {
+			return
+		}
+		d.hs.Go(func() {
+			tc := c.(*tls.Conn)
+			tc.SetDeadline(time.Now().Add(10 * time.Second))
+			if err := tc.Handshake(); err != nil {
+				tc.Close()
+				return
+			}
+			tc.SetDeadline(time.Time{})
+			st := tc.ConnectionState()
+			if st.NegotiatedProtocol == "h2" {
+				conns.push(tc)
+				return
+			}
+			conns.push(newGuardConn(tc, maxHead, &st))
+		})
+	}
 }
 
 // shutdown stops taking requests and waits for those in flight until ctx
@@ -103,6 +142,7 @@ func (d *tlsDoor) shutdown(ctx context.Context) {
 		return
 	}
 	if d.tcp != nil {
+		d.tcpLn.Close() // no new connections; acceptTLS returns
 		d.tcp.Shutdown(ctx)
 		d.tcp.Close()
 	}

@@ -288,8 +288,6 @@ func TestErrors(t *testing.T) {
 			endpoint: "nope", header: http.Header{"X_Forwarded_For": {"203.0.113.7"}}, wantStatus: 400,
 		},
 		"both chunked and Content-Length": {
-			bug: "not yet enforced (issue 3, strict HTTP): LIMITS.md rejects a request with both Transfer-Encoding: chunked " +
-				"and Content-Length with 400; net/http drops the Content-Length before the handler, and the upstream gets one clean chunked request",
 			raw: "POST / HTTP/1.1\r\nHost: x\r\nX-Pico-Endpoint: nope\r\nContent-Length: 3\r\n" +
 				"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
 			wantStatus: 400,

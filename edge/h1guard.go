@@ -1,0 +1,311 @@
+package edge
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// rejectHeader carries, from the HTTP/1.1 guard to the front door, the
+// status and reason ("400 why") a request must be refused with. The guard
+// strips it from what clients send.
+const rejectHeader = "X-Pico-Reject"
+
+// guardConn reads HTTP/1.1 requests one step ahead of net/http so that it
+// can refuse what net/http would let through: a request with both
+// Transfer-Encoding and Content-Length (a request-smuggling vector, which
+// net/http resolves by dropping the length). Each request head is read
+// whole before net/http sees a byte of it; a refused head is replaced by a
+// bodiless request carrying the reason in X-Pico-Reject and "Connection:
+// close", and the connection ends after it. Bodies pass through by their
+// framing (Content-Length or chunked) so that the next head is found.
+// Anything the guard does not follow (HTTP/2 preface, upgrades, CONNECT,
+// HTTP/1.0, malformed framing) switches it to plain pass-through: net/http
+// then applies its own rules.
+type guardConn struct {
+	net.Conn
+	br       *bufio.Reader
+	tlsState *tls.ConnectionState // of the TLS connection under it, if any
+	maxHead  int
+
+	out     []byte // bytes ready for net/http
+	state   guardState
+	left    int64  // bytes of body or chunk data still to pass
+	partial []byte // a head or chunk line read in part (a read deadline fired)
+}
+
+type guardState int
+
+const (
+	guardHead      guardState = iota // expecting a request head
+	guardBody                        // passing left bytes of a Content-Length body
+	guardChunkLine                   // expecting a chunk-size line
+	guardChunkData                   // passing left bytes of chunk data and its CRLF
+	guardTrailer                     // expecting trailer lines up to an empty one
+	guardPass                        // passing everything through
+	guardEnd                         // a refused request was handed over: EOF
+)
+
+func newGuardConn(c net.Conn, maxHead int, st *tls.ConnectionState) *guardConn {
+	return &guardConn{Conn: c, br: bufio.NewReaderSize(c, 4096), maxHead: maxHead, tlsState: st}
+}
+
+func (g *guardConn) Read(p []byte) (int, error) {
+	for len(g.out) == 0 {
+		switch g.state {
+		case guardEnd:
+			return 0, errGuardEnd
+		case guardPass:
+			return g.br.Read(p)
+		case guardBody, guardChunkData:
+			n, err := g.br.Read(p[:min(int64(len(p)), g.left)])
+			g.left -= int64(n)
+			if g.left == 0 {
+				if g.state == guardBody {
+					g.state = guardHead
+				} else {
+					g.state = guardChunkLine
+				}
+			}
+			return n, err
+		}
+		if err := g.step(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, g.out)
+	g.out = g.out[n:]
+	return n, nil
+}
+
+var errGuardEnd = &net.OpError{Op: "read", Net: "tcp", Err: net.ErrClosed}
+
+// step reads one head or line and decides what follows.
+func (g *guardConn) step() error {
+	switch g.state {
+	case guardHead:
+		head, err := g.readUntil(func(b []byte) bool {
+			return bytes.HasSuffix(b, []byte("\r\n\r\n")) || bytes.HasSuffix(b, []byte("\n\n"))
+		}, g.maxHead)
+		if err == errTooLong {
+			// Refused here, so that the client reads a 431 instead of a
+			// reset while it is still sending its header.
+			g.out = g.refuse(head, http.StatusRequestHeaderFieldsTooLarge,
+				"request header of more than "+strconv.Itoa(g.maxHead-4096)+" bytes")
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		g.out = g.checkHead(head)
+	case guardChunkLine:
+		line, err := g.readUntil(func(b []byte) bool { return bytes.HasSuffix(b, []byte("\n")) }, 4096)
+		if err != nil {
+			return err
+		}
+		g.out = line
+		size := strings.TrimSpace(string(line))
+		if i := strings.IndexByte(size, ';'); i >= 0 {
+			size = size[:i]
+		}
+		n, perr := strconv.ParseInt(strings.TrimSpace(size), 16, 64)
+		switch {
+		case perr != nil || n < 0:
+			g.state = guardPass // net/http refuses the body
+		case n == 0:
+			g.state = guardTrailer
+		default:
+			g.state, g.left = guardChunkData, n+2 // the data and its CRLF
+		}
+	case guardTrailer:
+		line, err := g.readUntil(func(b []byte) bool { return bytes.HasSuffix(b, []byte("\n")) }, 4096)
+		if err != nil {
+			return err
+		}
+		g.out = line
+		if len(bytes.TrimRight(line, "\r\n")) == 0 {
+			g.state = guardHead
+		}
+	}
+	return nil
+}
+
+// readUntil reads until done says the bytes so far are complete, or max
+// bytes: then it hands over what it has and passes everything after.
+func (g *guardConn) readUntil(done func([]byte) bool, max int) ([]byte, error) {
+	for {
+		b, err := g.br.ReadSlice('\n')
+		g.partial = append(g.partial, b...)
+		if err != nil && err != bufio.ErrBufferFull {
+			if len(g.partial) > 0 && errors.Is(err, io.EOF) {
+				out := g.partial
+				g.partial, g.state = nil, guardPass
+				return out, nil
+			}
+			return nil, err
+		}
+		if done(g.partial) || len(g.partial) > max {
+			out := g.partial
+			g.partial = nil
+			if !done(out) {
+				return out, errTooLong
+			}
+			return out, nil
+		}
+	}
+}
+
+// checkHead inspects a complete request head and returns the bytes to
+// hand to net/http, setting what follows it.
+func (g *guardConn) checkHead(head []byte) []byte {
+	if g.state == guardPass {
+		return head
+	}
+	lines := strings.Split(strings.TrimRight(string(head), "\r\n"), "\n")
+	reqLine := strings.TrimRight(lines[0], "\r")
+	if strings.HasPrefix(reqLine, "PRI * HTTP/2.0") || strings.HasPrefix(reqLine, "CONNECT ") || !strings.HasSuffix(reqLine, " HTTP/1.1") {
+		g.state = guardPass
+		return head
+	}
+	var te, cl, upgrade bool
+	chunked := false
+	var length int64 = -1
+	kept := make([]string, 0, len(lines))
+	for _, l := range lines[1:] {
+		l = strings.TrimRight(l, "\r")
+		name, value, ok := strings.Cut(l, ":")
+		if !ok {
+			g.state = guardPass // malformed: net/http refuses it
+			return head
+		}
+		value = strings.TrimSpace(value)
+		switch strings.ToLower(name) {
+		case "transfer-encoding":
+			te = true
+			chunked = strings.HasSuffix(strings.ToLower(value), "chunked")
+		case "content-length":
+			cl = true
+			if n, err := strconv.ParseInt(value, 10, 64); err == nil && n >= 0 {
+				length = n
+			}
+		case "upgrade":
+			upgrade = true
+		case strings.ToLower(rejectHeader):
+			continue // only the guard says that
+		}
+		kept = append(kept, l)
+	}
+	switch {
+	case te && cl:
+		return g.refuse(head, http.StatusBadRequest, "the request has both Transfer-Encoding and Content-Length")
+	case upgrade:
+		g.state = guardPass
+	case te && chunked:
+		g.state = guardChunkLine
+	case te:
+		g.state = guardPass // net/http refuses other codings
+	case cl && length < 0:
+		g.state = guardPass // net/http refuses a bad length
+	case length > 0:
+		g.state, g.left = guardBody, length
+	}
+	return []byte(strings.Join(append([]string{reqLine}, kept...), "\r\n") + "\r\n\r\n")
+}
+
+var errTooLong = errors.New("edge: request head too long")
+
+// refuse returns a bodiless request in place of head that makes the front
+// door answer status with reason, and ends the connection after it.
+func (g *guardConn) refuse(head []byte, status int, reason string) []byte {
+	reqLine, rest, _ := strings.Cut(string(head), "\n")
+	reqLine = strings.TrimRight(reqLine, "\r")
+	m, target, ok := strings.Cut(reqLine, " ")
+	target, _, _ = strings.Cut(target, " ")
+	if !ok || m == "" || !strings.HasPrefix(target, "/") {
+		reqLine = "GET / HTTP/1.1"
+	} else {
+		reqLine = m + " " + target + " HTTP/1.1"
+	}
+	host := "unknown.invalid"
+	for _, l := range strings.Split(rest, "\n") {
+		if name, value, ok := strings.Cut(strings.TrimRight(l, "\r"), ":"); ok && strings.EqualFold(name, "host") {
+			if v := strings.TrimSpace(value); v != "" && !strings.ContainsAny(v, " \t") {
+				host = v
+			}
+			break
+		}
+	}
+	g.state = guardEnd
+	return []byte(reqLine + "\r\nHost: " + host + "\r\n" + rejectHeader + ": " + strconv.Itoa(status) + " " + reason +
+		"\r\nConnection: close\r\n\r\n")
+}
+
+// guardListener wraps the plain HTTP/1.1 listener's connections in guardConn.
+type guardListener struct {
+	net.Listener
+	maxHead int
+}
+
+func (l guardListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return newGuardConn(c, l.maxHead, nil), nil
+}
+
+type tlsStateKey struct{}
+
+// guardConnContext lets the front door see that a guarded connection came
+// over TLS (net/http sets Request.TLS only for a *tls.Conn).
+func guardConnContext(ctx context.Context, c net.Conn) context.Context {
+	if g, ok := c.(*guardConn); ok && g.tlsState != nil {
+		return context.WithValue(ctx, tlsStateKey{}, g.tlsState)
+	}
+	return ctx
+}
+
+// chanListener is a net.Listener fed by the TLS accept loop.
+type chanListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// push hands c to Accept, or closes it once the listener is closed.
+func (l *chanListener) push(c net.Conn) {
+	select {
+	case l.ch <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }

@@ -1,0 +1,85 @@
+package edge_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pico-edge/pico/edge/edgetest"
+	"github.com/pico-edge/pico/quicutil"
+)
+
+// Both Transfer-Encoding and Content-Length get a 400 that says why, over
+// plain HTTP/1.1 and over HTTP/1.1 in TLS; the connection ends after it.
+func TestGuardRefusesTEAndCL(t *testing.T) {
+	n := edgetest.NewNode(t)
+	serve(t, n, "web", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders()))
+	const raw = "POST / HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+	dials := map[string]func() (net.Conn, error){
+		"plain": func() (net.Conn, error) { return net.Dial("tcp", strings.TrimPrefix(n.ProxyURL, "http://")) },
+		"tls": func() (net.Conn, error) {
+			return tls.Dial("tcp", strings.TrimPrefix(n.TLSURL, "https://"),
+				&tls.Config{RootCAs: n.CAPool, ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+		},
+	}
+	for name, dial := range dials {
+		t.Run(name, func(t *testing.T) {
+			c, err := dial()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second)) // a ceiling for failure only
+			io.WriteString(c, raw)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 400 || !strings.Contains(string(body), "both Transfer-Encoding and Content-Length") || !resp.Close {
+				t.Fatalf("got %d %q (close %v), want 400 naming both headers and a closed connection", resp.StatusCode, body, resp.Close)
+			}
+		})
+	}
+}
+
+// The guard follows the framing of pipelined requests on one connection
+// (chunked with a trailer, Content-Length, none) and strips a client's own
+// X-Pico-Reject.
+func TestGuardFollowsFraming(t *testing.T) {
+	n := edgetest.NewNode(t)
+	serve(t, n, "web", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders()))
+	c, err := net.Dial("tcp", strings.TrimPrefix(n.ProxyURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second)) // a ceiling for failure only
+	io.WriteString(c, "POST /one HTTP/1.1\r\nHost: web.localhost\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"+
+		"POST /two HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 3\r\n\r\nabc"+
+		"GET /three HTTP/1.1\r\nHost: web.localhost\r\nX-Pico-Reject: 400 forged\r\nConnection: close\r\n\r\n")
+	br := bufio.NewReader(c)
+	want := []struct{ path, body string }{{"/one", "hello world"}, {"/two", "abc"}, {"/three", ""}}
+	for _, w := range want {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", w.path, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		var e echoed
+		json.Unmarshal(b, &e)
+		if resp.StatusCode != 200 || e.Path != w.path || e.Body != w.body {
+			t.Fatalf("got %d %s %q, want 200 %s %q (%s)", resp.StatusCode, e.Path, e.Body, w.path, w.body, b)
+		}
+		if v := http.Header(e.Header).Get("X-Pico-Reject"); v != "" {
+			t.Fatalf("%s: the upstream saw X-Pico-Reject %q", w.path, v)
+		}
+	}
+}
