@@ -3,10 +3,12 @@ module github.com/pico-edge/pico
 go 1.26.0
 
 require (
+	connectrpc.com/connect v1.21.1
 	github.com/VictoriaMetrics/metrics v1.45.0
 	github.com/alecthomas/kong v1.17.0
 	github.com/coder/websocket v1.8.15
 	github.com/lmittmann/tint v1.2.1
+	github.com/quic-go/qpack v0.6.0
 	github.com/quic-go/quic-go v0.65.0
 	go.uber.org/goleak v1.3.0
 	golang.org/x/sync v0.25.0
@@ -14,7 +16,6 @@ require (
 )
 
 require (
-	github.com/quic-go/qpack v0.6.0 // indirect
 	github.com/valyala/fastrand v1.1.0 // indirect
 	github.com/valyala/histogram v1.2.0 // indirect
 	golang.org/x/crypto v0.57.0 // indirect
