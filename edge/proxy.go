@@ -112,6 +112,9 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"endpoint %q serves raw TCP, not HTTP; reach it with 'pico-agent forward PORT %s'", ep, ep))
 		return
 	}
+	if r.Body != nil && r.Body != http.NoBody {
+		defer watchClientIdle(rw, r, s.cfg.StreamIdleTimeout)()
+	}
 	ctx := context.WithValue(r.Context(), requestInfoKey, info)
 	f.rp.ServeHTTP(rw, r.WithContext(ctx))
 }
@@ -579,6 +582,7 @@ type statusWriter struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+	idle   *clientIdle // told of every write, when set
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -594,6 +598,9 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.bytes += int64(n)
+	if n > 0 && w.idle != nil {
+		w.idle.touch()
+	}
 	return n, err
 }
 

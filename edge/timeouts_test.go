@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pico-edge/pico/agent"
 	"github.com/pico-edge/pico/edge"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
@@ -98,4 +99,47 @@ func mustReq(t *testing.T, method, url string) *http.Request {
 		t.Fatal(err)
 	}
 	return req
+}
+
+// An HTTP/3 client that stalls in the middle of its request body is cut off
+// after the stream idle timeout; the node serves others meanwhile and
+// releases the stream.
+func TestStalledHTTP3Stream(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.StreamIdleTimeout = 300 * time.Millisecond })
+	a := n.NewAgent(t, func(c *agent.Config) { c.StreamIdleTimeout = 300 * time.Millisecond })
+	if err := a.ServeUpstream(t.Context(), "web", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders())); err != nil {
+		t.Fatal(err)
+	}
+	c := clients(t, n)["HTTP/3.0"]
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	go pw.Write([]byte("part of a body, then nothing")) // the rest never comes
+	req, _ := http.NewRequest("POST", n.TLSURL+"/", pr)
+	req.Host = "web.pico.localhost"
+	req.ContentLength = 1 << 20
+	done := make(chan int, 1)
+	go func() {
+		resp, err := c.Do(req)
+		if err != nil {
+			done <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	// Another client is served while the first one stalls.
+	req2, _ := http.NewRequest("GET", n.TLSURL+"/", nil)
+	req2.Host = "web.pico.localhost"
+	if resp, _ := do(t, c, req2); resp.StatusCode != 200 {
+		t.Fatalf("other request: status %d", resp.StatusCode)
+	}
+	select {
+	case status := <-done:
+		if status == 200 {
+			t.Fatalf("the stalled request got 200")
+		}
+	case <-time.After(20 * time.Second): // a ceiling for failure only
+		t.Fatal("the stalled HTTP/3 request is still open 20s after a 300ms stream idle timeout")
+	}
 }
