@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/alecthomas/kong"
@@ -81,14 +82,16 @@ func defaultDataDir() string {
 
 func (c *CLI) run(log *slog.Logger) error {
 	ctx, cancel := cli.SignalContext()
-	defer cancel()
+	var bg sync.WaitGroup // the certificate reloader
+	defer bg.Wait()
+	defer cancel() // runs first: ends the reloader
 	// pico-edge checks the UDP buffers itself and says what to do.
 	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
 
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
-	getCert, caFile, err := c.certificates(ctx, log)
+	getCert, caFile, err := c.certificates(ctx, &bg, log)
 	if err != nil {
 		return err
 	}
@@ -142,18 +145,20 @@ func (c *CLI) run(log *slog.Logger) error {
 
 // certificates returns the agent listener's certificate source, and the
 // CA file agents need when it is the development CA.
-func (c *CLI) certificates(ctx context.Context, log *slog.Logger) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), string, error) {
+func (c *CLI) certificates(ctx context.Context, bg *sync.WaitGroup, log *slog.Logger) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), string, error) {
 	if c.TLSCert != "" {
 		r, err := certs.NewReloader(c.TLSCert, c.TLSKey)
 		if err != nil {
 			return nil, "", err
 		}
-		go r.Run(ctx, certs.DefaultReloadInterval, func(err error) { // ends with ctx
-			if err != nil {
-				log.Warn("certificate reload failed; serving the previous one", "err", err)
-				return
-			}
-			log.Info("certificate reloaded", "file", c.TLSCert)
+		bg.Go(func() { // ends with ctx
+			r.Run(ctx, certs.DefaultReloadInterval, func(err error) {
+				if err != nil {
+					log.Warn("certificate reload failed; serving the previous one", "err", err)
+					return
+				}
+				log.Info("certificate reloaded", "file", c.TLSCert)
+			})
 		})
 		return r.GetCertificate, "", nil
 	}
