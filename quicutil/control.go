@@ -49,10 +49,23 @@ type Hello struct {
 //
 //	node     string  the edge node's ID
 //	version  string  software version, informational
+//	n        uvarint then n × (node string | addr string): other nodes of
+//	                 the cluster an agent may also connect to (at most
+//	                 MaxPeerHints), for agents that keep several links
 type Welcome struct {
 	NodeID  string
 	Version string
+	Peers   []NodeAddr
 }
+
+// NodeAddr is an edge node's agent address ("host:port").
+type NodeAddr struct {
+	NodeID string
+	Addr   string
+}
+
+// MaxPeerHints bounds Welcome.Peers.
+const MaxPeerHints = 64
 
 // Endpoint is one endpoint in a Register message.
 type Endpoint struct {
@@ -131,12 +144,26 @@ func (m *Hello) parseBody(d *decoder) {
 
 func (m *Welcome) appendBody(b []byte) []byte {
 	b = appendString(b, m.NodeID)
-	return appendString(b, m.Version)
+	b = appendString(b, m.Version)
+	peers := m.Peers[:min(len(m.Peers), MaxPeerHints)]
+	b = binary.AppendUvarint(b, uint64(len(peers)))
+	for _, p := range peers {
+		b = appendString(b, p.NodeID)
+		b = appendString(b, p.Addr)
+	}
+	return b
 }
 
 func (m *Welcome) parseBody(d *decoder) {
 	m.NodeID = d.string(256)
 	m.Version = d.string(256)
+	n := d.count(MaxPeerHints)
+	if n > 0 {
+		m.Peers = make([]NodeAddr, 0, n)
+	}
+	for range n {
+		m.Peers = append(m.Peers, NodeAddr{NodeID: d.string(256), Addr: d.string(256)})
+	}
 }
 
 func (m *Register) appendBody(b []byte) []byte {
