@@ -40,7 +40,8 @@ type Table struct {
 // Pick can use it after dropping the lock.
 type entry struct {
 	proto   string
-	targets []Target
+	targets []Target // local agent links
+	remote  []Target // other nodes whose agents serve it (see Cluster)
 }
 
 // NewTable returns an empty table.
@@ -77,7 +78,7 @@ func (t *Table) Add(id EndpointID, proto string, tg Target) error {
 	if slices.Contains(e.targets, tg) {
 		return nil
 	}
-	t.eps[id] = &entry{proto: e.proto, targets: append(slices.Clip(e.targets), tg)}
+	t.eps[id] = &entry{proto: e.proto, targets: append(slices.Clip(e.targets), tg), remote: e.remote}
 	t.notifyLocked()
 	return nil
 }
@@ -98,13 +99,46 @@ func (t *Table) removeLocked(id EndpointID, tg Target) bool {
 	if i < 0 {
 		return false
 	}
-	if len(e.targets) == 1 {
+	if len(e.targets) == 1 && len(e.remote) == 0 {
 		delete(t.eps, id)
 	} else {
-		t.eps[id] = &entry{proto: e.proto, targets: slices.Delete(slices.Clone(e.targets), i, i+1)}
+		t.eps[id] = &entry{proto: e.proto, targets: slices.Delete(slices.Clone(e.targets), i, i+1), remote: e.remote}
 	}
 	t.notifyLocked()
 	return true
+}
+
+// addRemoteLocked routes id to the other node tg too. It reports false
+// when id is served here with another protocol.
+func (t *Table) addRemoteLocked(id EndpointID, proto string, tg Target) bool {
+	e := t.eps[id]
+	if e == nil {
+		t.eps[id] = &entry{proto: proto, remote: []Target{tg}}
+		return true
+	}
+	if e.proto != proto {
+		return false
+	}
+	if !slices.Contains(e.remote, tg) {
+		t.eps[id] = &entry{proto: e.proto, targets: e.targets, remote: append(slices.Clip(e.remote), tg)}
+	}
+	return true
+}
+
+func (t *Table) removeRemoteLocked(id EndpointID, tg Target) {
+	e := t.eps[id]
+	if e == nil {
+		return
+	}
+	i := slices.Index(e.remote, tg)
+	if i < 0 {
+		return
+	}
+	if len(e.remote) == 1 && len(e.targets) == 0 {
+		delete(t.eps, id)
+		return
+	}
+	t.eps[id] = &entry{proto: e.proto, targets: e.targets, remote: slices.Delete(slices.Clone(e.remote), i, i+1)}
 }
 
 // RemoveAll stops routing every endpoint in ids to tg.
@@ -116,8 +150,9 @@ func (t *Table) RemoveAll(ids []EndpointID, tg Target) {
 	}
 }
 
-// Lookup returns the protocol and targets of id (the slice must not be
-// modified), or ErrNoRoute.
+// Lookup returns the protocol and local targets of id (the slice must not
+// be modified), or ErrNoRoute when neither a local agent nor another node
+// serves it.
 func (t *Table) Lookup(id EndpointID) (string, []Target, error) {
 	t.mu.RLock()
 	e := t.eps[id]
@@ -128,25 +163,47 @@ func (t *Table) Lookup(id EndpointID) (string, []Target, error) {
 	return e.proto, e.targets, nil
 }
 
+// Remote returns the other nodes that serve id (the slice must not be
+// modified).
+func (t *Table) Remote(id EndpointID) []Target {
+	t.mu.RLock()
+	e := t.eps[id]
+	t.mu.RUnlock()
+	if e == nil {
+		return nil
+	}
+	return e.remote
+}
+
 // Pick chooses a target for a new stream to id by the power of two choices:
-// of two targets drawn at random, the one with less load. Targets for which
+// of two targets drawn at random, the one with less load. Local agents come
+// first; other nodes only when no local agent is left. Targets for which
 // skip returns true (those that already failed this request) are left out;
 // skip may be nil.
 func (t *Table) Pick(id EndpointID, skip func(Target) bool) (Target, error) {
-	_, targets, err := t.Lookup(id)
-	if err != nil {
-		return nil, err
+	t.mu.RLock()
+	e := t.eps[id]
+	t.mu.RUnlock()
+	if e == nil {
+		return nil, fmt.Errorf("%w %q", ErrNoRoute, id)
 	}
-	if skip != nil {
-		var kept []Target
-		for _, tg := range targets {
-			if !skip(tg) {
-				kept = append(kept, tg)
-			}
+	if tg, err := pickTwo(kept(e.targets, skip), id); err == nil {
+		return tg, nil
+	}
+	return pickTwo(kept(e.remote, skip), id)
+}
+
+func kept(targets []Target, skip func(Target) bool) []Target {
+	if skip == nil {
+		return targets
+	}
+	var out []Target
+	for _, tg := range targets {
+		if !skip(tg) {
+			out = append(out, tg)
 		}
-		targets = kept
 	}
-	return pickTwo(targets, id)
+	return out
 }
 
 func pickTwo(targets []Target, id EndpointID) (Target, error) {
@@ -173,7 +230,8 @@ func pickTwo(targets []Target, id EndpointID) (Target, error) {
 type EndpointInfo struct {
 	ID       EndpointID
 	Protocol string
-	Targets  []Target
+	Targets  []Target // local
+	Remote   []Target // other nodes
 }
 
 // Endpoints lists the table, sorted by ID.
@@ -181,14 +239,15 @@ func (t *Table) Endpoints() []EndpointInfo {
 	t.mu.RLock()
 	out := make([]EndpointInfo, 0, len(t.eps))
 	for id, e := range t.eps {
-		out = append(out, EndpointInfo{ID: id, Protocol: e.proto, Targets: e.targets})
+		out = append(out, EndpointInfo{ID: id, Protocol: e.proto, Targets: e.targets, Remote: e.remote})
 	}
 	t.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
 
-// Len returns the number of endpoints with at least one target.
+// Len returns the number of endpoints with at least one target, local or
+// remote.
 func (t *Table) Len() int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
