@@ -45,6 +45,24 @@ func LinkConfig(maxIncoming int64) *quic.Config {
 	}
 }
 
+// Timing of node-to-node relay connections: a peer that stops answering is
+// noticed within about PeerDeadAfter, so relayed requests move to another
+// owner quickly (LIMITS.md: relay-open timeout 1 s).
+const (
+	PeerKeepAlive        = 300 * time.Millisecond
+	PeerDeadAfter        = 1500 * time.Millisecond
+	PeerHandshakeTimeout = time.Second
+)
+
+// PeerConfig is the quic.Config a node dials another node with. The
+// dialler opens every stream; the accepting node opens none.
+func PeerConfig() *quic.Config {
+	c := LinkConfig(1)
+	c.KeepAlivePeriod = PeerKeepAlive
+	c.HandshakeIdleTimeout = PeerHandshakeTimeout
+	return c
+}
+
 // EdgeConfig is the quic.Config of the edge's agent listener.
 func EdgeConfig() *quic.Config { return LinkConfig(MaxStreamsToEdge) }
 

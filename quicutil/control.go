@@ -24,6 +24,8 @@ const (
 	msgDeregister = 4
 	msgResult     = 5
 	msgGoAway     = 6
+	msgPeerHello  = 7
+	msgPeerReady  = 8
 )
 
 // Message is a control-stream message.
@@ -121,6 +123,52 @@ type Result struct {
 //	reason  string
 type GoAway struct {
 	Reason string
+}
+
+// PeerHello opens a node-to-node relay connection (ALPN pico-peer/1): the
+// dialling node names itself and proves it holds the cluster secret.
+//
+//	node   string  the dialling node's ID
+//	proof  string  MAC of this TLS connection's exporter under the secret
+type PeerHello struct {
+	NodeID string
+	Proof  []byte
+}
+
+// PeerReady accepts a PeerHello: the accepting node proves the secret too,
+// with another label. A refused PeerHello closes the connection.
+//
+//	node   string
+//	proof  string
+type PeerReady struct {
+	NodeID string
+	Proof  []byte
+}
+
+// MaxProofLen bounds PeerHello.Proof and PeerReady.Proof.
+const MaxProofLen = 64
+
+func (*PeerHello) msgType() uint8 { return msgPeerHello }
+func (*PeerReady) msgType() uint8 { return msgPeerReady }
+
+func (m *PeerHello) appendBody(b []byte) []byte {
+	b = appendString(b, m.NodeID)
+	return appendString(b, string(m.Proof))
+}
+
+func (m *PeerHello) parseBody(d *decoder) {
+	m.NodeID = d.string(256)
+	m.Proof = []byte(d.string(MaxProofLen))
+}
+
+func (m *PeerReady) appendBody(b []byte) []byte {
+	b = appendString(b, m.NodeID)
+	return appendString(b, string(m.Proof))
+}
+
+func (m *PeerReady) parseBody(d *decoder) {
+	m.NodeID = d.string(256)
+	m.Proof = []byte(d.string(MaxProofLen))
 }
 
 func (*Hello) msgType() uint8      { return msgHello }
@@ -271,6 +319,10 @@ func newMessage(typ uint8) Message {
 		return new(Result)
 	case msgGoAway:
 		return new(GoAway)
+	case msgPeerHello:
+		return new(PeerHello)
+	case msgPeerReady:
+		return new(PeerReady)
 	}
 	return nil
 }

@@ -72,6 +72,8 @@ func sampleMessages() map[string]quicutil.Message {
 		"result none":  &quicutil.Result{Seq: 4, Results: []quicutil.EndpointResult{}},
 		"goaway":       &quicutil.GoAway{Reason: "node draining"},
 		"goaway empty": &quicutil.GoAway{},
+		"peer hello":   &quicutil.PeerHello{NodeID: "edge-2", Proof: bytes.Repeat([]byte{0xab}, 32)},
+		"peer ready":   &quicutil.PeerReady{NodeID: "edge-1", Proof: bytes.Repeat([]byte{0xcd}, quicutil.MaxProofLen)},
 		"goaway max":   &quicutil.GoAway{Reason: strings.Repeat("r", maxMessageLen)},
 	}
 }
@@ -244,7 +246,7 @@ func TestMessageMalformed(t *testing.T) {
 	countOverflow = append(countOverflow, bytes.Repeat([]byte{0xff}, 10)...)
 	tests := map[string][]byte{
 		"unknown type 0":          ctrlFrame(0, nil),
-		"unknown type 7":          ctrlFrame(7, cbody("x")),
+		"unknown type 9":          ctrlFrame(9, cbody("x")),
 		"unknown type 255":        ctrlFrame(255, nil),
 		"hello trailing byte":     ctrlFrame(typeHello, cbody("tok", "agent", "id", byte(0))),
 		"hello missing field":     ctrlFrame(typeHello, cbody("tok", "agent")),

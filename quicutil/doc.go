@@ -61,4 +61,22 @@
 //
 // Bodies are sequences of uvarint integers and length-prefixed strings; each
 // message type documents its fields beside its Go type.
+//
+// # Node-to-node relay
+//
+// A node that has no local agent for an endpoint relays to a node that has
+// one, over a QUIC connection with ALPN "pico-peer/1" (one per peer, dialled
+// lazily, PeerConfig). The dialler's first stream is a control stream:
+//
+//	node A                                  node B
+//	  |-- stream 0: header{kind=control} ---->|
+//	  |-- PeerHello{A, proof_A} ------------->|  proof = HMAC-SHA256(cluster secret,
+//	  |<------------- PeerReady{B, proof_B} --|    label | TLS exporter of this connection)
+//	  |== stream: header{http|tcp, id, client, flags=relayed} + bytes ==>|
+//	  |<== answer + bytes (B copies both ways to a stream to its agent) ==|
+//
+// Each proof binds the secret to this TLS connection (a replayed or relayed
+// proof fails) and the labels differ by direction. B accepts no other stream
+// before a valid PeerHello, and serves relayed streams only from its own
+// agents: a relayed stream is never relayed again.
 package quicutil
