@@ -41,14 +41,18 @@ func (s *Server) adminHandler() http.Handler {
 			Agents []agentInfo `json:"agents"`
 		}{s.cfg.NodeID, out})
 	})
+	mux.HandleFunc("GET /status/members", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, s.memberStatus())
+	})
 	return mux
 }
 
 type endpointStatus struct {
 	ID       string   `json:"id"`
 	Protocol string   `json:"protocol"`
-	Agents   []string `json:"agents"`
+	Agents   []string `json:"agents"` // local agents
 	InFlight int64    `json:"in_flight"`
+	Nodes    []string `json:"nodes"` // other nodes whose agents serve it
 }
 
 func (s *Server) endpointStatus() any {
@@ -61,6 +65,13 @@ func (s *Server) endpointStatus() any {
 			st.Agents = append(st.Agents, sess.hello.AgentID)
 			st.InFlight += sess.inflight.Load()
 		}
+		st.Nodes = make([]string, 0, len(e.Remote))
+		for _, tg := range e.Remote {
+			p := tg.(*peer)
+			st.Nodes = append(st.Nodes, p.node)
+			st.InFlight += p.inflight.Load()
+		}
+		sort.Strings(st.Nodes)
 		out = append(out, st)
 	}
 	return struct {

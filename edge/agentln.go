@@ -39,6 +39,10 @@ func (s *Server) acceptAgents(ctx context.Context, ln *quic.Listener) error {
 		s.mu.Unlock()
 		go func() {
 			defer s.conns.Done()
+			if conn.ConnectionState().TLS.NegotiatedProtocol == quicutil.ALPNPeer {
+				s.servePeerConn(conn)
+				return
+			}
 			s.serveAgentConn(conn)
 		}()
 	}
@@ -77,6 +81,10 @@ type session struct {
 // Load implements routing.Target.
 func (sess *session) Load() int64 { return sess.inflight.Load() }
 
+func (sess *session) inflightAdd(d int64)                            { sess.inflight.Add(d) }
+func (sess *session) name() string                                   { return sess.hello.AgentID }
+func (sess *session) streamKind(id routing.EndpointID) quicutil.Kind { return sess.endpointKind(id) }
+
 func (s *Server) serveAgentConn(conn *quic.Conn) {
 	remote := conn.RemoteAddr().String()
 	log := s.log.With("remote_addr", remote)
@@ -105,12 +113,18 @@ func (s *Server) serveAgentConn(conn *quic.Conn) {
 	s.nextID++
 	sess.id = s.nextID
 	s.sessions[sess.id] = sess
+	links := len(s.sessions)
 	s.mu.Unlock()
+	s.local.SetLinks(links)
 	sess.log = log.With("agent_id", hello.AgentID, "session", sess.id)
 	s.m.agentConnected.Inc()
 	sess.log.Info("agent connected", "agent", hello.Agent)
 
-	err = sess.writeControl(&quicutil.Welcome{NodeID: s.cfg.NodeID, Version: s.cfg.Version})
+	welcome := &quicutil.Welcome{NodeID: s.cfg.NodeID, Version: s.cfg.Version}
+	if s.cluster != nil {
+		welcome.Peers = s.cluster.peerHints()
+	}
+	err = sess.writeControl(welcome)
 	if err == nil {
 		sess.wg.Go(sess.acceptStreams)
 		err = sess.controlLoop(br)
@@ -191,6 +205,7 @@ func (sess *session) register(m *quicutil.Register) *quicutil.Result {
 		res.Results = append(res.Results, r)
 		switch r.Code {
 		case quicutil.StatusOK:
+			s.announce(routing.EndpointID(ep.ID))
 			s.m.registrations["ok"].Inc()
 			sess.log.Info("endpoint registered", "endpoint_id", ep.ID, "protocol", ep.Kind.String())
 		default:
@@ -280,6 +295,13 @@ func (sess *session) transport(k quicutil.Kind) *http.Transport {
 
 func (sess *session) deregister(m *quicutil.Deregister) *quicutil.Result {
 	res := &quicutil.Result{Seq: m.Seq}
+	defer func() {
+		for _, r := range res.Results {
+			if r.Code == quicutil.StatusOK {
+				sess.srv.announce(routing.EndpointID(r.ID))
+			}
+		}
+	}()
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	for _, raw := range m.IDs {
@@ -295,6 +317,24 @@ func (sess *session) deregister(m *quicutil.Deregister) *quicutil.Result {
 		res.Results = append(res.Results, r)
 	}
 	return res
+}
+
+// announce tells the cluster how this node's agents serve id now.
+func (s *Server) announce(id routing.EndpointID) {
+	a := routing.Announcement{ID: id}
+	if proto, targets, err := s.table.Lookup(id); err == nil {
+		a.Proto = proto
+		for _, tg := range targets {
+			if sess, ok := tg.(*session); ok {
+				a.Kinds |= kindBit(sess.endpointKind(id))
+				a.Agents++
+			}
+		}
+	}
+	if a.Proto == "" {
+		a.Proto = protoHTTP // withdrawn: the protocol does not matter
+	}
+	s.local.Set(a)
 }
 
 // goAway asks the agent to move to another node.
@@ -320,9 +360,14 @@ func (sess *session) teardown(cause error) {
 	sess.mu.Unlock()
 	s := sess.srv
 	s.table.RemoveAll(ids, sess)
+	for _, id := range ids {
+		s.announce(id)
+	}
 	s.mu.Lock()
 	delete(s.sessions, sess.id)
+	links := len(s.sessions)
 	s.mu.Unlock()
+	s.local.SetLinks(links)
 	sess.conn.CloseWithError(quicutil.ConnCodeNormal, "")
 	sess.rt.CloseIdleConnections()
 	sess.rt2Once.Do(func() {}) // no HTTP/2 transport from now on

@@ -63,6 +63,12 @@ type Config struct {
 	// ShutdownGrace bounds the wait for requests in flight when Run's
 	// context ends; if zero, 30s.
 	ShutdownGrace time.Duration
+	// DrainDelay is how long a draining node keeps taking new client
+	// connections after /readyz turned 503, for load balancers to notice;
+	// zero: it stops at once.
+	DrainDelay time.Duration
+	// Cluster makes the node a member of a cluster; nil: a single node.
+	Cluster *ClusterConfig
 
 	// Logger receives logs; if nil, logs are discarded.
 	Logger *slog.Logger
@@ -107,6 +113,10 @@ func (c Config) withDefaults() Config {
 	if c.Metrics == nil {
 		c.Metrics = metrics.NewSet()
 	}
+	if c.Cluster != nil {
+		cc := c.Cluster.withDefaults()
+		c.Cluster = &cc
+	}
 	return c
 }
 
@@ -119,7 +129,7 @@ func (c Config) Validate() error {
 		"ReadHeaderTimeout": c.ReadHeaderTimeout, "IdleTimeout": c.IdleTimeout,
 		"ResponseHeaderTimeout": c.ResponseHeaderTimeout, "StreamIdleTimeout": c.StreamIdleTimeout,
 		"TCPIdleTimeout": c.TCPIdleTimeout, "OpenStreamTimeout": c.OpenStreamTimeout,
-		"HelloTimeout": c.HelloTimeout, "ShutdownGrace": c.ShutdownGrace,
+		"HelloTimeout": c.HelloTimeout, "ShutdownGrace": c.ShutdownGrace, "DrainDelay": c.DrainDelay,
 	} {
 		if d < 0 {
 			return fmt.Errorf("edge: config: %s is negative (%s)", name, d)
@@ -130,6 +140,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEndpointsPerAgent < 0 {
 		return fmt.Errorf("edge: config: MaxEndpointsPerAgent is negative (%d)", c.MaxEndpointsPerAgent)
+	}
+	if c.Cluster != nil {
+		return c.Cluster.validate()
 	}
 	return nil
 }

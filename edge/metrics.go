@@ -16,6 +16,14 @@ type serverMetrics struct {
 	registrations  map[string]*metrics.Counter // by result
 	retries        *metrics.Counter
 	agentConnected *metrics.Counter
+	gossipStates   *metrics.Counter
+	gossipSent     *metrics.Counter
+	gossipErrors   *metrics.Counter
+	peerDials      *metrics.Counter
+	peerRefused    *metrics.Counter
+	relayIn        *metrics.Counter
+	relayOut       *metrics.Counter
+	relayBytes     *metrics.Counter
 }
 
 func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
@@ -37,6 +45,21 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	}
 	m.retries = set.NewCounter("pico_retries_total")
 	m.agentConnected = set.NewCounter("pico_agent_connections_total")
+	m.gossipStates = set.NewCounter("pico_gossip_states_received_total")
+	m.gossipSent = set.NewCounter("pico_gossip_states_sent_total")
+	m.gossipErrors = set.NewCounter("pico_gossip_errors_total")
+	m.peerDials = set.NewCounter("pico_relay_connections_total")
+	m.peerRefused = set.NewCounter("pico_relay_refused_total")
+	m.relayOut = set.NewCounter(`pico_relay_streams_total{direction="out"}`)
+	m.relayIn = set.NewCounter(`pico_relay_streams_total{direction="in"}`)
+	m.relayBytes = set.NewCounter("pico_relay_bytes_total")
+	set.NewGauge("pico_cluster_members", func() float64 { return float64(s.memberCount()) })
+	set.NewGauge("pico_draining", func() float64 {
+		if s.draining.Load() {
+			return 1
+		}
+		return 0
+	})
 	return m
 }
 

@@ -256,19 +256,19 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 	}
 	at := attempts{s: s, id: info.endpoint}
 	for {
-		sess, err := at.next()
+		tg, err := at.next()
 		if err != nil {
 			return nil, err
 		}
-		info.agent = sess.hello.AgentID
-		sess.inflight.Add(1)
+		info.agent = tg.name()
+		tg.inflightAdd(1)
 		s.activeStreams.Add(1)
-		resp, err := sess.transport(sess.endpointKind(info.endpoint)).RoundTrip(req)
+		resp, err := tg.transport(tg.streamKind(info.endpoint)).RoundTrip(req)
 		if err == nil {
-			resp.Body = trackBody(resp.Body, sess)
+			resp.Body = trackBody(resp.Body, tg, s)
 			return resp, nil
 		}
-		sess.inflight.Add(-1)
+		tg.inflightAdd(-1)
 		s.activeStreams.Add(-1)
 		at.failed(err)
 		if !retryable(req, err) {
@@ -282,15 +282,30 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 			req.Body = r
 		}
 		info.retried = true
-		sess.log.Debug("retrying request on another agent", "endpoint_id", info.endpoint, "err", err)
+		s.log.Debug("retrying request on another target", "endpoint_id", info.endpoint, "target", tg.name(), "err", err)
 	}
 }
 
 // maxAttempts is how many agents one request or TCP connection may try.
 const maxAttempts = 2
 
-// attempts picks the agents of one request or TCP connection: a different
-// one each time, up to maxAttempts.
+// target is where a stream to an endpoint goes: a local agent link
+// (*session) or another node that relays to its agents (*peer).
+type target interface {
+	routing.Target
+	// openStream opens a stream with header h.
+	openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error)
+	// transport is the HTTP transport over streams of kind k.
+	transport(k quicutil.Kind) *http.Transport
+	// streamKind is the kind of stream endpoint id's upstream speaks.
+	streamKind(id routing.EndpointID) quicutil.Kind
+	inflightAdd(d int64)
+	name() string // for logs: the agent's ID, or "node:" and the node's
+}
+
+// attempts picks the targets of one request or TCP connection: a different
+// one each time, up to maxAttempts. Local agents come first, then other
+// nodes, those draining last.
 type attempts struct {
 	s     *Server
 	id    routing.EndpointID
@@ -300,11 +315,14 @@ type attempts struct {
 
 // next returns the agent to try next, or why there is none: the last
 // attempt's error once there was one, else routing.ErrNoRoute.
-func (a *attempts) next() (*session, error) {
+func (a *attempts) next() (target, error) {
 	if len(a.tried) == maxAttempts {
 		return nil, a.err
 	}
-	tg, err := a.s.table.Pick(a.id, a.skip)
+	tg, err := a.s.table.Pick(a.id, a.skipDraining)
+	if err != nil {
+		tg, err = a.s.table.Pick(a.id, a.skip)
+	}
 	if err != nil {
 		if a.err != nil {
 			return nil, a.err
@@ -315,10 +333,17 @@ func (a *attempts) next() (*session, error) {
 		a.s.m.retries.Inc()
 	}
 	a.tried = append(a.tried, tg)
-	return tg.(*session), nil
+	return tg.(target), nil
 }
 
 func (a *attempts) skip(tg routing.Target) bool { return slices.Contains(a.tried, tg) }
+
+func (a *attempts) skipDraining(tg routing.Target) bool {
+	if p, ok := tg.(*peer); ok && p.isDraining() {
+		return true
+	}
+	return a.skip(tg)
+}
 
 func (a *attempts) failed(err error) { a.err = err }
 
@@ -349,10 +374,12 @@ func idempotent(req *http.Request) bool {
 }
 
 // newAgentTransport returns the transport whose connections are streams
-// to sess carrying kind: HTTP/1.1, where a keep-alive connection reuses its
+// to tg carrying kind: HTTP/1.1, where a keep-alive connection reuses its
 // stream, or HTTP/2 with prior knowledge, where one stream carries many
 // requests (gRPC and other HTTP/2 upstreams need it end to end).
-func (s *Server) newAgentTransport(sess *session, kind quicutil.Kind) *http.Transport {
+func (s *Server) newAgentTransport(tg interface {
+	openStream(context.Context, *quicutil.StreamHeader, bool) (*quicutil.Conn, error)
+}, kind quicutil.Kind) *http.Transport {
 	t := &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			host, _, err := net.SplitHostPort(addr)
@@ -363,7 +390,7 @@ func (s *Server) newAgentTransport(sess *session, kind quicutil.Kind) *http.Tran
 			if info, ok := ctx.Value(requestInfoKey).(*requestInfo); ok {
 				h.ClientAddr = info.clientAddr
 			}
-			c, err := sess.openStream(ctx, h, true)
+			c, err := tg.openStream(ctx, h, true)
 			if err != nil {
 				return nil, err
 			}
@@ -539,24 +566,25 @@ func (r *replayReader) Close() error { return nil }
 // trackBody counts the response's stream as in flight until its body is
 // closed. A 101 response's body is the upgraded connection: it stays
 // writable.
-func trackBody(body io.ReadCloser, sess *session) io.ReadCloser {
+func trackBody(body io.ReadCloser, tg target, s *Server) io.ReadCloser {
 	if rw, ok := body.(io.ReadWriteCloser); ok {
-		return &trackedRWBody{trackedBody: trackedBody{ReadCloser: body, sess: sess}, w: rw}
+		return &trackedRWBody{trackedBody: trackedBody{ReadCloser: body, tg: tg, s: s}, w: rw}
 	}
-	return &trackedBody{ReadCloser: body, sess: sess}
+	return &trackedBody{ReadCloser: body, tg: tg, s: s}
 }
 
 type trackedBody struct {
 	io.ReadCloser
-	sess *session
+	tg   target
+	s    *Server
 	done atomic.Bool
 }
 
 func (b *trackedBody) Close() error {
 	err := b.ReadCloser.Close()
 	if !b.done.Swap(true) {
-		b.sess.inflight.Add(-1)
-		b.sess.srv.activeStreams.Add(-1)
+		b.tg.inflightAdd(-1)
+		b.s.activeStreams.Add(-1)
 	}
 	return err
 }

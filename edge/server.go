@@ -37,10 +37,13 @@ type Listeners struct {
 
 // Server is one edge node.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	table *routing.Table
-	m     *serverMetrics
+	cfg     Config
+	log     *slog.Logger
+	table   *routing.Table
+	local   *routing.Local // what this node announces to the cluster
+	epoch   uint64         // this start of the node, for the cluster
+	cluster *cluster       // nil unless Config.Cluster
+	m       *serverMetrics
 
 	proxy    http.Handler
 	httpSrv  *http.Server
@@ -54,12 +57,16 @@ type Server struct {
 	ln       *quic.Listener
 	running  bool
 
+	membersMu      sync.Mutex
+	membersChanged chan struct{} // closed and replaced when membership changes
+
 	activeStreams atomic.Int64
 	draining      atomic.Bool
 	ready         atomic.Bool
 	conns         sync.WaitGroup // session goroutines
 
 	closeOnce sync.Once
+	started   chan struct{} // closed when Run serves
 	closed    chan struct{} // closed by Close
 	runDone   chan struct{} // closed when Run returns
 }
@@ -70,13 +77,18 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	epoch := uint64(time.Now().UnixNano())
 	s := &Server{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		table:    routing.NewTable(),
-		sessions: make(map[uint64]*session),
-		closed:   make(chan struct{}),
-		runDone:  make(chan struct{}),
+		cfg:            cfg,
+		log:            cfg.Logger,
+		table:          routing.NewTable(),
+		local:          routing.NewLocal(cfg.NodeID, epoch),
+		epoch:          epoch,
+		sessions:       make(map[uint64]*session),
+		started:        make(chan struct{}),
+		membersChanged: make(chan struct{}),
+		closed:         make(chan struct{}),
+		runDone:        make(chan struct{}),
 	}
 	s.m = newServerMetrics(cfg.Metrics, s)
 	s.proxy = s.newFrontDoor()
@@ -88,6 +100,40 @@ func (s *Server) NodeID() string { return s.cfg.NodeID }
 
 // Table returns the node's routing table (read it, do not change it).
 func (s *Server) Table() *routing.Table { return s.table }
+
+// Started is closed once Run serves.
+func (s *Server) Started() <-chan struct{} { return s.started }
+
+// GossipAddr returns the address memberlist listens on ("" when the node is
+// not in a cluster, or before Run started it).
+func (s *Server) GossipAddr() string {
+	select {
+	case <-s.started:
+	default:
+		return ""
+	}
+	if s.cluster == nil {
+		return ""
+	}
+	return s.cluster.gossip
+}
+
+// MembersChanged returns a channel closed at the next membership change.
+func (s *Server) MembersChanged() <-chan struct{} {
+	s.membersMu.Lock()
+	defer s.membersMu.Unlock()
+	return s.membersChanged
+}
+
+func (s *Server) notifyMembers() {
+	s.membersMu.Lock()
+	close(s.membersChanged)
+	s.membersChanged = make(chan struct{})
+	s.membersMu.Unlock()
+}
+
+// Members returns the number of live cluster members, this node included.
+func (s *Server) Members() int { return s.memberCount() }
 
 // Handler returns the front door as an http.Handler.
 func (s *Server) Handler() http.Handler { return s.proxy }
@@ -108,9 +154,14 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: s.cfg.GetCertificate,
 		NextProtos:     []string{quicutil.ALPNAgent},
+		// Peers authenticate with the cluster secret, not a client
+		// certificate (see peer.dial).
 		// Agents reconnect with full handshakes (no 0-RTT); tickets would
 		// only cost memory on every connection.
 		SessionTicketsDisabled: true,
+	}
+	if s.cfg.Cluster != nil {
+		tlsConf.NextProtos = append(tlsConf.NextProtos, quicutil.ALPNPeer)
 	}
 	tr := &quic.Transport{Conn: lns.Agent, StatelessResetKey: s.cfg.StatelessResetKey}
 	ln, err := tr.Listen(tlsConf, quicutil.EdgeConfig())
@@ -139,10 +190,21 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	s.mu.Lock()
 	s.tr, s.ln = tr, ln
 	s.mu.Unlock()
+	if s.cfg.Cluster != nil {
+		if err := s.startCluster(lns.Agent.LocalAddr()); err != nil {
+			closeAll(lns)
+			ln.Close()
+			tr.Close()
+			return err
+		}
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	door, err := s.startTLSDoor(lns, g.Go) // fails only before it starts anything
 	if err != nil {
+		if s.cluster != nil {
+			s.cluster.leave(0)
+		}
 		closeAll(lns)
 		tr.Close()
 		return err
@@ -167,6 +229,7 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		})
 	}
 	s.ready.Store(true)
+	close(s.started)
 	attrs := []any{"node_id", s.cfg.NodeID, "proxy_addr", lns.Proxy.Addr().String(),
 		"agent_addr", lns.Agent.LocalAddr().String()}
 	if lns.Admin != nil {
@@ -205,9 +268,20 @@ func (s *Server) shutdown(graceful bool) {
 	if !graceful {
 		grace = 0
 	}
-	s.log.Info("edge node shutting down", "node_id", s.cfg.NodeID, "grace", grace.String())
+	s.log.Info("edge node shutting down", "node_id", s.cfg.NodeID, "grace", grace.String(),
+		"drain_delay", s.cfg.DrainDelay.String())
+	if graceful && s.cluster != nil {
+		s.cluster.setDraining() // other nodes route elsewhere when they can
+	}
 	for _, sess := range s.sessionList() {
 		sess.goAway("edge node " + s.cfg.NodeID + " is shutting down")
+	}
+	if graceful && s.cfg.DrainDelay > 0 {
+		// Keep taking new connections until load balancers saw /readyz fail.
+		select {
+		case <-time.After(s.cfg.DrainDelay):
+		case <-s.closed:
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
@@ -231,6 +305,13 @@ func (s *Server) shutdown(graceful bool) {
 	}
 	if s.adminSrv != nil {
 		s.adminSrv.Close() // /readyz said 503 for the whole drain
+	}
+	if s.cluster != nil {
+		leave := time.Duration(0)
+		if graceful {
+			leave = 2 * time.Second
+		}
+		s.cluster.leave(leave)
 	}
 	s.mu.Lock()
 	ln, tr := s.ln, s.tr
@@ -279,6 +360,13 @@ func (s *Server) sessionList() []*session {
 		out = append(out, sess)
 	}
 	return out
+}
+
+func (s *Server) memberCount() int {
+	if c := s.cluster; c != nil && c.ml != nil {
+		return c.ml.NumMembers()
+	}
+	return 1
 }
 
 func (s *Server) sessionCount() int {

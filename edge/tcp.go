@@ -17,7 +17,7 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 	start := time.Now()
 	id := routing.EndpointID(h.Endpoint)
 	s.m.tcpConns.Inc()
-	target, sess, err := s.dialEndpoint(ctx, id, h.ClientAddr)
+	up, tg, err := s.dialEndpoint(ctx, id, h.ClientAddr)
 	attrs := []slog.Attr{
 		slog.String("endpoint_id", h.Endpoint),
 		slog.String("proto", "tcp"),
@@ -41,15 +41,15 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 			slog.Duration("duration", time.Since(start)), slog.String("err", msg))...)
 		return
 	}
-	defer sess.inflight.Add(-1)
+	defer tg.inflightAdd(-1)
 	s.activeStreams.Add(1)
 	defer s.activeStreams.Add(-1)
 	answer(client, quicutil.StatusOK, "")
-	res := quicutil.Join(client, target, s.cfg.TCPIdleTimeout)
+	res := quicutil.Join(client, up, s.cfg.TCPIdleTimeout)
 	s.m.tcpBytesIn.Add(int(res.AToB))
 	s.m.tcpBytesOut.Add(int(res.BToA))
 	attrs = append(attrs,
-		slog.String("agent_id", sess.hello.AgentID),
+		slog.String("agent_id", tg.name()),
 		slog.Int64("bytes_in", res.AToB),
 		slog.Int64("bytes_out", res.BToA),
 		slog.Duration("duration", time.Since(start)))
@@ -63,7 +63,7 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 // answer. The upstream has seen no byte before a good answer, so a failure
 // is retried once on another agent. On success the session's in-flight
 // count includes the stream; the caller decrements it.
-func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, clientAddr string) (*quicutil.Conn, *session, error) {
+func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, clientAddr string) (*quicutil.Conn, target, error) {
 	proto, _, err := s.table.Lookup(id)
 	if err != nil {
 		return nil, nil, err
@@ -74,22 +74,22 @@ func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, client
 	}
 	at := attempts{s: s, id: id}
 	for {
-		sess, err := at.next()
+		tg, err := at.next()
 		if err != nil {
 			return nil, nil, err
 		}
-		sess.inflight.Add(1)
-		c, err := s.openAnswered(ctx, sess, id, clientAddr)
+		tg.inflightAdd(1)
+		c, err := s.openAnswered(ctx, tg, id, clientAddr)
 		if err == nil {
-			return c, sess, nil
+			return c, tg, nil
 		}
-		sess.inflight.Add(-1)
+		tg.inflightAdd(-1)
 		at.failed(err)
 	}
 }
 
-func (s *Server) openAnswered(ctx context.Context, sess *session, id routing.EndpointID, clientAddr string) (*quicutil.Conn, error) {
-	c, err := sess.openStream(ctx, &quicutil.StreamHeader{Kind: quicutil.KindTCP, Endpoint: string(id), ClientAddr: clientAddr}, false)
+func (s *Server) openAnswered(ctx context.Context, tg target, id routing.EndpointID, clientAddr string) (*quicutil.Conn, error) {
+	c, err := tg.openStream(ctx, &quicutil.StreamHeader{Kind: quicutil.KindTCP, Endpoint: string(id), ClientAddr: clientAddr}, false)
 	if err != nil {
 		return nil, err
 	}

@@ -306,3 +306,33 @@ func TestClusterManyEndpoints(t *testing.T) {
 type fakeTarget struct{ name string }
 
 func (*fakeTarget) Load() int64 { return 0 }
+
+func TestMetaRoundTrip(t *testing.T) {
+	for _, m := range []NodeMeta{{Epoch: 1, RelayAddr: "10.0.0.1:8001"}, {Epoch: 1 << 62, RelayAddr: "[::1]:1", Draining: true}} {
+		got, err := ParseMeta(AppendMeta(nil, m))
+		if err != nil || got != m {
+			t.Fatalf("round trip of %+v: %+v %v", m, got, err)
+		}
+	}
+	for name, b := range map[string][]byte{
+		"empty": nil, "format": {2, 0, 1, 0}, "flags": {1, 4, 1, 0}, "epoch 0": {1, 0, 0, 0},
+		"trailing": {1, 0, 1, 0, 0}, "truncated addr": {1, 0, 1, 5, 'a'},
+	} {
+		if _, err := ParseMeta(b); !errors.Is(err, ErrBadGossip) {
+			t.Errorf("%s: ParseMeta = %v, want ErrBadGossip", name, err)
+		}
+	}
+}
+
+func FuzzParseMeta(f *testing.F) {
+	f.Add(AppendMeta(nil, NodeMeta{Epoch: 5, RelayAddr: "127.0.0.1:8001", Draining: true}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseMeta(b)
+		if err != nil {
+			return
+		}
+		if again, err := ParseMeta(AppendMeta(nil, m)); err != nil || again != m {
+			t.Fatalf("re-encoding changed %+v: %+v %v", m, again, err)
+		}
+	})
+}

@@ -33,8 +33,27 @@ type Node struct {
 	CAPool    *x509.CertPool
 	Bundle    *certs.Bundle
 
-	cancel context.CancelFunc
-	done   chan error
+	cancel  context.CancelFunc
+	done    chan error
+	stopped bool
+}
+
+// Stopped reports whether Stop or Kill was called.
+func (n *Node) Stopped() bool { return n.stopped }
+
+// Kill stops the node at once, without grace or goodbyes, like a crash:
+// it does not leave the cluster, its agents and peers find out by
+// themselves.
+func (n *Node) Kill(tb testing.TB) {
+	tb.Helper()
+	n.stopped = true
+	n.Server.Close()
+	if err, ok := <-n.done; ok {
+		close(n.done)
+		if err != nil {
+			tb.Errorf("edge Run: %v", err)
+		}
+	}
 }
 
 // Logger returns a logger for tests: discarded unless PICO_TEST_LOG=1.
@@ -109,6 +128,7 @@ func NewNodeOn(tb testing.TB, agentAddr string, b *certs.Bundle, opts ...func(*e
 // Calling it again is a no-op.
 func (n *Node) Stop(tb testing.TB) {
 	tb.Helper()
+	n.stopped = true
 	n.cancel()
 	if err, ok := <-n.done; ok {
 		close(n.done)

@@ -1,0 +1,542 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/pico-edge/pico/quicutil"
+	"github.com/pico-edge/pico/routing"
+)
+
+// ClusterConfig makes a node a member of a cluster: nodes gossip which
+// endpoints their agents serve (hashicorp/memberlist), and relay requests
+// to each other over QUIC (ALPN pico-peer/1).
+type ClusterConfig struct {
+	// Secret is the cluster's shared key (16, 24 or 32 bytes): it encrypts
+	// and authenticates gossip, and peers prove it before they may relay.
+	Secret []byte
+	// Label keeps clusters apart: gossip of another label is dropped; if
+	// empty, "pico".
+	Label string
+	// GossipAddr is the TCP and UDP address memberlist binds ("host:port";
+	// port 0 picks one).
+	GossipAddr string
+	// AdvertiseAddr is the address other nodes reach this one at, host or
+	// host:port (NAT, Kubernetes); if empty, the bind address, or a private
+	// IP of the machine when the bind address is unspecified.
+	AdvertiseAddr string
+	// RelayAddr is the address other nodes and agents reach this node's
+	// QUIC listener at; if empty, the advertised host with the listener's
+	// port.
+	RelayAddr string
+	// Join lists nodes to join (host:port or DNS names, the port defaulting
+	// to the gossip port); they are resolved again until joined, and every
+	// RejoinInterval after, so that a partition heals and new pods behind a
+	// headless service are found.
+	Join []string
+	// RejoinInterval: see Join; if zero, 10s.
+	RejoinInterval time.Duration
+	// Memberlist, if set, adjusts memberlist's configuration (tests use
+	// faster timers).
+	Memberlist func(*memberlist.Config)
+}
+
+func (c ClusterConfig) withDefaults() ClusterConfig {
+	if c.Label == "" {
+		c.Label = "pico"
+	}
+	if c.RejoinInterval == 0 {
+		c.RejoinInterval = 10 * time.Second
+	}
+	return c
+}
+
+func (c ClusterConfig) validate() error {
+	switch len(c.Secret) {
+	case 16, 24, 32:
+	default:
+		return fmt.Errorf("edge: config: cluster secret of %d bytes; want 16, 24 or 32", len(c.Secret))
+	}
+	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
+		return fmt.Errorf("edge: config: gossip address %q: %v", c.GossipAddr, err)
+	}
+	return nil
+}
+
+// cluster is the node's membership and ownership gossip.
+type cluster struct {
+	s      *Server
+	cfg    ClusterConfig
+	log    *slog.Logger
+	ml     *memberlist.Memberlist
+	local  *routing.Local
+	remote *routing.Cluster
+	epoch  uint64
+	relay  string // this node's relay address
+	gossip string // this node's gossip address, as advertised
+
+	mu       sync.Mutex        // guards the fields below
+	members  map[string]member // other live members, as memberlist told
+	peers    map[string]*peer
+	senders  map[string]*sender
+	draining bool
+	meta     []byte
+	left     bool
+
+	stop chan struct{}  // closed by leave
+	wg   sync.WaitGroup // senders and the join loop
+}
+
+// startCluster joins memberlist; agentAddr is the QUIC listener's address.
+func (s *Server) startCluster(agentAddr net.Addr) error {
+	cfg := s.cfg.Cluster
+	c := &cluster{
+		s:       s,
+		cfg:     *cfg,
+		log:     s.log.With("component", "cluster"),
+		local:   s.local,
+		remote:  routing.NewCluster(s.table),
+		epoch:   s.epoch,
+		peers:   make(map[string]*peer),
+		members: make(map[string]member),
+		senders: make(map[string]*sender),
+		stop:    make(chan struct{}),
+	}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = s.cfg.NodeID
+	host, port, _ := net.SplitHostPort(cfg.GossipAddr)
+	mc.BindAddr = host
+	if mc.BindAddr == "" {
+		mc.BindAddr = "0.0.0.0"
+	}
+	mc.BindPort, _ = strconv.Atoi(port)
+	mc.AdvertisePort = mc.BindPort
+	if a := cfg.AdvertiseAddr; a != "" {
+		h, p, err := net.SplitHostPort(a)
+		if err != nil {
+			h, p = a, ""
+		}
+		mc.AdvertiseAddr = h
+		if p != "" {
+			mc.AdvertisePort, _ = strconv.Atoi(p)
+		}
+	}
+	mc.SecretKey = cfg.Secret
+	mc.Label = cfg.Label
+	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	mc.PushPullInterval = 15 * time.Second
+	mc.DeadNodeReclaimTime = 10 * time.Second
+	mc.Delegate = c
+	mc.Events = c
+	mc.Logger = log.New(memberlistLog{c.log}, "", 0)
+	if cfg.Memberlist != nil {
+		cfg.Memberlist(mc)
+	}
+	c.relay = cfg.RelayAddr
+	c.meta = c.encodeMeta(agentAddr, mc)
+	s.cluster = c // before Create: memberlist calls the delegate at once
+	ml, err := memberlist.Create(mc)
+	if err != nil && mc.AdvertiseAddr == "" && strings.Contains(err.Error(), "no private IP") {
+		c.log.Warn("no private IP address to advertise to other nodes; using 127.0.0.1 (set --advertise-addr)")
+		mc.AdvertiseAddr = "127.0.0.1"
+		c.meta = c.encodeMeta(agentAddr, mc)
+		ml, err = memberlist.Create(mc)
+	}
+	if err != nil {
+		s.cluster = nil
+		return fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
+	}
+	c.ml = ml
+	// memberlist hands out its own node by pointer and changes it in
+	// UpdateNode: read it once, now, before any update.
+	self := ml.LocalNode()
+	selfIP := self.Addr.String()
+	c.gossip = net.JoinHostPort(selfIP, strconv.Itoa(int(self.Port)))
+	if c.relay == "" {
+		// The advertised host with the QUIC listener's port.
+		_, p, _ := net.SplitHostPort(agentAddr.String())
+		c.relay = net.JoinHostPort(selfIP, p)
+		c.mu.Lock()
+		c.meta = routing.AppendMeta(nil, routing.NodeMeta{Epoch: c.epoch, RelayAddr: c.relay})
+		c.mu.Unlock()
+		if err := ml.UpdateNode(time.Second); err != nil {
+			c.log.Debug("update node metadata", "err", err)
+		}
+	}
+	c.log.Info("cluster member started", "node_id", s.cfg.NodeID, "gossip_addr", c.gossip,
+		"relay_addr", c.relay, "label", cfg.Label)
+	c.wg.Go(c.joinLoop)
+	return nil
+}
+
+func (c *cluster) encodeMeta(agentAddr net.Addr, mc *memberlist.Config) []byte {
+	relay := c.relay
+	if relay == "" {
+		// A provisional address until memberlist knows its own.
+		host := mc.AdvertiseAddr
+		if host == "" && mc.BindAddr != "0.0.0.0" {
+			host = mc.BindAddr
+		}
+		_, p, _ := net.SplitHostPort(agentAddr.String())
+		if host != "" {
+			relay = net.JoinHostPort(host, p)
+			c.relay = relay
+		}
+	}
+	return routing.AppendMeta(nil, routing.NodeMeta{Epoch: c.epoch, RelayAddr: relay})
+}
+
+// joinLoop joins the configured nodes until one answers, then checks every
+// RejoinInterval that each of them is a live member and joins those that
+// are not (a healed partition, a restarted node, a new pod).
+func (c *cluster) joinLoop() {
+	if len(c.cfg.Join) == 0 {
+		return
+	}
+	joined := false
+	wait := 200 * time.Millisecond
+	for {
+		missing := c.missingJoinAddrs()
+		if len(missing) > 0 {
+			n, err := c.ml.Join(missing)
+			switch {
+			case n > 0 && !joined:
+				c.log.Info("joined cluster", "contacted", n, "members", c.ml.NumMembers())
+				joined = true
+			case err != nil && !joined:
+				c.log.Warn("cannot join cluster yet; retrying", "join", c.cfg.Join, "err", err)
+			case err != nil:
+				c.log.Debug("rejoin", "addrs", missing, "err", err)
+			}
+		} else if !joined {
+			joined = true
+		}
+		if joined {
+			wait = c.cfg.RejoinInterval
+		} else {
+			wait = min(2*wait, 5*time.Second)
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// missingJoinAddrs resolves the join list and leaves out the addresses of
+// live members (and this node's).
+func (c *cluster) missingJoinAddrs() []string {
+	live := map[string]bool{c.gossip: true}
+	c.mu.Lock()
+	for _, m := range c.members {
+		live[m.gossip] = true
+	}
+	c.mu.Unlock()
+	_, defPort, _ := net.SplitHostPort(c.gossip)
+	var out []string
+	for _, j := range c.cfg.Join {
+		host, port, err := net.SplitHostPort(j)
+		if err != nil {
+			host, port = j, defPort
+		}
+		ips, err := net.DefaultResolver.LookupHost(context.Background(), host)
+		if err != nil {
+			out = append(out, net.JoinHostPort(host, port)) // memberlist says why
+			continue
+		}
+		for _, ip := range ips {
+			a := net.JoinHostPort(ip, port)
+			if !live[a] {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+// setDraining tells the cluster this node is shutting down.
+func (c *cluster) setDraining() {
+	c.mu.Lock()
+	c.draining = true
+	c.meta = routing.AppendMeta(nil, routing.NodeMeta{Epoch: c.epoch, RelayAddr: c.relay, Draining: true})
+	c.mu.Unlock()
+	if err := c.ml.UpdateNode(time.Second); err != nil {
+		c.log.Debug("announce draining", "err", err)
+	}
+}
+
+// leave tells the other nodes this one is gone, and stops gossip and relay.
+func (c *cluster) leave(timeout time.Duration) {
+	c.mu.Lock()
+	if c.left {
+		c.mu.Unlock()
+		return
+	}
+	c.left = true
+	close(c.stop)
+	c.mu.Unlock()
+	if timeout > 0 {
+		if err := c.ml.Leave(timeout); err != nil {
+			c.log.Debug("leave cluster", "err", err)
+		}
+	}
+	c.ml.Shutdown()
+	c.wg.Wait()
+	c.mu.Lock()
+	peers := make([]*peer, 0, len(c.peers))
+	for _, p := range c.peers {
+		peers = append(peers, p)
+	}
+	c.mu.Unlock()
+	for _, p := range peers {
+		p.close()
+	}
+	c.log.Info("left cluster")
+}
+
+// NodeMeta implements memberlist.Delegate.
+func (c *cluster) NodeMeta(limit int) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.meta)
+}
+
+// NotifyMsg implements memberlist.Delegate: ownership deltas and requests
+// for the full state, sent to this node (SendReliable). It must not block.
+func (c *cluster) NotifyMsg(b []byte) {
+	m, err := routing.ParseMessage(b)
+	if err != nil {
+		c.s.m.gossipErrors.Inc()
+		c.log.Warn("gossip message dropped", "err", err)
+		return
+	}
+	if m.State != nil {
+		c.apply(m.State)
+		return
+	}
+	c.mu.Lock()
+	snd := c.senders[m.SyncWant]
+	c.mu.Unlock()
+	if snd != nil {
+		snd.resync()
+	}
+}
+
+func (c *cluster) apply(st *routing.State) {
+	if st.Node == c.s.cfg.NodeID {
+		return
+	}
+	c.s.m.gossipStates.Inc()
+	wantSync, err := c.remote.Apply(st)
+	if err != nil {
+		c.s.m.gossipErrors.Inc()
+		c.log.Warn("gossip state dropped", "node", st.Node, "err", err)
+		return
+	}
+	if wantSync {
+		c.askFullState(st.Node)
+	}
+}
+
+func (c *cluster) askFullState(node string) {
+	c.mu.Lock()
+	snd := c.senders[node]
+	c.mu.Unlock()
+	if snd != nil {
+		snd.wantFullState()
+	}
+}
+
+// GetBroadcasts implements memberlist.Delegate: ownership travels in
+// direct messages, not in memberlist's gossip broadcasts.
+func (c *cluster) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+
+// LocalState implements memberlist.Delegate: this node's full state, for
+// push/pull (anti-entropy every PushPullInterval, and on join).
+func (c *cluster) LocalState(join bool) []byte { return routing.AppendState(nil, c.local.Full()) }
+
+// MergeRemoteState implements memberlist.Delegate.
+func (c *cluster) MergeRemoteState(buf []byte, join bool) {
+	if len(buf) == 0 {
+		return
+	}
+	c.NotifyMsg(buf)
+}
+
+// NotifyJoin implements memberlist.EventDelegate. memberlist holds its
+// locks: no call back into it from here.
+func (c *cluster) NotifyJoin(n *memberlist.Node) { c.nodeUp(n, "joined") }
+
+// NotifyUpdate implements memberlist.EventDelegate.
+func (c *cluster) NotifyUpdate(n *memberlist.Node) { c.nodeUp(n, "updated") }
+
+func (c *cluster) nodeUp(n *memberlist.Node, what string) {
+	if n.Name == c.s.cfg.NodeID {
+		return
+	}
+	meta, err := routing.ParseMeta(n.Meta)
+	if err != nil {
+		c.log.Warn("member with bad metadata ignored", "node", n.Name, "err", err)
+		return
+	}
+	addr := memberlist.Address{Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Name: n.Name}
+	c.mu.Lock()
+	if c.left {
+		c.mu.Unlock()
+		return
+	}
+	p := c.peers[n.Name]
+	if p == nil || p.epoch != meta.Epoch {
+		if p != nil {
+			go p.close() // the node restarted: its old connection is useless
+		}
+		p = newPeer(c, n.Name, meta.Epoch)
+		c.peers[n.Name] = p
+	}
+	p.update(meta.RelayAddr, meta.Draining)
+	c.members[n.Name] = member{gossip: addr.Addr, meta: meta, state: n.State}
+	snd := c.senders[n.Name]
+	if snd == nil || snd.epoch != meta.Epoch {
+		if snd != nil {
+			snd.stop()
+		}
+		snd = newSender(c, n.Name, meta.Epoch)
+		c.senders[n.Name] = snd
+		c.wg.Go(snd.run)
+	}
+	snd.setAddr(addr)
+	c.mu.Unlock()
+	if c.remote.Alive(n.Name, meta.Epoch, p) {
+		snd.wantFullState()
+	}
+	c.s.notifyMembers()
+	c.log.Info("cluster member "+what, "node", n.Name, "addr", addr.Addr, "relay_addr", meta.RelayAddr, "draining", meta.Draining)
+}
+
+// NotifyLeave implements memberlist.EventDelegate: the node left or is dead.
+func (c *cluster) NotifyLeave(n *memberlist.Node) {
+	if n.Name == c.s.cfg.NodeID {
+		return
+	}
+	c.remote.Gone(n.Name)
+	c.mu.Lock()
+	p := c.peers[n.Name]
+	delete(c.peers, n.Name)
+	delete(c.members, n.Name)
+	snd := c.senders[n.Name]
+	delete(c.senders, n.Name)
+	c.mu.Unlock()
+	if snd != nil {
+		snd.stop()
+	}
+	if p != nil {
+		go p.close()
+	}
+	c.s.notifyMembers()
+	c.log.Info("cluster member gone", "node", n.Name, "state", stateName(n.State))
+}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+// forgetAcked drops the tombstones every peer has been sent.
+func (c *cluster) forgetAcked() {
+	c.mu.Lock()
+	acked := uint64(1<<64 - 1)
+	for _, snd := range c.senders {
+		acked = min(acked, snd.acked.Load())
+	}
+	c.mu.Unlock()
+	if acked != 1<<64-1 {
+		c.local.Forget(acked)
+	}
+}
+
+// peerHints lists other live, not draining nodes' relay addresses, for
+// agents that keep links to several nodes.
+func (c *cluster) peerHints() []quicutil.NodeAddr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]quicutil.NodeAddr, 0, len(c.peers))
+	for name, p := range c.peers {
+		addr, draining := p.state()
+		if addr != "" && !draining {
+			out = append(out, quicutil.NodeAddr{NodeID: name, Addr: addr})
+		}
+	}
+	slices.SortFunc(out, func(a, b quicutil.NodeAddr) int { return strings.Compare(a.NodeID, b.NodeID) })
+	return out[:min(len(out), quicutil.MaxPeerHints)]
+}
+
+// member is a copy of what memberlist said of another node.
+type member struct {
+	gossip string
+	meta   routing.NodeMeta
+	state  memberlist.NodeStateType
+}
+
+// memberList returns the other live members, by name.
+func (c *cluster) memberList() map[string]member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]member, len(c.members))
+	for k, v := range c.members {
+		out[k] = v
+	}
+	return out
+}
+
+// memberlistLog passes memberlist's log lines ("[WARN] memberlist: ...")
+// to slog at their level.
+type memberlistLog struct{ log *slog.Logger }
+
+func (w memberlistLog) Write(p []byte) (int, error) {
+	msg := strings.TrimRight(string(p), "\n")
+	level := slog.LevelInfo
+	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo,
+		"[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError, "[ERROR]": slog.LevelError} {
+		if rest, ok := strings.CutPrefix(msg, prefix); ok {
+			level, msg = l, strings.TrimSpace(rest)
+			break
+		}
+	}
+	msg = strings.TrimPrefix(msg, "memberlist: ")
+	// memberlist reports a failed probe or refused join as errors; they are
+	// routine while a node restarts, and say nothing an operator must act on.
+	if level == slog.LevelError && (strings.Contains(msg, "Failed to send") || strings.Contains(msg, "Failed fallback ping")) {
+		level = slog.LevelWarn
+	}
+	w.log.Log(context.Background(), level, "memberlist: "+msg)
+	return len(p), nil
+}
+
+var _ io.Writer = memberlistLog{}
+var _ memberlist.Delegate = (*cluster)(nil)
+var _ memberlist.EventDelegate = (*cluster)(nil)
+
+// errNotClustered answers a peer connection to a node without a cluster.
+var errNotClustered = errors.New("this node is not in a cluster")

@@ -1,0 +1,446 @@
+package edge
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/pico-edge/pico/quicutil"
+	"github.com/pico-edge/pico/routing"
+)
+
+// Labels of the two proofs of a peer connection, so that one side's proof
+// cannot be reflected as the other's.
+const (
+	proofDialer   = "pico-peer/1 dialer"
+	proofAcceptor = "pico-peer/1 acceptor"
+	exporterLabel = "EXPORTER-pico-peer/1"
+)
+
+// relayOpenTimeout bounds dialling a peer and opening a stream to it; then
+// another owner is tried (LIMITS.md).
+const relayOpenTimeout = time.Second
+
+// peerProof binds the cluster secret to one TLS connection: a MAC, under
+// the secret, of the connection's exporter value. A man in the middle has
+// another TLS connection on each side, so a relayed proof does not verify.
+func peerProof(secret []byte, label string, st tls.ConnectionState) ([]byte, error) {
+	ekm, err := st.ExportKeyingMaterial(exporterLabel, nil, 32)
+	if err != nil {
+		return nil, err
+	}
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(label))
+	mac.Write(ekm)
+	return mac.Sum(nil), nil
+}
+
+// peer is another node seen by membership: the target of relayed streams,
+// over one QUIC connection dialled on first use and kept.
+type peer struct {
+	c     *cluster
+	node  string
+	epoch uint64
+
+	inflight atomic.Int64
+	streams  atomic.Uint64
+
+	mu       sync.Mutex // guards the fields below
+	addr     string
+	draining bool
+	conn     *quic.Conn
+	dialing  chan struct{} // closed when the dial in progress ends
+	lastErr  error
+	closed   bool
+	rt       *http.Transport
+	rt2      *http.Transport
+}
+
+func newPeer(c *cluster, name string, epoch uint64) *peer {
+	p := &peer{c: c, node: name, epoch: epoch}
+	p.rt = c.s.newAgentTransport(p, quicutil.KindHTTP)
+	p.rt2 = c.s.newAgentTransport(p, quicutil.KindHTTP2)
+	return p
+}
+
+// Load implements routing.Target.
+func (p *peer) Load() int64 { return p.inflight.Load() }
+
+func (p *peer) update(addr string, draining bool) {
+	p.mu.Lock()
+	p.addr, p.draining = addr, draining
+	p.mu.Unlock()
+}
+
+func (p *peer) state() (addr string, draining bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.addr, p.draining
+}
+
+func (p *peer) isDraining() bool {
+	_, d := p.state()
+	return d
+}
+
+// connection returns the connection to the peer, dialling it if needed.
+// Concurrent callers share one dial.
+func (p *peer) connection(ctx context.Context) (*quic.Conn, error) {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, errors.New("node left the cluster")
+		}
+		if p.conn != nil && p.conn.Context().Err() == nil {
+			conn := p.conn
+			p.mu.Unlock()
+			return conn, nil
+		}
+		if p.dialing != nil {
+			ch := p.dialing
+			p.mu.Unlock()
+			select {
+			case <-ch:
+				p.mu.Lock()
+				conn, err := p.conn, p.lastErr
+				p.mu.Unlock()
+				if conn != nil && conn.Context().Err() == nil {
+					return conn, nil
+				}
+				if err != nil {
+					return nil, err
+				}
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		ch := make(chan struct{})
+		p.dialing, p.conn = ch, nil
+		addr := p.addr
+		p.mu.Unlock()
+
+		conn, err := p.dial(addr)
+		p.mu.Lock()
+		p.dialing = nil
+		p.conn, p.lastErr = conn, err
+		if conn != nil && p.closed {
+			conn.CloseWithError(quicutil.ConnCodeGoingAway, "node left the cluster")
+			p.conn, p.lastErr = nil, errors.New("node left the cluster")
+			conn, err = nil, p.lastErr
+		}
+		p.mu.Unlock()
+		close(ch)
+		if conn != nil {
+			p.c.s.m.peerDials.Inc()
+			go p.watch(conn) // owned by conn: ends when it closes
+		}
+		return conn, err
+	}
+}
+
+// dial connects to the peer and proves membership, both ways.
+func (p *peer) dial(addr string) (*quic.Conn, error) {
+	s := p.c.s
+	if addr == "" {
+		return nil, fmt.Errorf("node %s has no relay address", p.node)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), relayOpenTimeout)
+	defer cancel()
+	udp, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("resolve node %s at %s: %w", p.node, addr, err)
+	}
+	s.mu.Lock()
+	tr := s.tr
+	s.mu.Unlock()
+	// The peer's certificate is not checked against a CA: each node may
+	// serve its own. Membership is proved by both sides' MAC of this TLS
+	// connection under the cluster secret, which no one without the secret
+	// can make, and which a man in the middle cannot pass on.
+	tlsConf := &tls.Config{
+		MinVersion:             tls.VersionTLS13,
+		NextProtos:             []string{quicutil.ALPNPeer},
+		InsecureSkipVerify:     true,
+		SessionTicketsDisabled: true,
+	}
+	conn, err := tr.Dial(ctx, udp, tlsConf, quicutil.PeerConfig())
+	if err != nil {
+		return nil, fmt.Errorf("dial node %s at %s: %w", p.node, addr, err)
+	}
+	fail := func(err error) (*quic.Conn, error) {
+		conn.CloseWithError(quicutil.ConnCodeProtocolError, err.Error())
+		return nil, fmt.Errorf("node %s at %s: %w", p.node, addr, err)
+	}
+	proof, err := peerProof(p.c.cfg.Secret, proofDialer, conn.ConnectionState().TLS)
+	if err != nil {
+		return fail(err)
+	}
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	msg := (&quicutil.StreamHeader{Kind: quicutil.KindControl}).Append(nil)
+	msg, _ = quicutil.AppendMessage(msg, &quicutil.PeerHello{NodeID: s.cfg.NodeID, Proof: proof})
+	deadline, _ := ctx.Deadline()
+	str.SetDeadline(deadline)
+	if _, err := str.Write(msg); err != nil {
+		return fail(err)
+	}
+	m, err := quicutil.ReadMessage(bufio.NewReaderSize(str, 128))
+	if err != nil {
+		return fail(fmt.Errorf("read peer ready: %w", err))
+	}
+	ready, ok := m.(*quicutil.PeerReady)
+	if !ok {
+		return fail(fmt.Errorf("peer answered %T, want PeerReady", m))
+	}
+	want, err := peerProof(p.c.cfg.Secret, proofAcceptor, conn.ConnectionState().TLS)
+	if err != nil {
+		return fail(err)
+	}
+	if !hmac.Equal(ready.Proof, want) {
+		return fail(errors.New("peer does not hold the cluster secret"))
+	}
+	if ready.NodeID != p.node {
+		return fail(fmt.Errorf("peer is node %q, want %q", ready.NodeID, p.node))
+	}
+	str.SetDeadline(time.Time{})
+	// The control stream stays open, unused, for the life of the connection.
+	return conn, nil
+}
+
+// watch closes conn when the peer stopped answering: with keep-alives every
+// PeerKeepAlive, a live peer sends a packet well within PeerDeadAfter. The
+// streams in flight then fail at once, and idempotent requests move to
+// another owner instead of waiting for the QUIC idle timeout.
+func (p *peer) watch(conn *quic.Conn) {
+	t := time.NewTicker(quicutil.PeerKeepAlive)
+	defer t.Stop()
+	last := conn.ConnectionStats().PacketsReceived
+	lastAt := time.Now()
+	for {
+		select {
+		case <-conn.Context().Done():
+			return
+		case now := <-t.C:
+			n := conn.ConnectionStats().PacketsReceived
+			if n != last {
+				last, lastAt = n, now
+				continue
+			}
+			if now.Sub(lastAt) >= quicutil.PeerDeadAfter {
+				p.c.log.Warn("node stopped answering; closing its relay connection", "node", p.node,
+					"silent_for", now.Sub(lastAt).Round(time.Millisecond).String())
+				conn.CloseWithError(quicutil.ConnCodeTimeout, "no packet from peer")
+				return
+			}
+		}
+	}
+}
+
+func (p *peer) close() {
+	p.mu.Lock()
+	p.closed = true
+	conn := p.conn
+	p.mu.Unlock()
+	if conn != nil {
+		conn.CloseWithError(quicutil.ConnCodeGoingAway, "node left the cluster")
+	}
+	p.rt.CloseIdleConnections()
+	p.rt2.CloseIdleConnections()
+}
+
+// openStream opens a relayed stream to the peer.
+func (p *peer) openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, relayOpenTimeout)
+	defer cancel()
+	conn, err := p.connection(ctx)
+	if err != nil {
+		return nil, &linkError{err: err}
+	}
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, &linkError{err: err}
+	}
+	p.streams.Add(1)
+	p.c.s.m.relayOut.Inc()
+	rh := *h
+	rh.Flags |= quicutil.FlagRelayed
+	hdr := rh.Append(make([]byte, 0, 16+len(h.Endpoint)+len(h.ClientAddr)))
+	return quicutil.OpenConn(str, conn.LocalAddr(), conn.RemoteAddr(), hdr, wantAnswer), nil
+}
+
+// servePeerConn serves a connection from another node: after it proved
+// membership, each stream it opens is relayed to a local agent.
+func (s *Server) servePeerConn(conn *quic.Conn) {
+	c := s.cluster
+	if c == nil {
+		conn.CloseWithError(quicutil.ConnCodeProtocolError, errNotClustered.Error())
+		return
+	}
+	log := c.log.With("remote_addr", conn.RemoteAddr().String())
+	node, err := s.acceptPeer(conn)
+	if err != nil {
+		s.m.peerRefused.Inc()
+		log.Warn("peer connection refused", "err", err)
+		conn.CloseWithError(quicutil.ConnCodeProtocolError, err.Error())
+		return
+	}
+	log = log.With("node", node)
+	log.Debug("peer connected")
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		str, err := conn.AcceptStream(conn.Context())
+		if err != nil {
+			return
+		}
+		wg.Go(func() { s.relayStream(conn, str, node, log) })
+	}
+}
+
+// acceptPeer reads the PeerHello and answers it, or says why not.
+func (s *Server) acceptPeer(conn *quic.Conn) (string, error) {
+	ctx, cancel := context.WithTimeout(conn.Context(), s.cfg.HelloTimeout)
+	defer cancel()
+	str, err := conn.AcceptStream(ctx)
+	if err != nil {
+		return "", fmt.Errorf("wait for control stream: %w", err)
+	}
+	deadline, _ := ctx.Deadline()
+	str.SetDeadline(deadline)
+	h, err := quicutil.ReadStreamHeader(str)
+	if err != nil {
+		return "", err
+	}
+	if h.Kind != quicutil.KindControl {
+		return "", fmt.Errorf("first stream is %s, want control", h.Kind)
+	}
+	m, err := quicutil.ReadMessage(bufio.NewReaderSize(str, 256))
+	if err != nil {
+		return "", fmt.Errorf("read peer hello: %w", err)
+	}
+	hello, ok := m.(*quicutil.PeerHello)
+	if !ok {
+		return "", fmt.Errorf("first control message is %T, want PeerHello", m)
+	}
+	st := conn.ConnectionState().TLS
+	want, err := peerProof(s.cluster.cfg.Secret, proofDialer, st)
+	if err != nil {
+		return "", err
+	}
+	if !hmac.Equal(hello.Proof, want) {
+		return "", fmt.Errorf("node %q does not prove the cluster secret", hello.NodeID)
+	}
+	proof, err := peerProof(s.cluster.cfg.Secret, proofAcceptor, st)
+	if err != nil {
+		return "", err
+	}
+	if err := quicutil.WriteMessage(str, &quicutil.PeerReady{NodeID: s.cfg.NodeID, Proof: proof}); err != nil {
+		return "", err
+	}
+	str.SetDeadline(time.Time{})
+	return hello.NodeID, nil
+}
+
+// relayStream serves one stream from a peer: it opens a stream with the
+// same header to a local agent that speaks the same kind, and copies bytes
+// both ways, the agent's answer included. It never relays further.
+func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log interface {
+	Warn(string, ...any)
+}) {
+	c := quicutil.NewConn(str, conn.LocalAddr(), conn.RemoteAddr())
+	str.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
+	h, err := quicutil.ReadStreamHeader(str)
+	str.SetReadDeadline(time.Time{})
+	if err == nil && !h.Kind.IsHTTP() && h.Kind != quicutil.KindTCP {
+		err = fmt.Errorf("peer opened a %s stream; only http and tcp streams are relayed", h.Kind)
+	}
+	if err != nil {
+		log.Warn("relayed stream refused", "err", err)
+		str.CancelRead(quicutil.StreamCodeBadHeader)
+		answer(c, quicutil.StatusBadHeader, err.Error())
+		c.Close()
+		return
+	}
+	s.m.relayIn.Inc()
+	id := routing.EndpointID(h.Endpoint)
+	h.Flags &^= quicutil.FlagRelayed
+	var tried []routing.Target
+	var lastErr error
+	for range maxAttempts {
+		tg, err := s.table.Pick(id, func(tg routing.Target) bool {
+			sess, ok := tg.(*session)
+			return !ok || slices.Contains(tried, tg) || sess.endpointKind(id) != h.Kind
+		})
+		if err != nil {
+			break
+		}
+		tried = append(tried, tg)
+		sess := tg.(*session)
+		sess.inflight.Add(1)
+		target, err := sess.openStream(conn.Context(), &h, false)
+		if err == nil {
+			err = target.Flush()
+			if err != nil {
+				target.Abort(quicutil.StreamCodeCanceled)
+			}
+		}
+		if err != nil {
+			sess.inflight.Add(-1)
+			lastErr = err
+			continue
+		}
+		s.activeStreams.Add(1)
+		idle := s.cfg.StreamIdleTimeout
+		if h.Kind == quicutil.KindTCP {
+			idle = s.cfg.TCPIdleTimeout
+		}
+		res := quicutil.Join(c, target, idle)
+		s.activeStreams.Add(-1)
+		sess.inflight.Add(-1)
+		s.m.relayBytes.Add(int(res.AToB + res.BToA))
+		return
+	}
+	code, msg := quicutil.StatusNoRoute, fmt.Sprintf("node %s has no agent for endpoint %q", s.cfg.NodeID, h.Endpoint)
+	var se *quicutil.StatusError
+	switch {
+	case errors.As(lastErr, &se):
+		code, msg = se.Code, se.Message
+	case lastErr != nil:
+		code, msg = quicutil.StatusUpstreamUnreachable, fmt.Sprintf("node %s: agent link failed: %v", s.cfg.NodeID, lastErr)
+	}
+	answer(c, code, msg)
+	c.Close()
+}
+
+func splitHostPort(a string) (net.IP, uint16, error) {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return nil, 0, err
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return nil, 0, fmt.Errorf("address %q: not an IP", a)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return nil, 0, fmt.Errorf("address %q: bad port", a)
+	}
+	return ip, uint16(n), nil
+}

@@ -1,0 +1,36 @@
+package edge
+
+import (
+	"net/http"
+
+	"github.com/pico-edge/pico/quicutil"
+	"github.com/pico-edge/pico/routing"
+)
+
+// A peer is a target: streams to it are relayed to its agents.
+
+func (p *peer) inflightAdd(d int64) { p.inflight.Add(d) }
+func (p *peer) name() string        { return "node:" + p.node }
+
+// streamKind is the kind the peer's agents speak for id: HTTP/1.1 when any
+// of them does, else HTTP/2, as the peer announced.
+func (p *peer) streamKind(id routing.EndpointID) quicutil.Kind {
+	a, _ := p.c.remote.Announcement(p.node, id)
+	switch {
+	case a.Proto == protoTCP:
+		return quicutil.KindTCP
+	case a.Kinds&kindBit(quicutil.KindHTTP) != 0 || a.Kinds == 0:
+		return quicutil.KindHTTP
+	}
+	return quicutil.KindHTTP2
+}
+
+func (p *peer) transport(k quicutil.Kind) *http.Transport {
+	if k == quicutil.KindHTTP2 {
+		return p.rt2
+	}
+	return p.rt
+}
+
+// kindBit is a stream kind's bit in routing.Announcement.Kinds.
+func kindBit(k quicutil.Kind) uint8 { return 1 << (k & 7) }
