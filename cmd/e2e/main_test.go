@@ -352,6 +352,7 @@ func startEdge(t testing.TB, extra ...string) *edgeProc {
 		"--agent-addr", "127.0.0.1:0",
 		"--admin-addr", "127.0.0.1:0",
 		"--proxy-tls-addr", "127.0.0.1:0",
+		"--gossip-addr", "127.0.0.1:0",
 		"--log-format", "json",
 	}, extra...)
 	p := startProc(t, "pico-edge", bin.edge, args...)

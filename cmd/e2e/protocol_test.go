@@ -309,7 +309,7 @@ func TestHelp(t *testing.T) {
 		bin  string
 		want []string
 	}{
-		"pico-edge":  {bin.edge, []string{"--proxy-addr", "--agent-addr", "--admin-addr", "--data-dir", "--tls-cert", "--tls-key", "--shutdown-grace", "--max-header-bytes"}},
+		"pico-edge":  {bin.edge, []string{"--proxy-addr", "--agent-addr", "--admin-addr", "--data-dir", "--tls-cert", "--tls-key", "--grace-period", "--drain-delay", "--gossip-addr", "--join", "--cluster-secret-file", "--advertise-addr", "--max-header-bytes"}},
 		"pico-agent": {bin.agent, []string{"--edge", "--ca", "--token", "http", "tcp", "forward"}},
 	} {
 		t.Run(name, func(t *testing.T) {

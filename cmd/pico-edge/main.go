@@ -45,7 +45,14 @@ type CLI struct {
 	TCPIdleTimeout        time.Duration `help:"Idle time after which a TCP forward is cut." default:"1h" group:"Limits"`
 	OpenStreamTimeout     time.Duration `help:"Time to wait for a stream to an agent at its stream limit (503 after it), and for a TCP agent's answer." default:"10s" group:"Limits"`
 	MaxEndpointsPerAgent  int           `help:"Endpoints one agent connection may serve." default:"100" group:"Limits"`
-	ShutdownGrace         time.Duration `help:"Time requests in flight get to finish on SIGTERM." default:"30s" group:"Limits"`
+	GracePeriod           time.Duration `help:"Time requests, WebSockets and TCP streams in flight get to finish on SIGTERM." default:"30s" aliases:"shutdown-grace" group:"Drain"`
+	DrainDelay            time.Duration `help:"On SIGTERM, time to keep taking new client connections after /readyz turned 503, so load balancers notice first (Kubernetes: use a preStop sleep instead)." default:"0s" group:"Drain"`
+
+	GossipAddr        string   `help:"Address for cluster gossip (hashicorp/memberlist, TCP and UDP on one port); empty: a single node, no cluster." default:":8003" group:"Cluster"`
+	Join              []string `help:"Nodes to join: host:port or DNS names (a Kubernetes headless service), resolved again until joined and every 10s after." sep:"," group:"Cluster"`
+	AdvertiseAddr     string   `help:"Address other nodes reach this one at (host or host:port), for NAT and Kubernetes; default: the gossip bind address, or a private IP of the machine." group:"Cluster"`
+	ClusterSecretFile string   `help:"File with the cluster secret (base64 of 32 random bytes: openssl rand -base64 32); it encrypts gossip and authenticates relays. Default: cluster.key in --data-dir, created on first start; every node needs the same one." type:"path" group:"Cluster"`
+	ClusterLabel      string   `help:"Cluster name: nodes with another label ignore this one." default:"pico" group:"Cluster"`
 
 	AllowUnderscoresInHeaders bool     `help:"Pass request header names that contain '_' (rejected with 400 by default)." group:"Limits"`
 	TrustedProxies            []string `help:"CIDRs of proxies in front of the edge (load balancers) whose X-Forwarded-* and Forwarded headers are kept and extended; from anyone else they are replaced." sep:"," group:"Limits"`
@@ -111,6 +118,10 @@ func (c *CLI) run(log *slog.Logger) error {
 		}
 		trusted = append(trusted, p)
 	}
+	cluster, err := c.cluster(log)
+	if err != nil {
+		return err
+	}
 	srv, err := edge.New(edge.Config{
 		TrustedProxies:            trusted,
 		NodeID:                    c.NodeID,
@@ -125,7 +136,9 @@ func (c *CLI) run(log *slog.Logger) error {
 		TCPIdleTimeout:            c.TCPIdleTimeout,
 		OpenStreamTimeout:         c.OpenStreamTimeout,
 		MaxEndpointsPerAgent:      c.MaxEndpointsPerAgent,
-		ShutdownGrace:             c.ShutdownGrace,
+		ShutdownGrace:             c.GracePeriod,
+		DrainDelay:                c.DrainDelay,
+		Cluster:                   cluster,
 		AllowUnderscoresInHeaders: c.AllowUnderscoresInHeaders,
 		Logger:                    log,
 		AccessLog:                 accessLog,
@@ -141,6 +154,38 @@ func (c *CLI) run(log *slog.Logger) error {
 		"and anyone who can reach the proxy port can use every endpoint")
 	c.printAgentHint(lns, caFile)
 	return srv.Run(ctx, lns)
+}
+
+// cluster returns the cluster configuration, or nil without --gossip-addr.
+func (c *CLI) cluster(log *slog.Logger) (*edge.ClusterConfig, error) {
+	if c.GossipAddr == "" {
+		if len(c.Join) > 0 {
+			return nil, errors.New("--join needs --gossip-addr")
+		}
+		return nil, nil
+	}
+	var secret []byte
+	var err error
+	if c.ClusterSecretFile != "" {
+		secret, err = certs.LoadSecret(c.ClusterSecretFile)
+	} else {
+		var created bool
+		file := filepath.Join(c.DataDir, "cluster.key")
+		secret, created, err = certs.LoadOrCreateSecret(file)
+		if created {
+			log.Info("created a cluster secret; give every node of the cluster the same one (--cluster-secret-file)", "file", file)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &edge.ClusterConfig{
+		Secret:        secret,
+		Label:         c.ClusterLabel,
+		GossipAddr:    c.GossipAddr,
+		AdvertiseAddr: c.AdvertiseAddr,
+		Join:          c.Join,
+	}, nil
 }
 
 // certificates returns the agent listener's certificate source, and the
