@@ -1,7 +1,12 @@
-// Package agent is the client side of Pico as a Go library: it keeps a QUIC
-// connection to an edge node, serves endpoints (each stream the edge opens
-// is a connection from a client), and dials endpoints for TCP forwarding.
-// The pico-agent command is a thin layer over it.
+// Package agent is the client side of Pico as a Go library: it keeps QUIC
+// connections (links) to one or more edge nodes, serves endpoints (each
+// stream an edge opens is a connection from a client), and dials endpoints
+// for TCP forwarding. The pico-agent command is a thin layer over it.
+//
+// With several links (Config.Connections), each goes to a distinct edge
+// node, every link registers every endpoint and serves streams, and a
+// node's loss, drain (goaway) or silence moves its link to another node
+// while the others keep serving.
 //
 // A Go program serves an endpoint with net/http like this:
 //
@@ -23,6 +28,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -32,8 +38,15 @@ import (
 // Config configures an Agent. Zero values select the documented defaults.
 type Config struct {
 	// Edges are the edge nodes' agent addresses ("host:port"), tried in
-	// turn; if empty, 127.0.0.1:8001.
+	// turn; if empty, 127.0.0.1:8001. Addresses of other nodes that an
+	// edge lists in its Welcome are tried after them.
 	Edges []string
+	// Connections is the number of links to keep, each to a distinct edge
+	// node. Every link registers every endpoint and serves streams. If
+	// zero, 2 when more than one node is known (more than one address in
+	// Edges, or an edge listed other nodes of its cluster), else 1. At
+	// most MaxConnections.
+	Connections int
 	// RootCAs verify the edge's certificate; if nil, the system roots.
 	RootCAs *x509.CertPool
 	// ServerName overrides the name verified in the edge's certificate;
@@ -78,8 +91,14 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// MaxConnections bounds Config.Connections.
+const MaxConnections = 8
+
 // Validate reports the first invalid field.
 func (c Config) Validate() error {
+	if c.Connections < 0 || c.Connections > MaxConnections {
+		return fmt.Errorf("agent: config: %d connections; want 0 (default) to %d", c.Connections, MaxConnections)
+	}
 	for _, e := range c.Edges {
 		if _, _, err := net.SplitHostPort(e); err != nil {
 			return fmt.Errorf("agent: config: edge address %q: want host:port", e)
@@ -99,22 +118,29 @@ var (
 	ErrUnauthorized = errors.New("agent: edge refused the token")
 )
 
-// Agent keeps a link to an edge and serves endpoints over it.
+// Agent keeps links to edge nodes and serves endpoints over them.
 type Agent struct {
 	cfg Config
 	log *slog.Logger
 	id  string
 
-	mu        sync.Mutex // guards the fields below
+	mu        sync.Mutex // guards the fields below and link.leaving
 	endpoints map[string]*registration
-	link      *link         // the link new work goes to; nil while down
-	linkUp    chan struct{} // closed when a link comes up, then replaced
+	links     []*link           // open links: live ones take new work, leaving ones finish theirs
+	changed   chan struct{}     // closed when the set of live links changes, then replaced
+	rr        int               // Dial's round-robin cursor
+	hints     map[string]hint   // other nodes the edges listed, by node ID
+	addrNode  map[string]string // the node last met at each address dialled
+	want      int               // links Run keeps
 	closed    bool
 	running   bool
+	stopping  bool // Run is closing its links: changes are not logged
 
+	grow     chan struct{}  // an edge listed peers: Run may keep one more link
 	quit     chan struct{}  // closed by Close
 	runDone  chan struct{}  // closed when Run returns
 	bg       sync.WaitGroup // registrations sent outside Run; each ends with its link
+	retiring sync.WaitGroup // links handed off and closing; Run waits for them
 	quitOnce sync.Once
 }
 
@@ -123,19 +149,53 @@ type handler interface {
 	serve(c *quicutil.Conn, h quicutil.StreamHeader)
 }
 
-// registration is an endpoint the agent serves, and its state on the link.
+// registration is an endpoint the agent serves, and the answers of the
+// links asked to register it.
 type registration struct {
 	id      string
 	kind    quicutil.Kind
 	handler handler
-	err     error         // last refusal by the edge
-	done    chan struct{} // closed at the first answer from the edge
-	once    sync.Once
+	done    chan struct{} // closed when the answers decide; err is set then
+
+	mu      sync.Mutex // guards the fields below
+	err     error      // the decision: nil (some link accepted) or a refusal
+	asked   int        // links asked that have not answered
+	refusal error      // the first final refusal
+	decided bool
 }
 
-func (r *registration) answered(err error) {
-	r.err = err
-	r.once.Do(func() { close(r.done) })
+// ask counts one more link asked to register r.
+func (r *registration) ask() {
+	r.mu.Lock()
+	r.asked++
+	r.mu.Unlock()
+}
+
+// answered records one link's answer: nil when the edge accepted r, else
+// why not. A final refusal (invalid ID, conflict, limit, ...) decides once
+// no other link asked can still accept; a link that died or a draining
+// edge (final false) decides nothing, and the next link asks again.
+func (r *registration) answered(err error, final bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.asked--
+	if r.decided {
+		return
+	}
+	switch {
+	case err == nil:
+		r.decideLocked(nil)
+	case final && r.refusal == nil:
+		r.refusal = err
+	}
+	if !r.decided && r.asked <= 0 && r.refusal != nil {
+		r.decideLocked(r.refusal)
+	}
+}
+
+func (r *registration) decideLocked(err error) {
+	r.err, r.decided = err, true
+	close(r.done)
 }
 
 // New validates cfg and allocates an Agent; Run connects it.
@@ -151,7 +211,10 @@ func New(cfg Config) (*Agent, error) {
 		log:       cfg.Logger,
 		id:        hex.EncodeToString(b),
 		endpoints: make(map[string]*registration),
-		linkUp:    make(chan struct{}),
+		changed:   make(chan struct{}),
+		hints:     make(map[string]hint),
+		addrNode:  make(map[string]string),
+		grow:      make(chan struct{}, 1),
 		quit:      make(chan struct{}),
 		runDone:   make(chan struct{}),
 	}, nil
@@ -160,7 +223,23 @@ func New(cfg Config) (*Agent, error) {
 // ID returns the agent's instance ID, as the edge sees it.
 func (a *Agent) ID() string { return a.id }
 
-// Close stops Run, closes the link and every Listener. It is safe to call
+// Nodes returns the IDs of the edge nodes the agent has live links to,
+// sorted. A link the edge asked to move, or that went silent, is no longer
+// live: it only finishes its streams.
+func (a *Agent) Nodes() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ids []string
+	for _, l := range a.links {
+		if !l.leaving {
+			ids = append(ids, l.nodeID)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Close stops Run, closes the links and every Listener. It is safe to call
 // more than once.
 func (a *Agent) Close() error {
 	a.quitOnce.Do(func() { close(a.quit) })
@@ -182,8 +261,20 @@ func (a *Agent) Close() error {
 	return nil
 }
 
-// Serve registers endpoint id with kind and serves its streams with h. It
-// waits for the edge's first answer (or ctx) and returns the refusal, if any.
+// goBg runs f in the background unless the agent is closed; Close waits
+// for it.
+func (a *Agent) goBg(f func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.closed {
+		a.bg.Go(f)
+	}
+}
+
+// serve registers endpoint id with kind and serves its streams with h. It
+// asks every live link (and every link that comes up later) to register
+// the endpoint, waits until one accepted it or all refused it (or ctx
+// ends), and returns the refusal, if any.
 func (a *Agent) serve(ctx context.Context, id string, kind quicutil.Kind, h handler) (*registration, error) {
 	if err := quicutil.ValidateEndpointID(id); err != nil {
 		return nil, err
@@ -199,11 +290,14 @@ func (a *Agent) serve(ctx context.Context, id string, kind quicutil.Kind, h hand
 		return nil, fmt.Errorf("agent: endpoint %q is served already", id)
 	}
 	a.endpoints[id] = r
-	l := a.link
-	a.mu.Unlock()
-	if l != nil {
+	live := a.liveLocked()
+	for range live {
+		r.ask() // every link is counted before any answers
+	}
+	for _, l := range live {
 		a.bg.Go(func() { l.register([]*registration{r}) })
 	}
+	a.mu.Unlock()
 	select {
 	case <-r.done:
 	case <-ctx.Done():
@@ -219,17 +313,18 @@ func (a *Agent) serve(ctx context.Context, id string, kind quicutil.Kind, h hand
 	return r, nil
 }
 
-// remove stops serving r and withdraws it from the edge.
+// remove stops serving r and withdraws it from every link.
 func (a *Agent) remove(r *registration) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.endpoints[r.id] != r {
-		a.mu.Unlock()
 		return
 	}
 	delete(a.endpoints, r.id)
-	l := a.link
-	a.mu.Unlock()
-	if l != nil {
+	if a.closed {
+		return
+	}
+	for _, l := range a.links {
 		a.bg.Go(func() { l.deregister(r.id) })
 	}
 }
@@ -240,30 +335,60 @@ func (a *Agent) lookup(id string) *registration {
 	return a.endpoints[id]
 }
 
-func (a *Agent) registrations() []*registration {
+// askAll returns every registration, each counted as asked once more: the
+// caller registers them on one link.
+func (a *Agent) askAll() []*registration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := make([]*registration, 0, len(a.endpoints))
 	for _, r := range a.endpoints {
+		r.ask()
 		out = append(out, r)
 	}
 	return out
 }
 
-// currentLink waits for a link, until ctx ends.
-func (a *Agent) currentLink(ctx context.Context) (*link, error) {
+// liveLocked returns the live links; the caller holds a.mu.
+func (a *Agent) liveLocked() []*link {
+	var out []*link
+	for _, l := range a.links {
+		if !l.leaving {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// pickLink returns the live link with the fewest streams in flight (in
+// round-robin order among equals), other than those in tried. It waits
+// for one until ctx ends.
+func (a *Agent) pickLink(ctx context.Context, tried []*link) (*link, error) {
 	for {
 		a.mu.Lock()
-		l, up, closed := a.link, a.linkUp, a.closed
-		a.mu.Unlock()
-		if closed {
+		if a.closed {
+			a.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if l != nil {
-			return l, nil
+		var best *link
+		var bestLoad int64
+		n := len(a.links)
+		a.rr++
+		for i := range n {
+			l := a.links[(a.rr+i)%n]
+			if l.leaving || slices.Contains(tried, l) {
+				continue
+			}
+			if load := l.active.Load(); best == nil || load < bestLoad {
+				best, bestLoad = l, load
+			}
+		}
+		changed := a.changed
+		a.mu.Unlock()
+		if best != nil {
+			return best, nil
 		}
 		select {
-		case <-up:
+		case <-changed:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("no link to the edge: %w", ctx.Err())
 		case <-a.quit:
@@ -272,41 +397,135 @@ func (a *Agent) currentLink(ctx context.Context) (*link, error) {
 	}
 }
 
-func (a *Agent) setLink(l *link) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.link = l
-	if l != nil {
-		close(a.linkUp)
-		a.linkUp = make(chan struct{})
-	}
-}
+// maxDialLinks bounds the links one Dial tries when links die under it.
+const maxDialLinks = 3
 
 // Dial opens a TCP connection to endpoint id through the edge: the edge
 // routes it to an agent serving id, which connects it to its upstream.
-// Dial waits for a link (until ctx ends) and for the edge's answer, so a
-// refusal (no such endpoint, upstream down) is its error.
+// Dial uses the least loaded live link, waits for one (until ctx ends),
+// and waits for the edge's answer, so a refusal (no such endpoint,
+// upstream down) is its error. When the link dies before the edge
+// answered, Dial tries another.
 func (a *Agent) Dial(ctx context.Context, id string) (net.Conn, error) {
 	if err := quicutil.ValidateEndpointID(id); err != nil {
 		return nil, err
 	}
-	l, err := a.currentLink(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("dial endpoint %q: %w", id, err)
+	var tried []*link
+	for {
+		l, err := a.pickLink(ctx, tried)
+		if err != nil {
+			return nil, fmt.Errorf("dial endpoint %q: %w", id, err)
+		}
+		c, err := l.dial(ctx, id)
+		if err == nil {
+			return c, nil
+		}
+		tried = append(tried, l)
+		var de *DialError
+		if errors.As(err, &de) || ctx.Err() != nil || len(tried) == maxDialLinks || !l.died(err) {
+			return nil, err
+		}
+		l.log.Debug("link died before the edge answered a dial; trying another", "endpoint_id", id, "err", err)
 	}
-	return l.dial(ctx, id)
 }
 
-// tlsConfig returns the TLS config for dialling addr.
-func (a *Agent) tlsConfig(addr string) *tls.Config {
-	name := a.cfg.ServerName
-	if name == "" {
-		name, _, _ = net.SplitHostPort(addr)
+// admit makes l a live link unless another live link goes to the same
+// node, or l goes to avoid (unless allowAvoid).
+func (a *Agent) admit(l *link, avoid string, allowAvoid bool) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return ErrClosed
 	}
+	for _, o := range a.links {
+		if !o.leaving && o.nodeID == l.nodeID {
+			return &duplicateError{node: l.nodeID}
+		}
+	}
+	if l.nodeID == avoid && !allowAvoid {
+		return &duplicateError{node: l.nodeID, leaving: true}
+	}
+	a.links = append(a.links, l)
+	a.linksChangedLocked()
+	return nil
+}
+
+// duplicateError refuses a new link to a node the agent is linked to, or
+// is leaving.
+type duplicateError struct {
+	node    string
+	leaving bool
+}
+
+func (e *duplicateError) Error() string {
+	if e.leaving {
+		return fmt.Sprintf("edge node %s is the one the link is leaving", e.node)
+	}
+	return fmt.Sprintf("edge node %s is linked already", e.node)
+}
+
+// setLeaving takes l out of the live links: it finishes its streams but
+// takes no new work.
+func (a *Agent) setLeaving(l *link) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !l.leaving {
+		l.leaving = true
+		a.linksChangedLocked()
+	}
+}
+
+// dropLink forgets l, which is closed or closing.
+func (a *Agent) dropLink(l *link) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	i := slices.Index(a.links, l)
+	if i < 0 {
+		return
+	}
+	a.links = slices.Delete(a.links, i, i+1)
+	if !l.leaving {
+		a.linksChangedLocked()
+	}
+}
+
+// linksChangedLocked wakes those waiting for a link and logs the live
+// links, unless Run is stopping; the caller holds a.mu.
+func (a *Agent) linksChangedLocked() {
+	close(a.changed)
+	a.changed = make(chan struct{})
+	nodes := make([]string, 0, len(a.links))
+	for _, l := range a.links {
+		if !l.leaving {
+			nodes = append(nodes, l.nodeID+" "+l.addr)
+		}
+	}
+	slices.Sort(nodes)
+	if !a.stopping {
+		a.log.Info("linked to edge nodes", "nodes", nodes, "links", len(nodes), "want", a.want)
+	}
+}
+
+// tlsConfig returns the TLS config for dialling c.
+func (a *Agent) tlsConfig(c candidate) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		RootCAs:    a.cfg.RootCAs,
-		ServerName: name,
+		ServerName: a.serverName(c),
 		NextProtos: []string{quicutil.ALPNAgent},
 	}
+}
+
+// serverName is the name verified in the certificate of the edge at c:
+// Config.ServerName, else the name verified at the edge that listed c,
+// else the host of c's address.
+func (a *Agent) serverName(c candidate) string {
+	switch {
+	case a.cfg.ServerName != "":
+		return a.cfg.ServerName
+	case c.serverName != "":
+		return c.serverName
+	}
+	host, _, _ := net.SplitHostPort(c.addr)
+	return host
 }

@@ -17,13 +17,20 @@ import (
 	"github.com/pico-edge/pico/quicutil"
 )
 
-// link is one QUIC connection to an edge node.
+// link is one QUIC connection to an edge node, on a UDP socket of its own:
+// a load balancer that hashes the 4-tuple then sees each link (and each
+// attempt) as a flow of its own and may send it to another node.
 type link struct {
-	a      *Agent
-	conn   *quic.Conn
-	addr   string
-	nodeID string
-	log    *slog.Logger
+	a          *Agent
+	conn       *quic.Conn
+	tr         *quic.Transport
+	udp        *net.UDPConn
+	addr       string // the address dialled
+	serverName string // the name verified in the edge's certificate
+	nodeID     string
+	log        *slog.Logger
+
+	leaving bool // guarded by a.mu: no new work; the link finishes its streams
 
 	ctrlMu sync.Mutex // serializes writes to ctrl
 	ctrl   *quic.Stream
@@ -33,39 +40,87 @@ type link struct {
 	mu      sync.Mutex // guards pending
 	pending map[uint64]chan *quicutil.Result
 
-	active atomic.Int64   // streams being served
-	wg     sync.WaitGroup // stream handlers
+	goAway chan string        // the edge asked the agent to move, and why
+	silent chan time.Duration // the watcher heard nothing for that long
+
+	// Liveness, touched only by the watcher (under a.mu).
+	seenPackets uint64    // packets received at the last change
+	seenAt      time.Time // when the count last changed
+	// silentPackets is the count of packets received when the link was
+	// found silent; a higher count later means the edge is back.
+	silentPackets atomic.Uint64
+
+	active    atomic.Int64   // streams being served or dialled
+	wg        sync.WaitGroup // control reader, stream acceptor and handlers
+	closeOnce sync.Once
 }
 
-// connect dials addr and says hello.
-func (a *Agent) connect(ctx context.Context, tr *quic.Transport, addr string) (*link, error) {
-	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+// connect dials the edge at c, on a new UDP socket, and says hello.
+func (a *Agent) connect(ctx context.Context, c candidate) (*link, error) {
+	timeout := dialTimeout
+	if c.hint {
+		timeout = hintDialTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	udpAddr, err := net.ResolveUDPAddr("udp", c.addr)
 	if err != nil {
-		return nil, fmt.Errorf("resolve edge %s: %w", addr, err)
+		return nil, fmt.Errorf("resolve edge %s: %w", c.addr, err)
 	}
-	conn, err := tr.Dial(ctx, udpAddr, a.tlsConfig(addr), quicutil.AgentConfig())
+	udp, err := net.ListenUDP("udp", nil)
 	if err != nil {
-		return nil, fmt.Errorf("dial edge %s: %w", addr, err)
+		return nil, fmt.Errorf("open UDP socket: %w", err)
 	}
-	l := &link{a: a, conn: conn, addr: addr, pending: make(map[uint64]chan *quicutil.Result)}
-	if err := l.hello(ctx); err != nil {
-		conn.CloseWithError(quicutil.ConnCodeNormal, "")
-		return nil, fmt.Errorf("edge %s: %w", addr, err)
+	tr := &quic.Transport{Conn: udp}
+	tlsConf := a.tlsConfig(c)
+	conn, err := tr.Dial(ctx, udpAddr, tlsConf, quicutil.AgentConfig())
+	if err != nil {
+		tr.Close()
+		udp.Close()
+		return nil, fmt.Errorf("dial edge %s: %w", c.addr, err)
 	}
-	l.log = a.log.With("edge", addr, "node_id", l.nodeID)
+	l := &link{
+		a:          a,
+		conn:       conn,
+		tr:         tr,
+		udp:        udp,
+		addr:       c.addr,
+		serverName: tlsConf.ServerName,
+		log:        a.log.With("edge", c.addr),
+		pending:    make(map[uint64]chan *quicutil.Result),
+		goAway:     make(chan string, 1),
+		silent:     make(chan time.Duration, 1),
+		seenAt:     time.Now(),
+	}
+	w, err := l.hello(ctx)
+	if err != nil {
+		l.close(quicutil.ConnCodeNormal, "")
+		return nil, fmt.Errorf("edge %s: %w", c.addr, err)
+	}
+	l.nodeID = w.NodeID
+	l.log = l.log.With("node_id", l.nodeID)
+	a.learn(l, w)
 	return l, nil
 }
 
-func (l *link) hello(ctx context.Context) error {
+// Timeouts of one connection attempt: an address the edges listed may be
+// unreachable from here (a pod IP behind a load balancer), so it gets
+// less time than a configured one.
+const (
+	dialTimeout     = 10 * time.Second
+	hintDialTimeout = 2 * time.Second
+)
+
+func (l *link) hello(ctx context.Context) (*quicutil.Welcome, error) {
 	str, err := l.conn.OpenStreamSync(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	l.ctrl = str
 	hdr := (&quicutil.StreamHeader{Kind: quicutil.KindControl}).Append(nil)
 	msg, _ := quicutil.AppendMessage(hdr, &quicutil.Hello{Token: l.a.cfg.Token, Agent: l.a.cfg.Name, AgentID: l.a.id})
 	if _, err := str.Write(msg); err != nil {
-		return refusal(err)
+		return nil, refusal(err)
 	}
 	if d, ok := ctx.Deadline(); ok {
 		str.SetReadDeadline(d)
@@ -74,14 +129,13 @@ func (l *link) hello(ctx context.Context) error {
 	m, err := quicutil.ReadMessage(l.br)
 	str.SetReadDeadline(time.Time{})
 	if err != nil {
-		return refusal(err)
+		return nil, refusal(err)
 	}
 	w, ok := m.(*quicutil.Welcome)
 	if !ok {
-		return fmt.Errorf("edge answered hello with %T", m)
+		return nil, fmt.Errorf("edge answered hello with %T", m)
 	}
-	l.nodeID = w.NodeID
-	return nil
+	return w, nil
 }
 
 // refusal turns the edge's CONNECTION_CLOSE into an error that says why.
@@ -91,9 +145,22 @@ func refusal(err error) error {
 		if appErr.ErrorCode == quicutil.ConnCodeUnauthorized {
 			return fmt.Errorf("%w: %s", ErrUnauthorized, appErr.ErrorMessage)
 		}
-		return fmt.Errorf("edge closed the connection: %s", appErr.ErrorMessage)
+		return &closedError{appErr}
 	}
 	return err
+}
+
+// closedError is the edge's CONNECTION_CLOSE.
+type closedError struct{ err *quic.ApplicationError }
+
+func (e *closedError) Error() string { return "edge closed the connection: " + e.err.ErrorMessage }
+func (e *closedError) Unwrap() error { return e.err }
+
+// goingAway reports whether err is the edge closing the link because its
+// node shuts down.
+func goingAway(err error) bool {
+	var appErr *quic.ApplicationError
+	return errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == quicutil.ConnCodeGoingAway
 }
 
 func (l *link) writeControl(m quicutil.Message) error {
@@ -126,6 +193,7 @@ func (l *link) request(seq uint64, m quicutil.Message) (*quicutil.Result, error)
 }
 
 // register announces regs on this link and records the edge's answers.
+// The caller counted the link as asked for each (registration.ask).
 func (l *link) register(regs []*registration) {
 	if len(regs) == 0 {
 		return
@@ -136,7 +204,10 @@ func (l *link) register(regs []*registration) {
 	}
 	res, err := l.request(m.Seq, m)
 	if err != nil {
-		return // the link is down; the next link registers again
+		for _, r := range regs {
+			r.answered(err, false) // the link is down; the next link registers again
+		}
+		return
 	}
 	byID := make(map[string]quicutil.EndpointResult, len(res.Results))
 	for _, r := range res.Results {
@@ -148,13 +219,22 @@ func (l *link) register(regs []*registration) {
 			er = quicutil.EndpointResult{ID: r.id, Code: quicutil.StatusInternal, Message: "edge did not answer for it"}
 		}
 		err := er.Err()
-		if err != nil {
+		switch {
+		case er.Code == quicutil.StatusShuttingDown:
+			l.log.Info("endpoint not registered: the edge node is draining", "endpoint_id", r.id)
+		case err != nil:
 			err = fmt.Errorf("edge %s refused endpoint %q: %w", l.addr, r.id, err)
 			l.log.Error("endpoint refused", "endpoint_id", r.id, "err", er.Err())
-		} else {
+		default:
 			l.log.Info("endpoint registered", "endpoint_id", r.id, "protocol", r.kind.String())
+			if l.a.lookup(r.id) != r {
+				// Removed while this link registered it: Remove may
+				// not have known the link yet.
+				l.deregister(r.id)
+			}
 		}
-		r.answered(err)
+		// A draining edge refuses for now; the agent's next link asks again.
+		r.answered(err, er.Code != quicutil.StatusShuttingDown)
 	}
 }
 
@@ -162,10 +242,10 @@ func (l *link) deregister(id string) {
 	l.request(0, &quicutil.Deregister{Seq: l.seq.Add(1), IDs: []string{id}})
 }
 
-// serve reads control messages and accepts streams until the link dies
-// or the edge says go away. It returns why.
+// serve reads control messages until the link dies, and returns why. A
+// GoAway goes to l.goAway; serve keeps reading, since the link serves its
+// streams (and answers to Deregister) until it is replaced.
 func (l *link) serve() error {
-	l.wg.Go(l.acceptStreams)
 	for {
 		m, err := quicutil.ReadMessage(l.br)
 		if err != nil {
@@ -181,7 +261,10 @@ func (l *link) serve() error {
 				ch <- m
 			}
 		case *quicutil.GoAway:
-			return &goAwayError{reason: m.Reason}
+			select {
+			case l.goAway <- m.Reason:
+			default: // asked already
+			}
 		default:
 			err := fmt.Errorf("unexpected control message %T from edge", m)
 			l.conn.CloseWithError(quicutil.ConnCodeProtocolError, err.Error())
@@ -190,25 +273,75 @@ func (l *link) serve() error {
 	}
 }
 
-type goAwayError struct{ reason string }
-
-func (e *goAwayError) Error() string { return "edge asked to move: " + e.reason }
-
-// retire waits for the link's streams to end (or grace), then closes it.
-func (l *link) retire(grace time.Duration) {
-	deadline := time.Now().Add(grace)
-	for l.active.Load() > 0 && time.Now().Before(deadline) {
+// retire waits for the link's streams to end (until grace passes or ctx
+// ends), then closes it.
+func (l *link) retire(ctx context.Context, grace time.Duration) {
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for l.active.Load() > 0 {
 		select {
+		case <-tick.C:
 		case <-l.conn.Context().Done():
-		case <-time.After(50 * time.Millisecond):
+			break wait
+		case <-ctx.Done():
+			break wait
+		case <-timer.C:
+			break wait
 		}
 	}
-	l.close()
+	l.close(quicutil.ConnCodeNormal, "agent closing")
 }
 
-func (l *link) close() {
-	l.conn.CloseWithError(quicutil.ConnCodeNormal, "agent closing")
+// close closes the connection with code and reason, waits for the link's
+// goroutines and releases its socket. It is safe to call more than once.
+func (l *link) close(code quic.ApplicationErrorCode, reason string) {
+	l.conn.CloseWithError(code, reason)
 	l.wg.Wait()
+	l.closeOnce.Do(func() {
+		l.tr.Close()
+		l.udp.Close()
+	})
+}
+
+// died reports whether err, from an operation on the link, is the link's
+// own end rather than the stream's.
+func (l *link) died(err error) bool {
+	if l.conn.Context().Err() != nil {
+		return true
+	}
+	var appErr *quic.ApplicationError
+	var idle *quic.IdleTimeoutError
+	var reset *quic.StatelessResetError
+	return errors.As(err, &appErr) || errors.As(err, &idle) || errors.As(err, &reset)
+}
+
+// checkSilence signals l.silent when no packet arrived for longer than
+// silentAfter (more on a slow path: a keep-alive and a few of its
+// retransmissions). Only the watcher calls it, holding a.mu.
+func (l *link) checkSilence(now time.Time) {
+	st := l.conn.ConnectionStats()
+	if st.PacketsReceived != l.seenPackets {
+		l.seenPackets, l.seenAt = st.PacketsReceived, now
+		return
+	}
+	pto := st.SmoothedRTT + 4*st.MeanDeviation + 25*time.Millisecond
+	quiet := now.Sub(l.seenAt)
+	if quiet < max(silentAfter, quicutil.AgentKeepAlive+4*pto) {
+		return
+	}
+	l.silentPackets.Store(st.PacketsReceived)
+	select {
+	case l.silent <- quiet:
+	default: // signalled already
+	}
+}
+
+// recovered reports whether packets arrived since the link was found silent.
+func (l *link) recovered() bool {
+	return l.conn.ConnectionStats().PacketsReceived > l.silentPackets.Load()
 }
 
 func (l *link) acceptStreams() {

@@ -1,0 +1,360 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/pico-edge/pico/quicutil"
+)
+
+// A slot keeps one of the agent's links up. It dials until it reaches a
+// node that no other live link goes to, serves the link, and replaces it
+// when it dies, when its edge asks it to move (goaway) or when it goes
+// silent. The replacement comes first (make before break): the old link
+// keeps serving its streams until the new one is registered.
+type slot struct {
+	a        *Agent
+	next     int // the Edges address the next round starts at
+	attempt  int // backoff attempt
+	lastWait time.Duration
+	lastWarn string
+	leaving  []leavingLink // links being replaced, until the next registers
+}
+
+type leavingLink struct {
+	l      *link
+	silent bool // it left because it went silent, not because its edge asked
+}
+
+// How a link stopped serving new work.
+type ending int
+
+const (
+	endStopped ending = iota // Run is ending
+	endMoved                 // its edge asked it to move
+	endSilent                // it received nothing for too long
+	endLost                  // its connection died
+)
+
+// maxAvoidTries is how many times a slot reaches the node its previous
+// link left before it accepts a link to it anyway.
+const maxAvoidTries = 3
+
+// hintRetry is how long an address an edge listed is skipped after an
+// attempt to reach it failed.
+const hintRetry = 30 * time.Second
+
+// runSlot keeps slot n's link up until ctx ends. It returns an error only
+// when retrying cannot help.
+func (a *Agent) runSlot(ctx context.Context, n int) error {
+	s := &slot{a: a, next: n}
+	defer s.closeLeaving()
+	avoid := "" // the node the previous link left
+	for {
+		l, err := s.dial(ctx, avoid)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		avoid = ""
+		connectedAt := time.Now()
+		l.log.Debug("connected to edge")
+		end, err := s.serve(ctx, l)
+		switch end {
+		case endStopped:
+			a.dropLink(l)
+			l.close(quicutil.ConnCodeNormal, "agent closing")
+			return nil
+		case endMoved, endSilent:
+			a.setLeaving(l)
+			s.leaving = append(s.leaving, leavingLink{l: l, silent: end == endSilent})
+			avoid, s.attempt = l.nodeID, 0
+		case endLost:
+			a.dropLink(l)
+			l.close(quicutil.ConnCodeNormal, "")
+			if goingAway(err) || len(l.goAway) > 0 {
+				l.log.Info("edge asked the agent to move; reconnecting", "reason", err.Error())
+				avoid, s.attempt = l.nodeID, 0
+				continue
+			}
+			if time.Since(connectedAt) > 2*s.lastWait {
+				s.attempt = 0
+			}
+			wait := s.backoff()
+			l.log.Warn("lost connection to edge; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond).String())
+			sleep(ctx, wait)
+		}
+	}
+}
+
+// serve registers every endpoint on l and serves it until it stops taking
+// new work, and says why. Once l is registered, the links it replaces are
+// handed off.
+func (s *slot) serve(ctx context.Context, l *link) (ending, error) {
+	served := make(chan error, 1)
+	l.wg.Go(func() { served <- l.serve() })
+	l.wg.Go(l.acceptStreams)
+	registered := make(chan struct{})
+	regs := s.a.askAll()
+	l.wg.Go(func() {
+		defer close(registered)
+		l.register(regs)
+	})
+	for {
+		select {
+		case <-registered:
+			registered = nil
+			if l.conn.Context().Err() == nil {
+				s.handOff(ctx)
+			}
+		case reason := <-l.goAway:
+			l.log.Info("edge asked the agent to move; reconnecting", "reason", reason)
+			return endMoved, nil
+		case quiet := <-l.silent:
+			l.log.Warn("no packets from edge; linking to another node", "silent_for", quiet.Round(time.Millisecond).String())
+			return endSilent, nil
+		case err := <-served:
+			return endLost, err
+		case <-ctx.Done():
+			return endStopped, nil
+		}
+	}
+}
+
+// handOff lets the links this slot replaced go: one its edge asked to move
+// retires (it finishes its streams, up to retireGrace); a silent one
+// closes at once, unless packets came back meanwhile.
+func (s *slot) handOff(ctx context.Context) {
+	a := s.a
+	for _, lv := range s.leaving {
+		l, silent := lv.l, lv.silent
+		a.retiring.Go(func() {
+			defer a.dropLink(l)
+			if silent && l.conn.Context().Err() != nil {
+				l.log.Debug("the silent link timed out before its replacement was registered")
+				l.close(quicutil.ConnCodeNormal, "")
+				return
+			}
+			if silent && !l.recovered() {
+				l.log.Info("closing the silent link: its replacement is registered")
+				l.close(quicutil.ConnCodeNormal, "no packets from edge")
+				return
+			}
+			l.retire(ctx, retireGrace)
+		})
+	}
+	s.leaving = nil
+}
+
+// reap closes the leaving links whose connections died meanwhile.
+func (s *slot) reap() {
+	s.leaving = slices.DeleteFunc(s.leaving, func(lv leavingLink) bool {
+		if lv.l.conn.Context().Err() == nil {
+			return false
+		}
+		s.a.dropLink(lv.l)
+		lv.l.close(quicutil.ConnCodeNormal, "")
+		return true
+	})
+}
+
+func (s *slot) closeLeaving() {
+	for _, lv := range s.leaving {
+		s.a.dropLink(lv.l)
+		lv.l.close(quicutil.ConnCodeNormal, "agent closing")
+	}
+	s.leaving = nil
+}
+
+// backoff returns the wait before the next round of attempts.
+func (s *slot) backoff() time.Duration {
+	s.lastWait = s.a.cfg.Backoff.Delay(s.attempt, nil)
+	s.attempt++
+	return s.lastWait
+}
+
+// dial tries the candidates in rounds, with backoff between rounds, until
+// it has a live link to a node no other live link goes to and, for the
+// first few tries, other than avoid. Every attempt uses a new UDP socket,
+// so a load balancer that hashes the 4-tuple may pick another node.
+func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
+	a := s.a
+	avoidTries := 0
+	for {
+		s.reap()
+		var lastErr error
+		dupOnly := true // every node reached is linked already
+		for _, c := range a.candidates(s, avoid, avoidTries >= maxAvoidTries) {
+			l, err := a.connect(ctx, c)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				if errors.Is(err, ErrUnauthorized) {
+					a.log.Error("edge refused the agent's token; not retrying", "edge", c.addr, "err", err)
+					return nil, err
+				}
+				if c.hint {
+					a.hintFailed(c)
+				}
+				a.log.Debug("edge unreachable, trying the next", "edge", c.addr, "err", err)
+				lastErr, dupOnly = err, false
+				continue
+			}
+			err = a.admit(l, avoid, avoidTries >= maxAvoidTries)
+			if err == nil {
+				s.lastWarn = ""
+				return l, nil
+			}
+			l.close(quicutil.ConnCodeNormal, "duplicate node")
+			if errors.Is(err, ErrClosed) {
+				return nil, err
+			}
+			var dup *duplicateError
+			if errors.As(err, &dup) && dup.leaving {
+				avoidTries++
+			}
+			l.log.Debug("reached a node the agent does not want; trying again", "err", err)
+			lastErr = err
+		}
+		if lastErr == nil { // no candidate: cannot happen, Edges is never empty
+			lastErr = errors.New("no edge address to dial")
+		}
+		wait := s.backoff()
+		retryIn := wait.Round(time.Millisecond).String()
+		switch msg := lastErr.Error(); {
+		case msg == s.lastWarn && dupOnly:
+			a.log.Debug("still no other edge node", "err", lastErr, "retry_in", retryIn)
+		case msg == s.lastWarn:
+			a.log.Debug("still cannot connect to edge", "err", lastErr, "retry_in", retryIn)
+		case dupOnly:
+			a.log.Info("every edge node reached is linked already; retrying", "err", lastErr, "retry_in", retryIn)
+		default:
+			a.log.Warn("cannot connect to edge; retrying with backoff", "err", lastErr, "retry_in", retryIn)
+		}
+		s.lastWarn = lastErr.Error()
+		sleep(ctx, wait)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// candidate is an address a slot may dial.
+type candidate struct {
+	addr       string
+	serverName string // for a hint: the name verified at the edge that listed it
+	hint       bool   // listed by an edge, not configured
+	nodeID     string // for a hint: the node listed
+}
+
+// hint is a node an edge listed in its Welcome.
+type hint struct {
+	addr       string
+	serverName string
+	retryAt    time.Time // after a failed attempt, skipped until then
+}
+
+// candidates returns the addresses for one round of slot s: the configured
+// Edges in turn (those last met as a node in use at the end), then the
+// nodes the edges listed that no live link goes to.
+func (a *Agent) candidates(s *slot, avoid string, allowAvoid bool) []candidate {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	unwanted := make(map[string]bool, len(a.links)+1)
+	for _, l := range a.links {
+		if !l.leaving {
+			unwanted[l.nodeID] = true
+		}
+	}
+	if avoid != "" && !allowAvoid {
+		unwanted[avoid] = true
+	}
+	n := len(a.cfg.Edges)
+	out := make([]candidate, 0, n+len(a.hints))
+	var later []candidate
+	for i := range n {
+		addr := a.cfg.Edges[(s.next+i)%n]
+		if node, ok := a.addrNode[addr]; ok && unwanted[node] {
+			later = append(later, candidate{addr: addr})
+		} else {
+			out = append(out, candidate{addr: addr})
+		}
+	}
+	s.next++
+	out = append(out, later...)
+	ids := make([]string, 0, len(a.hints))
+	for id := range a.hints {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	now := time.Now()
+	for _, id := range ids {
+		h := a.hints[id]
+		if unwanted[id] || now.Before(h.retryAt) || slices.Contains(a.cfg.Edges, h.addr) {
+			continue
+		}
+		out = append(out, candidate{addr: h.addr, serverName: h.serverName, hint: true, nodeID: id})
+	}
+	return out
+}
+
+// learn records what l's Welcome says: the node at l's address, and the
+// other nodes of its cluster (the latest list replaces the previous one),
+// which make a second link worth keeping when Config.Connections is zero.
+func (a *Agent) learn(l *link, w *quicutil.Welcome) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.addrNode[l.addr] = l.nodeID
+	if len(w.Peers) == 0 {
+		return // an edge outside a cluster, or one that does not say
+	}
+	hints := make(map[string]hint, len(w.Peers))
+	for _, p := range w.Peers {
+		if p.NodeID == "" || p.NodeID == l.nodeID || !usableAddr(p.Addr) {
+			continue
+		}
+		h := hint{addr: p.Addr, serverName: l.serverName}
+		if old, ok := a.hints[p.NodeID]; ok && old.addr == p.Addr {
+			h.retryAt = old.retryAt
+		}
+		hints[p.NodeID] = h
+	}
+	a.hints = hints
+	if a.cfg.Connections == 0 && len(hints) > 0 && a.want < 2 {
+		a.want = 2
+		select {
+		case a.grow <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// hintFailed skips the listed node c for a while.
+func (a *Agent) hintFailed(c candidate) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if h, ok := a.hints[c.nodeID]; ok && h.addr == c.addr {
+		h.retryAt = time.Now().Add(hintRetry)
+		a.hints[c.nodeID] = h
+	}
+}
+
+// usableAddr reports whether addr, listed by an edge, can be dialled: a
+// host and a port, and no unspecified IP address.
+func usableAddr(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" || port == "" || port == "0" {
+		return false
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+		return false
+	}
+	return true
+}
