@@ -25,10 +25,11 @@ import (
 )
 
 type Globals struct {
-	Edge       string `help:"Edge agent addresses (host:port), comma separated, tried in turn." default:"127.0.0.1:8001"`
-	CA         string `help:"PEM bundle of CA certificates that verify the edge (default: the system roots)." type:"existingfile"`
-	ServerName string `help:"Name to verify in the edge's certificate (default: the host of --edge)."`
-	Token      string `help:"Token presented to the edge."`
+	Edge        string `help:"Edge agent addresses (host:port), comma separated, tried in turn." default:"127.0.0.1:8001"`
+	CA          string `help:"PEM bundle of CA certificates that verify the edge (default: the system roots)." type:"existingfile"`
+	ServerName  string `help:"Name to verify in the edge's certificate (default: the host of --edge)."`
+	Token       string `help:"Token presented to the edge."`
+	Connections int    `help:"Links to keep, each to a distinct edge node; every link registers every endpoint. 0: 2 when more than one edge node is known (several --edge addresses, or the edge lists other nodes of its cluster), else 1." default:"0"`
 	cli.LogFlags
 }
 
@@ -86,11 +87,12 @@ func main() {
 
 func (g *Globals) newAgent(log *slog.Logger) (*agent.Agent, error) {
 	cfg := agent.Config{
-		Edges:      cli.SplitList(g.Edge),
-		ServerName: g.ServerName,
-		Token:      g.Token,
-		Name:       "pico-agent/" + cli.Version(),
-		Logger:     log,
+		Edges:       cli.SplitList(g.Edge),
+		Connections: g.Connections,
+		ServerName:  g.ServerName,
+		Token:       g.Token,
+		Name:        "pico-agent/" + cli.Version(),
+		Logger:      log,
 	}
 	if g.CA != "" {
 		pool, err := certs.LoadPool(g.CA)
