@@ -66,6 +66,8 @@ type session struct {
 	rt2Once sync.Once
 
 	inflight atomic.Int64  // streams in flight, for the balancer
+	movedAt  atomic.Int64  // when rebalancing asked it to move (unix ns)
+	leaving  atomic.Bool   // told to go away: used only when nothing else serves
 	streams  atomic.Uint64 // streams served in total
 
 	ctrlMu sync.Mutex // serializes writes to ctrl
@@ -81,7 +83,15 @@ type session struct {
 // Load implements routing.Target.
 func (sess *session) Load() int64 { return sess.inflight.Load() }
 
-func (sess *session) inflightAdd(d int64)                            { sess.inflight.Add(d) }
+func (sess *session) inflightAdd(d int64) { sess.inflight.Add(d) }
+func (sess *session) isLeaving() bool     { return sess.leaving.Load() }
+
+// closeIdle closes the idle keep-alive streams to the agent.
+func (sess *session) closeIdle() {
+	sess.rt.CloseIdleConnections()
+	sess.rt2Once.Do(func() { sess.rt2 = sess.srv.newAgentTransport(sess, quicutil.KindHTTP2) })
+	sess.rt2.CloseIdleConnections()
+}
 func (sess *session) name() string                                   { return sess.hello.AgentID }
 func (sess *session) streamKind(id routing.EndpointID) quicutil.Kind { return sess.endpointKind(id) }
 
@@ -337,8 +347,15 @@ func (s *Server) announce(id routing.EndpointID) {
 	s.local.Set(a)
 }
 
-// goAway asks the agent to move to another node.
+// goAway asks the agent to move to another node. New streams go to other
+// targets from now on when there are any, and its idle keep-alive streams
+// close, so that the agent's old link empties and retires.
 func (sess *session) goAway(reason string) {
+	sess.leaving.Store(true)
+	sess.closeIdle()
+	// A stream whose response just ended goes back to the pool a moment
+	// after its body closed: close those too.
+	time.AfterFunc(200*time.Millisecond, sess.closeIdle)
 	if err := sess.writeControl(&quicutil.GoAway{Reason: reason}); err != nil {
 		sess.log.Debug("send goaway", "err", err)
 	}

@@ -48,6 +48,10 @@ type ClusterConfig struct {
 	Join []string
 	// RejoinInterval: see Join; if zero, 10s.
 	RejoinInterval time.Duration
+	// RebalanceInterval is how often the node compares its agent links
+	// with the other nodes' and asks the excess to move; if zero, 5s;
+	// negative: never.
+	RebalanceInterval time.Duration
 	// Memberlist, if set, adjusts memberlist's configuration (tests use
 	// faster timers).
 	Memberlist func(*memberlist.Config)
@@ -59,6 +63,9 @@ func (c ClusterConfig) withDefaults() ClusterConfig {
 	}
 	if c.RejoinInterval == 0 {
 		c.RejoinInterval = 10 * time.Second
+	}
+	if c.RebalanceInterval == 0 {
+		c.RebalanceInterval = 5 * time.Second
 	}
 	return c
 }
@@ -87,13 +94,14 @@ type cluster struct {
 	relay  string // this node's relay address
 	gossip string // this node's gossip address, as advertised
 
-	mu       sync.Mutex        // guards the fields below
-	members  map[string]member // other live members, as memberlist told
-	peers    map[string]*peer
-	senders  map[string]*sender
-	draining bool
-	meta     []byte
-	left     bool
+	mu         sync.Mutex        // guards the fields below
+	members    map[string]member // other live members, as memberlist told
+	peers      map[string]*peer
+	senders    map[string]*sender
+	draining   bool
+	meta       []byte
+	left       bool
+	lastChange time.Time // of membership
 
 	stop chan struct{}  // closed by leave
 	wg   sync.WaitGroup // senders and the join loop
@@ -178,6 +186,7 @@ func (s *Server) startCluster(agentAddr net.Addr) error {
 	c.log.Info("cluster member started", "node_id", s.cfg.NodeID, "gossip_addr", c.gossip,
 		"relay_addr", c.relay, "label", cfg.Label)
 	c.wg.Go(c.joinLoop)
+	c.wg.Go(c.rebalanceLoop)
 	return nil
 }
 
@@ -408,6 +417,7 @@ func (c *cluster) nodeUp(n *memberlist.Node, what string) {
 	}
 	p.update(meta.RelayAddr, meta.Draining)
 	c.members[n.Name] = member{gossip: addr.Addr, meta: meta, state: n.State}
+	c.lastChange = time.Now()
 	snd := c.senders[n.Name]
 	if snd == nil || snd.epoch != meta.Epoch {
 		if snd != nil {
@@ -436,6 +446,7 @@ func (c *cluster) NotifyLeave(n *memberlist.Node) {
 	p := c.peers[n.Name]
 	delete(c.peers, n.Name)
 	delete(c.members, n.Name)
+	c.lastChange = time.Now()
 	snd := c.senders[n.Name]
 	delete(c.senders, n.Name)
 	c.mu.Unlock()
@@ -540,3 +551,87 @@ var _ memberlist.EventDelegate = (*cluster)(nil)
 
 // errNotClustered answers a peer connection to a node without a cluster.
 var errNotClustered = errors.New("this node is not in a cluster")
+
+// Rebalancing: when nodes join, agents connected elsewhere stay where they
+// are, so a node that has more than its share of agent links asks some of
+// them to move (goaway; the agent connects elsewhere before it leaves,
+// so no request fails). A node sheds links while it has more than
+// ceil(links/nodes) + rebalanceSlack, counting only live, not draining
+// nodes, and at most rebalanceBatch per round.
+const (
+	rebalanceSlack = 1
+	rebalanceBatch = 16
+	// rebalanceSettle is the quiet time after a membership change before
+	// links are counted: the new node's count must have arrived.
+	rebalanceSettle = 2 * time.Second
+)
+
+func (c *cluster) rebalanceLoop() {
+	every := c.cfg.RebalanceInterval
+	if every < 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		c.rebalance()
+	}
+}
+
+// rebalance sheds this node's excess agent links, if any.
+func (c *cluster) rebalance() {
+	s := c.s
+	if s.draining.Load() {
+		return
+	}
+	c.mu.Lock()
+	settled := time.Since(c.lastChange) >= rebalanceSettle
+	draining := make(map[string]bool, len(c.members))
+	for name, m := range c.members {
+		draining[name] = m.meta.Draining
+	}
+	c.mu.Unlock()
+	if !settled {
+		return
+	}
+	nodes, total := 1, s.sessionCount()
+	own := total
+	for _, n := range c.remote.Nodes() {
+		if !n.Alive || draining[n.Node] {
+			continue
+		}
+		nodes++
+		total += int(n.Links)
+	}
+	share := (total + nodes - 1) / nodes
+	excess := own - share - rebalanceSlack
+	if nodes < 2 || excess <= 0 {
+		return
+	}
+	excess = min(excess+rebalanceSlack, rebalanceBatch) // down to the share itself
+	list := s.sessionList()
+	// Move the links that carry the least: fewest streams in flight.
+	slices.SortFunc(list, func(a, b *session) int { return int(a.inflight.Load() - b.inflight.Load()) })
+	moved := 0
+	for _, sess := range list {
+		if moved == excess {
+			break
+		}
+		if sess.movedAt.Load() != 0 {
+			continue // asked already
+		}
+		sess.movedAt.Store(time.Now().UnixNano())
+		sess.goAway("rebalancing: edge node " + s.cfg.NodeID + " has more than its share of agents")
+		s.m.rebalanced.Inc()
+		moved++
+	}
+	if moved > 0 {
+		c.log.Info("asked agents to move to rebalance the cluster", "moved", moved, "links", own,
+			"cluster_links", total, "nodes", nodes, "share", share)
+	}
+}

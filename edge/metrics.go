@@ -24,6 +24,7 @@ type serverMetrics struct {
 	relayIn        *metrics.Counter
 	relayOut       *metrics.Counter
 	relayBytes     *metrics.Counter
+	rebalanced     *metrics.Counter
 }
 
 func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
@@ -53,6 +54,7 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	m.relayOut = set.NewCounter(`pico_relay_streams_total{direction="out"}`)
 	m.relayIn = set.NewCounter(`pico_relay_streams_total{direction="in"}`)
 	m.relayBytes = set.NewCounter("pico_relay_bytes_total")
+	m.rebalanced = set.NewCounter("pico_rebalance_goaways_total")
 	set.NewGauge("pico_cluster_members", func() float64 { return float64(s.memberCount()) })
 	set.NewGauge("pico_draining", func() float64 {
 		if s.draining.Load() {

@@ -10,7 +10,14 @@ import (
 // A peer is a target: streams to it are relayed to its agents.
 
 func (p *peer) inflightAdd(d int64) { p.inflight.Add(d) }
-func (p *peer) name() string        { return "node:" + p.node }
+func (p *peer) isLeaving() bool     { return p.isDraining() }
+
+// closeIdle closes the idle keep-alive streams to the peer.
+func (p *peer) closeIdle() {
+	p.rt.CloseIdleConnections()
+	p.rt2.CloseIdleConnections()
+}
+func (p *peer) name() string { return "node:" + p.node }
 
 // streamKind is the kind the peer's agents speak for id: HTTP/1.1 when any
 // of them does, else HTTP/2, as the peer announced.

@@ -301,6 +301,10 @@ type target interface {
 	streamKind(id routing.EndpointID) quicutil.Kind
 	inflightAdd(d int64)
 	name() string // for logs: the agent's ID, or "node:" and the node's
+	// isLeaving reports an agent told to move, or a node draining: other
+	// targets come first, and its keep-alive streams are not kept.
+	isLeaving() bool
+	closeIdle()
 }
 
 // attempts picks the targets of one request or TCP connection: a different
@@ -339,10 +343,7 @@ func (a *attempts) next() (target, error) {
 func (a *attempts) skip(tg routing.Target) bool { return slices.Contains(a.tried, tg) }
 
 func (a *attempts) skipDraining(tg routing.Target) bool {
-	if p, ok := tg.(*peer); ok && p.isDraining() {
-		return true
-	}
-	return a.skip(tg)
+	return tg.(target).isLeaving() || a.skip(tg)
 }
 
 func (a *attempts) failed(err error) { a.err = err }
@@ -585,6 +586,10 @@ func (b *trackedBody) Close() error {
 	if !b.done.Swap(true) {
 		b.tg.inflightAdd(-1)
 		b.s.activeStreams.Add(-1)
+		if b.tg.isLeaving() {
+			// The stream goes back to the pool just after this: close it then.
+			time.AfterFunc(50*time.Millisecond, b.tg.closeIdle)
+		}
 	}
 	return err
 }

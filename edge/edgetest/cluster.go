@@ -47,11 +47,12 @@ func ClusterNode(id string, secret []byte, join ...string) func(*edge.Config) {
 	return func(c *edge.Config) {
 		c.NodeID = id
 		c.Cluster = &edge.ClusterConfig{
-			Secret:         secret,
-			GossipAddr:     "127.0.0.1:0",
-			Join:           join,
-			RejoinInterval: time.Second,
-			Memberlist:     FastGossip,
+			Secret:            secret,
+			GossipAddr:        "127.0.0.1:0",
+			Join:              join,
+			RejoinInterval:    time.Second,
+			RebalanceInterval: 200 * time.Millisecond,
+			Memberlist:        FastGossip,
 		}
 	}
 }
@@ -76,6 +77,12 @@ func NewCluster(tb testing.TB, n int, opts ...func(*edge.Config)) *Cluster {
 // Add starts one more node named id that joins the cluster.
 func (c *Cluster) Add(tb testing.TB, id string, opts ...func(*edge.Config)) *Node {
 	tb.Helper()
+	return c.AddOn(tb, id, "127.0.0.1:0", opts...)
+}
+
+// AddOn is Add with the node's agent listener on agentAddr.
+func (c *Cluster) AddOn(tb testing.TB, id, agentAddr string, opts ...func(*edge.Config)) *Node {
+	tb.Helper()
 	var join []string
 	for _, n := range c.Nodes {
 		if a := n.Server.GossipAddr(); a != "" {
@@ -83,7 +90,7 @@ func (c *Cluster) Add(tb testing.TB, id string, opts ...func(*edge.Config)) *Nod
 		}
 	}
 	all := append([]func(*edge.Config){ClusterNode(id, c.Secret, join...)}, opts...)
-	node := NewNodeOn(tb, "127.0.0.1:0", c.Bundle, all...)
+	node := NewNodeOn(tb, agentAddr, c.Bundle, all...)
 	select {
 	case <-node.Server.Started():
 	case <-time.After(10 * time.Second):
