@@ -90,7 +90,9 @@ func (sess *session) isLeaving() bool     { return sess.leaving.Load() }
 func (sess *session) closeIdle() {
 	sess.rt.CloseIdleConnections()
 	sess.rt2Once.Do(func() { sess.rt2 = sess.srv.newAgentTransport(sess, quicutil.KindHTTP2) })
-	sess.rt2.CloseIdleConnections()
+	if sess.rt2 != nil { // nil once the session is torn down
+		sess.rt2.CloseIdleConnections()
+	}
 }
 func (sess *session) name() string                                   { return sess.hello.AgentID }
 func (sess *session) streamKind(id routing.EndpointID) quicutil.Kind { return sess.endpointKind(id) }
