@@ -1,0 +1,533 @@
+package edge_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/pico-edge/pico/agent"
+	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/edgetest"
+	"github.com/pico-edge/pico/quicutil"
+)
+
+// singleLink keeps an agent on the node it was started on.
+func singleLink(c *agent.Config) { c.Connections = 1 }
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("decode %s: %v", url, err)
+	}
+}
+
+func TestClusterRelaysHTTP(t *testing.T) {
+	cl := edgetest.NewCluster(t, 3)
+	n0, n2 := cl.Nodes[0], cl.Nodes[2]
+	a := n0.NewAgent(t, singleLink)
+	if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders())); err != nil {
+		t.Fatal(err)
+	}
+	n2.WaitRemote(t, "foo", 1)
+	cl.Nodes[1].WaitRemote(t, "foo", 1)
+
+	c := edgetest.Client(t)
+	for i := range 20 { // keep-alive streams through the relay, and new ones
+		req := n2.Request(t, "POST", "foo", fmt.Sprintf("/p/%d", i), strings.NewReader("hello"))
+		req.Header.Set("X-Forwarded-For", "6.6.6.6")
+		resp, body := do(t, c, req)
+		if resp.StatusCode != 200 {
+			t.Fatalf("relayed request: %d %s", resp.StatusCode, body)
+		}
+		var e echoed
+		json.Unmarshal([]byte(body), &e)
+		if e.Path != fmt.Sprintf("/p/%d", i) || e.Body != "hello" || e.Header["X-Forwarded-For"][0] != "127.0.0.1" {
+			t.Fatalf("upstream saw %+v", e)
+		}
+	}
+
+	var members struct {
+		Clustered bool `json:"clustered"`
+		Members   []struct {
+			NodeID    string `json:"node_id"`
+			State     string `json:"state"`
+			Endpoints int    `json:"endpoints"`
+			Relay     string `json:"relay"`
+			Routed    bool   `json:"routed"`
+		} `json:"members"`
+	}
+	getJSON(t, n2.AdminURL+"/status/members", &members)
+	if !members.Clustered || len(members.Members) != 3 {
+		t.Fatalf("members: %+v", members)
+	}
+	for _, m := range members.Members {
+		if m.NodeID == "node-0" && (m.Endpoints != 1 || m.Relay != "connected" || !m.Routed || m.State != "alive") {
+			t.Fatalf("node-0 as node-2 sees it: %+v", m)
+		}
+	}
+	var eps struct {
+		Endpoints []struct {
+			ID    string   `json:"id"`
+			Nodes []string `json:"nodes"`
+		} `json:"endpoints"`
+	}
+	getJSON(t, n2.AdminURL+"/status/endpoints", &eps)
+	if len(eps.Endpoints) != 1 || eps.Endpoints[0].ID != "foo" || len(eps.Endpoints[0].Nodes) != 1 || eps.Endpoints[0].Nodes[0] != "node-0" {
+		t.Fatalf("endpoint status on node-2: %+v", eps)
+	}
+
+	// The agent goes: every node forgets the endpoint, and says so.
+	a.Close()
+	n2.WaitRemote(t, "foo", 0)
+	resp, body := do(t, c, n2.Request(t, "GET", "foo", "/", nil))
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, `no upstream for endpoint "foo"`) {
+		t.Fatalf("after the agent left: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestClusterRelaysTCPAndUpgrades(t *testing.T) {
+	cl := edgetest.NewCluster(t, 2)
+	n0, n1 := cl.Nodes[0], cl.Nodes[1]
+	serving := n0.NewAgent(t, singleLink)
+	echo := echoServer(t)
+	if err := serving.ServeUpstream(t.Context(), "db", quicutil.KindTCP, echo); err != nil {
+		t.Fatal(err)
+	}
+	if err := serving.ServeUpstream(t.Context(), "ws", quicutil.KindHTTP, edgetest.Upstream(t, upgradeEcho())); err != nil {
+		t.Fatal(err)
+	}
+	n1.WaitRemote(t, "db", 1)
+	n1.WaitRemote(t, "ws", 1)
+
+	// A forwarder on node 1 reaches the TCP endpoint served on node 0;
+	// half-close crosses both hops.
+	fwd := n1.NewAgent(t, singleLink)
+	conn, err := fwd.Dial(t.Context(), "db")
+	if err != nil {
+		t.Fatalf("dial through the relay: %v", err)
+	}
+	defer conn.Close()
+	conn.Write([]byte("ping"))
+	conn.(interface{ CloseWrite() error }).CloseWrite()
+	got, err := io.ReadAll(conn)
+	if err != nil || string(got) != "ping" {
+		t.Fatalf("echo through the relay: %q %v", got, err)
+	}
+
+	// An upgraded connection crosses the relay too.
+	uc, br := dialUpgrade(t, n1, "ws")
+	defer uc.Close()
+	fmt.Fprintf(uc, "marco\n")
+	line, err := br.ReadString('\n')
+	if err != nil || line != "marco\n" {
+		t.Fatalf("upgraded echo: %q %v", line, err)
+	}
+}
+
+// echoServer is a TCP echo server that answers EOF with EOF.
+func echoServer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			})
+		}
+	})
+	return ln.Addr().String()
+}
+
+func TestClusterNodeLossRoutesElsewhere(t *testing.T) {
+	cl := edgetest.NewCluster(t, 3)
+	n0, n1, n2 := cl.Nodes[0], cl.Nodes[1], cl.Nodes[2]
+	up := edgetest.Upstream(t, echoHeaders())
+	for _, n := range []*edgetest.Node{n0, n1} {
+		a := n.NewAgent(t, singleLink)
+		if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, up); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n2.WaitRemote(t, "foo", 2)
+
+	// Steady GETs through node 2 while node 0 dies without a word.
+	c := edgetest.Client(t)
+	var ok, failed atomic.Int64
+	ctx, stop := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				req := n2.Request(t, "GET", "foo", "/", nil)
+				resp, err := c.Do(req)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+					t.Logf("status %d", resp.StatusCode)
+				}
+			}
+		})
+	}
+	waitCount(t, &ok, 50)
+	n0.Kill(t)
+	n2.WaitRemote(t, "foo", 1) // membership declared node 0 dead
+	before := ok.Load()
+	waitCount(t, &ok, before+50)
+	stop()
+	wg.Wait()
+	if f := failed.Load(); f != 0 {
+		t.Fatalf("%d of %d GETs failed when a node died", f, f+ok.Load())
+	}
+	t.Logf("%d GETs, none failed", ok.Load())
+}
+
+// waitCount waits until c reaches n.
+func waitCount(t *testing.T, c *atomic.Int64, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for c.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("count %d, want %d", c.Load(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestClusterRestartedNodeDoesNotResurrect(t *testing.T) {
+	cl := edgetest.NewCluster(t, 2)
+	n0, n1 := cl.Nodes[0], cl.Nodes[1]
+	a := n1.NewAgent(t, singleLink)
+	if err := a.ServeUpstream(t.Context(), "old", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders())); err != nil {
+		t.Fatal(err)
+	}
+	n0.WaitRemote(t, "old", 1)
+	a.Close()
+	n1.Kill(t)
+	n0.WaitRemote(t, "old", 0)
+	cl.Nodes = cl.Nodes[:1]
+
+	// node-1 comes back under the same name, with no agent: the endpoint
+	// of its previous life stays gone.
+	back := cl.Add(t, "node-1")
+	cl.WaitMembers(t, 2)
+	b := back.NewAgent(t, singleLink)
+	if err := b.ServeUpstream(t.Context(), "new", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders())); err != nil {
+		t.Fatal(err)
+	}
+	n0.WaitRemote(t, "new", 1)
+	if r := n0.Server.Table().Remote("old"); len(r) != 0 {
+		t.Fatalf("endpoint of node-1's previous life is routed again: %v", r)
+	}
+}
+
+func TestClusterDrainMovesAgentsWithoutFailures(t *testing.T) {
+	cl := edgetest.NewCluster(t, 3, func(c *edge.Config) { c.ShutdownGrace = 5 * time.Second })
+	n0, n1, n2 := cl.Nodes[0], cl.Nodes[1], cl.Nodes[2]
+	a := n0.NewAgent(t, singleLink, func(c *agent.Config) { c.Edges = []string{n0.AgentAddr, n1.AgentAddr} })
+	if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders())); err != nil {
+		t.Fatal(err)
+	}
+	n2.WaitRemote(t, "foo", 1)
+
+	c := edgetest.Client(t)
+	var ok, failed atomic.Int64
+	ctx, stop := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := c.Do(n2.Request(t, "POST", "foo", "/", strings.NewReader("x")))
+				if err != nil {
+					failed.Add(1)
+					t.Logf("request: %v", err)
+					continue
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+					t.Logf("status %d: %s", resp.StatusCode, b)
+				}
+			}
+		})
+	}
+	waitCount(t, &ok, 50)
+	n0.Stop(t) // drain: the agent moves to node 1 first
+	before := ok.Load()
+	waitCount(t, &ok, before+50)
+	stop()
+	wg.Wait()
+	if f := failed.Load(); f != 0 {
+		t.Fatalf("%d of %d requests (POST) failed while a node drained", f, f+ok.Load())
+	}
+	if r := n2.Server.Table().Remote("foo"); len(r) != 1 {
+		t.Fatalf("after the drain, %d owners of foo", len(r))
+	}
+}
+
+func TestClusterPeerMustProveSecret(t *testing.T) {
+	cl := edgetest.NewCluster(t, 1)
+	n0 := cl.Nodes[0]
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	defer tr.Close()
+	defer udp.Close()
+	dial := func(t *testing.T) *quic.Conn {
+		addr, _ := net.ResolveUDPAddr("udp", n0.AgentAddr)
+		conn, err := tr.Dial(t.Context(), addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{quicutil.ALPNPeer}}, quicutil.PeerConfig())
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		return conn
+	}
+	tests := map[string]func(*quic.Conn) error{
+		"wrong proof": func(c *quic.Conn) error {
+			str, _ := c.OpenStreamSync(t.Context())
+			msg := (&quicutil.StreamHeader{Kind: quicutil.KindControl}).Append(nil)
+			msg, _ = quicutil.AppendMessage(msg, &quicutil.PeerHello{NodeID: "intruder", Proof: make([]byte, 32)})
+			_, err := str.Write(msg)
+			return err
+		},
+		"relay stream before hello": func(c *quic.Conn) error {
+			str, _ := c.OpenStreamSync(t.Context())
+			_, err := str.Write((&quicutil.StreamHeader{Kind: quicutil.KindHTTP, Endpoint: "foo"}).Append(nil))
+			return err
+		},
+		"agent hello on the peer protocol": func(c *quic.Conn) error {
+			str, _ := c.OpenStreamSync(t.Context())
+			msg := (&quicutil.StreamHeader{Kind: quicutil.KindControl}).Append(nil)
+			msg, _ = quicutil.AppendMessage(msg, &quicutil.Hello{Agent: "x"})
+			_, err := str.Write(msg)
+			return err
+		},
+	}
+	for name, send := range tests {
+		t.Run(name, func(t *testing.T) {
+			conn := dial(t)
+			if err := send(conn); err != nil {
+				t.Fatalf("send: %v", err)
+			}
+			select {
+			case <-conn.Context().Done():
+			case <-time.After(15 * time.Second):
+				t.Fatal("the node kept the connection of a peer without the secret")
+			}
+			var appErr *quic.ApplicationError
+			if err := context.Cause(conn.Context()); !errors.As(err, &appErr) || appErr.ErrorCode != quicutil.ConnCodeProtocolError {
+				t.Fatalf("closed with %v, want a protocol error", err)
+			}
+			t.Logf("refused: %s", appErr.ErrorMessage)
+		})
+	}
+}
+
+func TestClusterWrongSecretCannotJoin(t *testing.T) {
+	cl := edgetest.NewCluster(t, 1)
+	other := edgetest.NewNode(t, edgetest.ClusterNode("outsider", edgetest.NewSecret(t), cl.Nodes[0].Server.GossipAddr()))
+	<-other.Server.Started()
+	// The outsider keeps trying; give it a few rounds of its join loop.
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if n := cl.Nodes[0].Server.Members(); n != 1 {
+			t.Fatalf("a node with another secret joined: %d members", n)
+		}
+		if n := other.Server.Members(); n != 1 {
+			t.Fatalf("the outsider sees %d members", n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// freeUDPAddr returns a loopback UDP address nobody listens on.
+func freeUDPAddr(t *testing.T) string {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().String()
+}
+
+func TestClusterRebalancesWhenANodeJoins(t *testing.T) {
+	cl := edgetest.NewCluster(t, 1)
+	n0 := cl.Nodes[0]
+	later := freeUDPAddr(t) // where node-1 will listen
+	up := edgetest.Upstream(t, echoHeaders())
+	for range 6 {
+		a := n0.NewAgent(t, singleLink, func(c *agent.Config) { c.Edges = []string{n0.AgentAddr, later} })
+		if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, up); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n0.WaitRoute(t, "foo", 6)
+
+	c := edgetest.Client(t)
+	var ok, failed atomic.Int64
+	ctx, stop := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := c.Do(n0.Request(t, "POST", "foo", "/", strings.NewReader("x")))
+				if err != nil {
+					failed.Add(1)
+					t.Logf("request: %v", err)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+					t.Logf("status %d", resp.StatusCode)
+				}
+			}
+		})
+	}
+	waitCount(t, &ok, 50)
+	n1 := cl.AddOn(t, "node-1", later)
+	// Six links over two nodes: each ends with its share, three.
+	n1.WaitRoute(t, "foo", 3)
+	n0.WaitRoute(t, "foo", 3)
+	before := ok.Load()
+	waitCount(t, &ok, before+50)
+	stop()
+	wg.Wait()
+	if f := failed.Load(); f != 0 {
+		t.Fatalf("%d of %d requests (POST) failed while agents moved", f, f+ok.Load())
+	}
+}
+
+// registerRaw connects to n as a bare agent and registers ids in batches
+// of quicutil.MaxEndpointsPerMsg; it returns when every batch is answered.
+func registerRaw(t *testing.T, n *edgetest.Node, ids []string) *quic.Conn {
+	t.Helper()
+	addr, _ := net.ResolveUDPAddr("udp", n.AgentAddr)
+	conn, err := quic.DialAddr(t.Context(), addr.String(), &tls.Config{RootCAs: n.CAPool, ServerName: "localhost",
+		NextProtos: []string{quicutil.ALPNAgent}}, quicutil.AgentConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	str, err := conn.OpenStreamSync(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := (&quicutil.StreamHeader{Kind: quicutil.KindControl}).Append(nil)
+	msg, _ = quicutil.AppendMessage(msg, &quicutil.Hello{Agent: "bulk"})
+	batches := 0
+	for i := 0; i < len(ids); i += quicutil.MaxEndpointsPerMsg {
+		reg := &quicutil.Register{Seq: uint64(i)}
+		for _, id := range ids[i:min(i+quicutil.MaxEndpointsPerMsg, len(ids))] {
+			reg.Endpoints = append(reg.Endpoints, quicutil.Endpoint{ID: id, Kind: quicutil.KindHTTP})
+		}
+		msg, _ = quicutil.AppendMessage(msg, reg)
+		batches++
+	}
+	if _, err := str.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	br := bufioReader(str)
+	if m, err := quicutil.ReadMessage(br); err != nil {
+		t.Fatalf("welcome: %T %v", m, err)
+	}
+	for range batches {
+		m, err := quicutil.ReadMessage(br)
+		res, ok := m.(*quicutil.Result)
+		if err != nil || !ok {
+			t.Fatalf("result: %T %v", m, err)
+		}
+		for _, r := range res.Results {
+			if r.Code != quicutil.StatusOK {
+				t.Fatalf("endpoint %s refused: %s", r.ID, r.Message)
+			}
+		}
+	}
+	return conn
+}
+
+// waitRoutes waits until n routes want endpoints.
+func waitRoutes(t *testing.T, n *edgetest.Node, want int) {
+	t.Helper()
+	tab := n.Server.Table()
+	deadline := time.After(20 * time.Second)
+	for {
+		changed := tab.Changed()
+		if tab.Len() == want {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("node %s routes %d endpoints, want %d", n.Server.NodeID(), tab.Len(), want)
+		}
+	}
+}
+
+// TestClusterPropagates10000Endpoints measures how long 10,000 endpoints
+// registered on one node take to be routable from the two others. The
+// figure is logged, not asserted (timing depends on the machine).
+func TestClusterPropagates10000Endpoints(t *testing.T) {
+	cl := edgetest.NewCluster(t, 3, func(c *edge.Config) { c.MaxEndpointsPerAgent = 10000 })
+	ids := make([]string, 10000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("ep-%05d", i)
+	}
+	start := time.Now()
+	conn := registerRaw(t, cl.Nodes[0], ids)
+	acked := time.Now()
+	waitRoutes(t, cl.Nodes[1], len(ids))
+	waitRoutes(t, cl.Nodes[2], len(ids))
+	done := time.Now()
+	t.Logf("10,000 endpoints: registered on node-0 in %v, routable from node-1 and node-2 %v after the last ack (%v after the first register)",
+		acked.Sub(start).Round(time.Millisecond), done.Sub(acked).Round(time.Millisecond), done.Sub(start).Round(time.Millisecond))
+
+	// The agent goes: every node withdraws all 10,000.
+	conn.CloseWithError(0, "")
+	waitRoutes(t, cl.Nodes[1], 0)
+	waitRoutes(t, cl.Nodes[2], 0)
+	t.Logf("withdrawn everywhere %v after the agent left", time.Since(done).Round(time.Millisecond))
+}
+
+func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
