@@ -52,6 +52,7 @@ type Server struct {
 
 	mu       sync.Mutex // guards the fields below
 	sessions map[uint64]*session
+	peerIn   map[*quic.Conn]struct{} // relay connections other nodes opened; nil once closed
 	nextID   uint64
 	tr       *quic.Transport
 	ln       *quic.Listener
@@ -85,6 +86,7 @@ func New(cfg Config) (*Server, error) {
 		local:          routing.NewLocal(cfg.NodeID, epoch),
 		epoch:          epoch,
 		sessions:       make(map[uint64]*session),
+		peerIn:         make(map[*quic.Conn]struct{}),
 		started:        make(chan struct{}),
 		membersChanged: make(chan struct{}),
 		closed:         make(chan struct{}),
@@ -320,6 +322,12 @@ func (s *Server) shutdown(graceful bool) {
 	for _, sess := range s.sessionList() {
 		sess.close(quicutil.ConnCodeGoingAway, "edge node shutting down")
 	}
+	s.mu.Lock()
+	for conn := range s.peerIn {
+		conn.CloseWithError(quicutil.ConnCodeGoingAway, "edge node shutting down")
+	}
+	s.peerIn = nil // one that completes its hello now closes itself
+	s.mu.Unlock()
 	s.conns.Wait()
 	tr.Close()
 	tr.Conn.Close()
