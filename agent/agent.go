@@ -12,7 +12,7 @@
 //
 //	a, err := agent.New(agent.Config{Edges: []string{"edge.example.com:8001"}, Token: token})
 //	if err != nil { ... }
-//	go a.Run(ctx) // keeps the link up, reconnecting with backoff, until ctx ends
+//	go a.Run(ctx) // keeps the links up, reconnecting with backoff, until ctx ends
 //	ln, err := a.Listen(ctx, "foo")
 //	if err != nil { ... } // e.g. the edge refused the endpoint, and says why
 //	http.Serve(ln, handler)

@@ -392,3 +392,38 @@ func TestConfigConnections(t *testing.T) {
 		}
 	}
 }
+
+// In a cluster, the peers a node lists in its Welcome make a second link
+// by default, to another node, from a single configured address; when a
+// linked node dies, the agent links to the third.
+func TestClusterPeers(t *testing.T) {
+	c := edgetest.NewCluster(t, 3)
+	up := edgetest.Upstream(t, http.HandlerFunc(hello))
+	a := newAgent(t, c.Nodes[0], []string{c.Nodes[0].AgentAddr}, 0, newRecorder())
+	if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, up); err != nil {
+		t.Fatal(err)
+	}
+	linked := waitLinks(t, a, 2)
+	if !slices.Contains(linked, "node-0") {
+		t.Fatalf("agent linked to %q, want node-0 (its only address) among them", linked)
+	}
+	for _, id := range linked {
+		nodeByID(t, c.Nodes, id).WaitRoute(t, "foo", 1)
+	}
+
+	var victim, third *edgetest.Node
+	for _, n := range c.Nodes {
+		switch id := n.Server.NodeID(); {
+		case !slices.Contains(linked, id):
+			third = n
+		case id != "node-0":
+			victim = n
+		}
+	}
+	victim.Server.Close()
+	waitNodes(t, a, "node-0", third.Server.NodeID())
+	third.WaitRoute(t, "foo", 1)
+	if status, body := get(t, third, "foo"); status != 200 || body != "hello" {
+		t.Fatalf("through %s: %d %q, want 200 hello", third.Server.NodeID(), status, body)
+	}
+}

@@ -43,8 +43,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.want = a.cfg.Connections
 	if a.want == 0 {
 		a.want = 1
-		if len(a.cfg.Edges) > 1 || len(a.hints) > 0 {
-			a.want = 2
+		if len(a.cfg.Edges) > 1 {
+			a.want = 2 // and learn raises it to 2 when an edge lists peers
 		}
 	}
 	a.mu.Unlock()
