@@ -345,16 +345,25 @@ type edgeProc struct {
 // data directory, and waits until it is ready.
 func startEdge(t testing.TB, extra ...string) *edgeProc {
 	t.Helper()
-	dir := t.TempDir()
-	args := append([]string{
-		"--data-dir", dir,
-		"--proxy-addr", "127.0.0.1:0",
-		"--agent-addr", "127.0.0.1:0",
-		"--admin-addr", "127.0.0.1:0",
-		"--proxy-tls-addr", "127.0.0.1:0",
-		"--gossip-addr", "127.0.0.1:0",
-		"--log-format", "json",
-	}, extra...)
+	return startEdgeAt(t, t.TempDir(), extra...)
+}
+
+// edgeAddrFlags are the listener flags startEdgeAt sets to 127.0.0.1:0
+// unless extra sets them.
+var edgeAddrFlags = []string{"--proxy-addr", "--agent-addr", "--admin-addr", "--proxy-tls-addr", "--gossip-addr"}
+
+// startEdgeAt is startEdge with data directory dir (a node restarted with
+// the same dir and flags keeps its CA, keys and, with fixed ports in extra,
+// its addresses). Listener flags that extra lacks get 127.0.0.1:0.
+func startEdgeAt(t testing.TB, dir string, extra ...string) *edgeProc {
+	t.Helper()
+	args := []string{"--data-dir", dir}
+	for _, f := range edgeAddrFlags {
+		if !slices.ContainsFunc(extra, func(a string) bool { return a == f || strings.HasPrefix(a, f+"=") }) {
+			args = append(args, f, "127.0.0.1:0")
+		}
+	}
+	args = append(append(args, "--log-format", "json"), extra...)
 	p := startProc(t, "pico-edge", bin.edge, args...)
 	line := p.waitLineFor(t, 0, `"edge node ready"`, startTimeout, isMsg("edge node ready"))
 	l, _ := parseLog(line)
