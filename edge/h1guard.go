@@ -181,6 +181,11 @@ func (g *guardConn) checkHead(head []byte) []byte {
 	kept := make([]string, 0, len(lines))
 	for _, l := range lines[1:] {
 		l = strings.TrimRight(l, "\r")
+		if l != "" && (l[0] == ' ' || l[0] == '\t') {
+			// RFC 9112 5.2: reject obs-fold rather than guess where the
+			// field ends (net/http would fold it, other servers not).
+			return g.refuse(head, http.StatusBadRequest, "obsolete line folding (a header line starting with a space or tab)")
+		}
 		name, value, ok := strings.Cut(l, ":")
 		if !ok {
 			g.state = guardPass // malformed: net/http refuses it
