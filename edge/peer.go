@@ -424,7 +424,7 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 		if h.Kind == quicutil.KindTCP {
 			idle = s.cfg.TCPIdleTimeout
 		}
-		res := quicutil.Join(c, target, idle)
+		res := s.splice(c, target, idle)
 		s.activeStreams.Add(-1)
 		sess.inflight.Add(-1)
 		s.m.relayBytes.Add(int(res.AToB + res.BToA))

@@ -52,7 +52,8 @@ type Server struct {
 
 	mu       sync.Mutex // guards the fields below
 	sessions map[uint64]*session
-	peerIn   map[*quic.Conn]struct{} // relay connections other nodes opened; nil once closed
+	peerIn   map[*quic.Conn]struct{}     // relay connections other nodes opened; nil once closed
+	spliced  map[*quicutil.Conn]struct{} // both ends of TCP forwards and relayed streams
 	nextID   uint64
 	tr       *quic.Transport
 	ln       *quic.Listener
@@ -87,6 +88,7 @@ func New(cfg Config) (*Server, error) {
 		epoch:          epoch,
 		sessions:       make(map[uint64]*session),
 		peerIn:         make(map[*quic.Conn]struct{}),
+		spliced:        make(map[*quicutil.Conn]struct{}),
 		started:        make(chan struct{}),
 		membersChanged: make(chan struct{}),
 		closed:         make(chan struct{}),
@@ -305,6 +307,19 @@ func (s *Server) shutdown(graceful bool) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	if graceful && s.activeStreams.Load() > 0 {
+		// The grace is over: end TCP streams with a FIN each way, so both
+		// ends see a clean EOF rather than a reset, and give them a moment.
+		s.mu.Lock()
+		for c := range s.spliced {
+			c.CloseWrite()
+		}
+		s.mu.Unlock()
+		end := time.Now().Add(time.Second)
+		for s.activeStreams.Load() > 0 && time.Now().Before(end) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	if s.adminSrv != nil {
 		s.adminSrv.Close() // /readyz said 503 for the whole drain
 	}
@@ -368,6 +383,21 @@ func (s *Server) sessionList() []*session {
 		out = append(out, sess)
 	}
 	return out
+}
+
+// splice joins a and b until both directions end, and lets shutdown close
+// them cleanly when the grace period is over.
+func (s *Server) splice(a, b *quicutil.Conn, idle time.Duration) quicutil.JoinResult {
+	s.mu.Lock()
+	s.spliced[a], s.spliced[b] = struct{}{}, struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.spliced, a)
+		delete(s.spliced, b)
+		s.mu.Unlock()
+	}()
+	return quicutil.Join(a, b, idle)
 }
 
 func (s *Server) memberCount() int {

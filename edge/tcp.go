@@ -45,7 +45,7 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 	s.activeStreams.Add(1)
 	defer s.activeStreams.Add(-1)
 	answer(client, quicutil.StatusOK, "")
-	res := quicutil.Join(client, up, s.cfg.TCPIdleTimeout)
+	res := s.splice(client, up, s.cfg.TCPIdleTimeout)
 	s.m.tcpBytesIn.Add(int(res.AToB))
 	s.m.tcpBytesOut.Add(int(res.BToA))
 	attrs = append(attrs,
