@@ -558,6 +558,12 @@ func serveHTTP(t testing.TB, h http.Handler) string {
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
+	return serveHTTPOn(t, ln, h)
+}
+
+// serveHTTPOn is serveHTTP on listener ln.
+func serveHTTPOn(t testing.TB, ln net.Listener, h http.Handler) string {
+	t.Helper()
 	var handlers sync.WaitGroup
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
