@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -531,3 +532,61 @@ func TestClusterPropagates10000Endpoints(t *testing.T) {
 }
 
 func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
+
+// BenchmarkRelay compares one node (the agent's) with a relay through
+// another node, and both with the upstream alone: requests/s with 16
+// clients in parallel, and the p50 of one client's sequential requests.
+// Quote the ratios of one run: go test -run '^$' -bench Relay ./edge/
+func BenchmarkRelay(b *testing.B) {
+	cl := edgetest.NewCluster(b, 2)
+	up := edgetest.Upstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello world\n") }))
+	a := cl.Nodes[0].NewAgent(b, singleLink)
+	if err := a.ServeUpstream(context.Background(), "bench", quicutil.KindHTTP, up); err != nil {
+		b.Fatal(err)
+	}
+	cl.Nodes[1].WaitRemote(b, "bench", 1)
+	targets := []struct{ name, url string }{
+		{"direct", "http://" + up}, {"node", cl.Nodes[0].ProxyURL}, {"relay", cl.Nodes[1].ProxyURL},
+	}
+	get := func(b *testing.B, c *http.Client, url string) {
+		req, _ := http.NewRequest("GET", url+"/", nil)
+		req.Header.Set("X-Pico-Endpoint", "bench")
+		resp, err := c.Do(req)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Errorf("status %d", resp.StatusCode)
+		}
+	}
+	for _, tg := range targets {
+		b.Run("parallel16/"+tg.name, func(b *testing.B) {
+			c := edgetest.Client(b)
+			b.SetParallelism(8) // 16 goroutines on 2 cores
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					get(b, c, tg.url)
+				}
+			})
+		})
+	}
+	for _, tg := range targets {
+		b.Run("sequential/"+tg.name, func(b *testing.B) {
+			c := edgetest.Client(b)
+			get(b, c, tg.url) // a warm keep-alive connection
+			d := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				get(b, c, tg.url)
+				d = append(d, time.Since(start))
+			}
+			slices.Sort(d)
+			b.ReportMetric(float64(d[len(d)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(d[len(d)*99/100].Microseconds()), "p99-µs")
+		})
+	}
+}
