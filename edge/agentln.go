@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
 
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
@@ -70,6 +71,8 @@ type session struct {
 	leaving  atomic.Bool   // told to go away: used only when nothing else serves
 	streams  atomic.Uint64 // streams served in total
 
+	regLimit *rate.Limiter // Register messages
+
 	ctrlMu sync.Mutex // serializes writes to ctrl
 	ctrl   *quic.Stream
 
@@ -119,6 +122,7 @@ func (s *Server) serveAgentConn(conn *quic.Conn) {
 		started:   time.Now(),
 		ctrl:      ctrl,
 		endpoints: make(map[routing.EndpointID]quicutil.Kind),
+		regLimit:  rate.NewLimiter(rate.Limit(s.cfg.RegistrationsPerSecond), 2*s.cfg.RegistrationsPerSecond),
 	}
 	sess.rt = s.newAgentTransport(sess, quicutil.KindHTTP)
 	s.mu.Lock()
@@ -195,6 +199,14 @@ func (sess *session) controlLoop(br *bufio.Reader) error {
 		var res *quicutil.Result
 		switch m := msg.(type) {
 		case *quicutil.Register:
+			// Beyond the rate, the agent waits: its registrations are
+			// slowed down, not refused.
+			if !sess.regLimit.Allow() {
+				sess.srv.m.registrationsThrottled.Inc()
+				if err := sess.regLimit.Wait(sess.conn.Context()); err != nil {
+					return err
+				}
+			}
 			res = sess.register(m)
 		case *quicutil.Deregister:
 			res = sess.deregister(m)

@@ -444,13 +444,7 @@ func TestClusterRebalancesWhenANodeJoins(t *testing.T) {
 // of quicutil.MaxEndpointsPerMsg; it returns when every batch is answered.
 func registerRaw(t *testing.T, n *edgetest.Node, ids []string) *quic.Conn {
 	t.Helper()
-	addr, _ := net.ResolveUDPAddr("udp", n.AgentAddr)
-	conn, err := quic.DialAddr(t.Context(), addr.String(), &tls.Config{RootCAs: n.CAPool, ServerName: "localhost",
-		NextProtos: []string{quicutil.ALPNAgent}}, quicutil.AgentConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	conn := dialAgentRaw(t, n)
 	str, err := conn.OpenStreamSync(t.Context())
 	if err != nil {
 		t.Fatal(err)

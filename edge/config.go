@@ -60,6 +60,27 @@ type Config struct {
 	// MaxEndpointsPerAgent bounds the endpoints one agent connection may
 	// serve; if zero, 100.
 	MaxEndpointsPerAgent int
+	// MaxInflightPerEndpoint bounds the requests and TCP connections in
+	// flight to one endpoint on this node; beyond it they get 503 at once.
+	// If zero, 256.
+	MaxInflightPerEndpoint int
+	// RegistrationsPerSecond bounds the Register messages one agent
+	// connection may send (burst: twice as many); if zero, 10.
+	RegistrationsPerSecond int
+	// HandshakesPerSecond is the rate of new QUIC connections (agents,
+	// peers, HTTP/3 clients) above which a client must first prove its
+	// address with a Retry; if zero, 200; negative: never.
+	HandshakesPerSecond int
+	// MaxConnsPerListener and MaxConns bound the open client connections
+	// of each TCP front door and of all of them; if zero, 10,000 and
+	// 50,000.
+	MaxConnsPerListener int
+	MaxConns            int
+	// NewConnsPerIPPerSecond bounds new client connections from one IP
+	// address (burst: twice as many); beyond, plain HTTP gets 429 and TLS a
+	// closed connection. TrustedProxies are exempt (many clients share
+	// their address). If zero, 100; negative: no limit.
+	NewConnsPerIPPerSecond int
 	// ShutdownGrace bounds the wait for requests in flight when Run's
 	// context ends; if zero, 30s.
 	ShutdownGrace time.Duration
@@ -98,6 +119,17 @@ func (c Config) withDefaults() Config {
 	if c.MaxEndpointsPerAgent == 0 {
 		c.MaxEndpointsPerAgent = 100
 	}
+	defInt := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defInt(&c.MaxInflightPerEndpoint, 256)
+	defInt(&c.RegistrationsPerSecond, 10)
+	defInt(&c.HandshakesPerSecond, 200)
+	defInt(&c.MaxConnsPerListener, 10000)
+	defInt(&c.MaxConns, 50000)
+	defInt(&c.NewConnsPerIPPerSecond, 100)
 	if c.NodeID == "" {
 		c.NodeID = "edge-" + randomHex(4)
 	}
@@ -137,6 +169,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxHeaderBytes < 0 || c.MaxHeaderBytes > 96<<10 {
 		return fmt.Errorf("edge: config: MaxHeaderBytes %d out of range (0 to 96 KiB)", c.MaxHeaderBytes)
+	}
+	for name, v := range map[string]int{"MaxInflightPerEndpoint": c.MaxInflightPerEndpoint,
+		"RegistrationsPerSecond": c.RegistrationsPerSecond, "MaxConnsPerListener": c.MaxConnsPerListener, "MaxConns": c.MaxConns} {
+		if v < 0 {
+			return fmt.Errorf("edge: config: %s is negative (%d)", name, v)
+		}
 	}
 	if c.MaxEndpointsPerAgent < 0 {
 		return fmt.Errorf("edge: config: MaxEndpointsPerAgent is negative (%d)", c.MaxEndpointsPerAgent)

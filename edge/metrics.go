@@ -7,24 +7,27 @@ import (
 // serverMetrics are the node's metrics, registered in one *metrics.Set per
 // node so that several nodes can live in one process.
 type serverMetrics struct {
-	requests       [3][6]*metrics.Counter // by client protocol (HTTP/1, /2, /3) and status class; class 0 is "error" (no response)
-	duration       *metrics.PrometheusHistogram
-	activeStreams  *metrics.Gauge // via func
-	tcpConns       *metrics.Counter
-	tcpBytesIn     *metrics.Counter
-	tcpBytesOut    *metrics.Counter
-	registrations  map[string]*metrics.Counter // by result
-	retries        *metrics.Counter
-	agentConnected *metrics.Counter
-	gossipStates   *metrics.Counter
-	gossipSent     *metrics.Counter
-	gossipErrors   *metrics.Counter
-	peerDials      *metrics.Counter
-	peerRefused    *metrics.Counter
-	relayIn        *metrics.Counter
-	relayOut       *metrics.Counter
-	relayBytes     *metrics.Counter
-	rebalanced     *metrics.Counter
+	requests               [3][6]*metrics.Counter // by client protocol (HTTP/1, /2, /3) and status class; class 0 is "error" (no response)
+	duration               *metrics.PrometheusHistogram
+	activeStreams          *metrics.Gauge // via func
+	tcpConns               *metrics.Counter
+	tcpBytesIn             *metrics.Counter
+	tcpBytesOut            *metrics.Counter
+	registrations          map[string]*metrics.Counter // by result
+	retries                *metrics.Counter
+	agentConnected         *metrics.Counter
+	gossipStates           *metrics.Counter
+	gossipSent             *metrics.Counter
+	gossipErrors           *metrics.Counter
+	peerDials              *metrics.Counter
+	peerRefused            *metrics.Counter
+	relayIn                *metrics.Counter
+	relayOut               *metrics.Counter
+	relayBytes             *metrics.Counter
+	rebalanced             *metrics.Counter
+	overloaded             *metrics.Counter
+	registrationsThrottled *metrics.Counter
+	connRefused            map[string]*metrics.Counter // by limit: source, listener, global
 }
 
 func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
@@ -55,6 +58,12 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	m.relayIn = set.NewCounter(`pico_relay_streams_total{direction="in"}`)
 	m.relayBytes = set.NewCounter("pico_relay_bytes_total")
 	m.rebalanced = set.NewCounter("pico_rebalance_goaways_total")
+	m.overloaded = set.NewCounter("pico_endpoint_overloaded_total")
+	m.registrationsThrottled = set.NewCounter("pico_registrations_throttled_total")
+	m.connRefused = make(map[string]*metrics.Counter)
+	for _, r := range []string{"source", "listener", "global"} {
+		m.connRefused[r] = set.NewCounter(`pico_connections_refused_total{limit="` + r + `"}`)
+	}
 	set.NewGauge("pico_cluster_members", func() float64 { return float64(s.memberCount()) })
 	set.NewGauge("pico_draining", func() float64 {
 		if s.draining.Load() {

@@ -112,6 +112,15 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"endpoint %q serves raw TCP, not HTTP; reach it with 'pico-agent forward PORT %s'", ep, ep))
 		return
 	}
+	release, ok := s.gate.acquire(ep)
+	if !ok {
+		s.m.overloaded.Inc()
+		rw.Header().Set("Retry-After", "1")
+		writeError(rw, r, http.StatusServiceUnavailable, ep, fmt.Sprintf(
+			"endpoint %q has %d requests in flight on this node (the limit); retry in a moment", ep, s.cfg.MaxInflightPerEndpoint))
+		return
+	}
+	defer release()
 	if r.Body != nil && r.Body != http.NoBody {
 		defer watchClientIdle(rw, r, s.cfg.StreamIdleTimeout)()
 	}

@@ -14,12 +14,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
@@ -44,6 +46,9 @@ type Server struct {
 	epoch   uint64         // this start of the node, for the cluster
 	cluster *cluster       // nil unless Config.Cluster
 	m       *serverMetrics
+
+	gate       *endpointGate // requests in flight per endpoint
+	connLimits *connLimits   // client connections of the TCP front doors
 
 	proxy    http.Handler
 	httpSrv  *http.Server
@@ -95,6 +100,10 @@ func New(cfg Config) (*Server, error) {
 		runDone:        make(chan struct{}),
 	}
 	s.m = newServerMetrics(cfg.Metrics, s)
+	s.gate = &endpointGate{max: int64(cfg.MaxInflightPerEndpoint)}
+	s.connLimits = &connLimits{perListener: int64(cfg.MaxConnsPerListener), global: int64(cfg.MaxConns),
+		perIP: rate.Limit(cfg.NewConnsPerIPPerSecond), refused: func(reason string) { s.m.connRefused[reason].Inc() },
+		exempt: func(ip netip.Addr) bool { return s.trusted(ip.String()) }}
 	s.proxy = s.newFrontDoor()
 	return s, nil
 }
@@ -167,7 +176,8 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	if s.cfg.Cluster != nil {
 		tlsConf.NextProtos = append(tlsConf.NextProtos, quicutil.ALPNPeer)
 	}
-	tr := &quic.Transport{Conn: lns.Agent, StatelessResetKey: s.cfg.StatelessResetKey}
+	tr := &quic.Transport{Conn: lns.Agent, StatelessResetKey: s.cfg.StatelessResetKey,
+		VerifySourceAddress: handshakeLimiter(s.cfg.HandshakesPerSecond)}
 	ln, err := tr.Listen(tlsConf, quicutil.EdgeConfig())
 	if err != nil {
 		closeAll(lns)
@@ -203,6 +213,10 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		}
 	}
 
+	lns.Proxy = &limitListener{Listener: lns.Proxy, l: s.connLimits, tell429: true}
+	if lns.TLS != nil {
+		lns.TLS = &limitListener{Listener: lns.TLS, l: s.connLimits}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	door, err := s.startTLSDoor(lns, g.Go) // fails only before it starts anything
 	if err != nil {

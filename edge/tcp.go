@@ -17,7 +17,21 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 	start := time.Now()
 	id := routing.EndpointID(h.Endpoint)
 	s.m.tcpConns.Inc()
-	up, tg, err := s.dialEndpoint(ctx, id, h.ClientAddr)
+	var up *quicutil.Conn
+	var tg target
+	release, ok := func() {}, true
+	if _, _, lerr := s.table.Lookup(id); lerr == nil {
+		release, ok = s.gate.acquire(id) // only endpoints that exist get a counter
+	}
+	var err error
+	if ok {
+		defer release()
+		up, tg, err = s.dialEndpoint(ctx, id, h.ClientAddr)
+	} else {
+		s.m.overloaded.Inc()
+		err = &quicutil.StatusError{Code: quicutil.StatusOverloaded,
+			Message: fmt.Sprintf("%d connections in flight on this node (the limit); retry in a moment", s.cfg.MaxInflightPerEndpoint)}
+	}
 	attrs := []slog.Attr{
 		slog.String("endpoint_id", h.Endpoint),
 		slog.String("proto", "tcp"),

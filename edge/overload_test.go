@@ -1,0 +1,260 @@
+package edge_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/pico-edge/pico/agent"
+	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/edgetest"
+	"github.com/pico-edge/pico/quicutil"
+)
+
+func TestInflightPerEndpoint(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.MaxInflightPerEndpoint = 2 })
+	hold := make(chan struct{})
+	entered := make(chan struct{}, 8)
+	slow := edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-hold
+	}))
+	a := n.NewAgent(t)
+	if err := a.ServeUpstream(t.Context(), "slow", quicutil.KindHTTP, slow); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ServeUpstream(t.Context(), "other", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders())); err != nil {
+		t.Fatal(err)
+	}
+	c := edgetest.Client(t)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			resp, err := c.Do(n.Request(t, "GET", "slow", "/", nil))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Errorf("held request: %d", resp.StatusCode)
+			}
+		})
+	}
+	<-entered
+	<-entered
+	resp, body := do(t, c, n.Request(t, "GET", "slow", "/", nil))
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(body, `endpoint "slow" has 2 requests in flight`) {
+		t.Fatalf("third request: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	// Another endpoint is not affected.
+	if resp, body := do(t, c, n.Request(t, "GET", "other", "/", nil)); resp.StatusCode != 200 {
+		t.Fatalf("other endpoint: %d %s", resp.StatusCode, body)
+	}
+	close(hold)
+	wg.Wait()
+	if resp, body := do(t, c, n.Request(t, "GET", "slow", "/", nil)); resp.StatusCode != 200 {
+		t.Fatalf("after the held requests ended: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestInflightPerTCPEndpoint(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.MaxInflightPerEndpoint = 1 })
+	a := n.NewAgent(t)
+	if err := a.ServeUpstream(t.Context(), "db", quicutil.KindTCP, echoServer(t)); err != nil {
+		t.Fatal(err)
+	}
+	fwd := n.NewAgent(t)
+	first, err := fwd.Dial(t.Context(), "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = fwd.Dial(t.Context(), "db")
+	var de *agent.DialError
+	if !errors.As(err, &de) || de.Code != quicutil.StatusOverloaded || !strings.Contains(err.Error(), "connections in flight") {
+		t.Fatalf("second connection: %v, want overloaded", err)
+	}
+	first.Close()
+}
+
+func TestNewConnectionsPerSource(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.NewConnsPerIPPerSecond = 1 }) // burst 3
+	addr := strings.TrimPrefix(n.ProxyURL, "http://")
+	refused := 0
+	for range 10 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x.localhost\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("read answer: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		c.Close()
+		if resp.StatusCode == http.StatusTooManyRequests {
+			refused++
+			if !strings.Contains(string(b), "too many new connections") {
+				t.Fatalf("429 body %q", b)
+			}
+		}
+	}
+	if refused == 0 || refused > 8 {
+		t.Fatalf("%d of 10 quick connections refused, want most but not the first ones", refused)
+	}
+	// Another source address has its own budget.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot bind 127.0.0.2: %v", err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x.localhost\r\nConnection: close\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode == http.StatusTooManyRequests {
+		t.Fatalf("another source: %v %v", resp, err)
+	}
+}
+
+func TestConnectionsPerListener(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.MaxConnsPerListener = 2 })
+	addr := strings.TrimPrefix(n.ProxyURL, "http://")
+	var open []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// A request proves the edge took it.
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x.localhost\r\n\r\n")
+		if _, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil {
+			t.Fatalf("connection within the limit: %v", err)
+		}
+		open = append(open, c)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("third connection: read %d bytes, want it closed", n)
+	}
+	open[0].Close()
+	// The place is given back: a new connection is served again.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x.localhost\r\nConnection: close\r\n\r\n")
+		_, err = http.ReadResponse(bufio.NewReader(c), nil)
+		c.Close()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection served after one closed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestHandshakeRetryAboveRate(t *testing.T) {
+	// With one handshake a second allowed, the others must first pass a
+	// Retry: agents still connect, one round trip later.
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.HandshakesPerSecond = 1 })
+	up := edgetest.Upstream(t, echoHeaders())
+	for i := range 5 {
+		a := n.NewAgent(t, func(c *agent.Config) { c.Connections = 1 })
+		if err := a.ServeUpstream(t.Context(), fmt.Sprintf("e%d", i), quicutil.KindHTTP, up); err != nil {
+			t.Fatalf("agent %d: %v", i, err)
+		}
+	}
+}
+
+func TestRegistrationsAreThrottled(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.RegistrationsPerSecond = 2 }) // burst 4
+	ids := make([]string, 8)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("r%d", i)
+	}
+	start := time.Now()
+	registerEach(t, n, ids) // 8 Register messages: the last ones wait
+	t.Logf("8 registrations at 2/s (burst 4) took %v", time.Since(start).Round(time.Millisecond))
+	resp, err := http.Get(n.AdminURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(b), "pico_registrations_throttled_total 0") || !strings.Contains(string(b), "pico_registrations_throttled_total") {
+		t.Fatalf("no throttled registration counted:\n%s", grepLines(string(b), "pico_registrations"))
+	}
+}
+
+// registerEach registers each id in its own Register message, all sent at
+// once, and checks every one is accepted.
+func registerEach(t *testing.T, n *edgetest.Node, ids []string) {
+	t.Helper()
+	conn := dialAgentRaw(t, n)
+	str, err := conn.OpenStreamSync(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := (&quicutil.StreamHeader{Kind: quicutil.KindControl}).Append(nil)
+	msg, _ = quicutil.AppendMessage(msg, &quicutil.Hello{Agent: "each"})
+	for i, id := range ids {
+		msg, _ = quicutil.AppendMessage(msg, &quicutil.Register{Seq: uint64(i), Endpoints: []quicutil.Endpoint{{ID: id, Kind: quicutil.KindHTTP}}})
+	}
+	if _, err := str.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(str)
+	if _, err := quicutil.ReadMessage(br); err != nil {
+		t.Fatal(err)
+	}
+	for range ids {
+		m, err := quicutil.ReadMessage(br)
+		res, ok := m.(*quicutil.Result)
+		if err != nil || !ok || len(res.Results) != 1 || res.Results[0].Code != quicutil.StatusOK {
+			t.Fatalf("result: %+v %v", m, err)
+		}
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// dialAgentRaw opens a bare agent connection to n; it closes in cleanup.
+func dialAgentRaw(t *testing.T, n *edgetest.Node) *quic.Conn {
+	t.Helper()
+	conn, err := quic.DialAddr(t.Context(), n.AgentAddr, &tls.Config{RootCAs: n.CAPool, ServerName: "localhost",
+		NextProtos: []string{quicutil.ALPNAgent}}, quicutil.AgentConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	return conn
+}
