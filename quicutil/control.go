@@ -26,6 +26,7 @@ const (
 	msgGoAway     = 6
 	msgPeerHello  = 7
 	msgPeerReady  = 8
+	msgRefresh    = 9
 )
 
 // Message is a control-stream message.
@@ -117,6 +118,27 @@ type Result struct {
 	Results []EndpointResult
 }
 
+// Refresh replaces the token of a live agent connection (the agent's
+// token file changed, or its token nears expiry). The edge verifies the
+// new token and answers with a Result of the same seq:
+//
+//   - token refused: exactly one entry, with an empty ID, StatusUnauthorized
+//     and the reason; the connection keeps its previous token (and ends
+//     when that one expires);
+//   - token accepted: one entry per endpoint the connection serves,
+//     StatusOK if the new token still allows it, StatusForbidden if not
+//     (the edge withdrew it); the connection now ends when the new token
+//     expires.
+//
+// Wire format:
+//
+//	seq    uvarint  echoed in the Result
+//	token  string
+type Refresh struct {
+	Seq   uint64
+	Token string
+}
+
 // GoAway asks the agent to connect to another node and then close this
 // connection; the edge keeps serving streams meanwhile (make before break).
 //
@@ -177,6 +199,17 @@ func (*Register) msgType() uint8   { return msgRegister }
 func (*Deregister) msgType() uint8 { return msgDeregister }
 func (*Result) msgType() uint8     { return msgResult }
 func (*GoAway) msgType() uint8     { return msgGoAway }
+func (*Refresh) msgType() uint8    { return msgRefresh }
+
+func (m *Refresh) appendBody(b []byte) []byte {
+	b = binary.AppendUvarint(b, m.Seq)
+	return appendString(b, m.Token)
+}
+
+func (m *Refresh) parseBody(d *decoder) {
+	m.Seq = d.uvarint()
+	m.Token = d.string(maxRegisterTokenLen)
+}
 
 func (m *Hello) appendBody(b []byte) []byte {
 	b = appendString(b, m.Token)
@@ -323,6 +356,8 @@ func newMessage(typ uint8) Message {
 		return new(PeerHello)
 	case msgPeerReady:
 		return new(PeerReady)
+	case msgRefresh:
+		return new(Refresh)
 	}
 	return nil
 }

@@ -69,12 +69,17 @@ func sampleMessages() map[string]quicutil.Message {
 			{ID: "db", Code: quicutil.StatusConflict, Message: "db is served as http"},
 			{ID: "Bad_ID", Code: quicutil.StatusInvalidEndpoint, Message: strings.Repeat("m", maxMessageLen)},
 		}},
-		"result none":  &quicutil.Result{Seq: 4, Results: []quicutil.EndpointResult{}},
-		"goaway":       &quicutil.GoAway{Reason: "node draining"},
-		"goaway empty": &quicutil.GoAway{},
-		"peer hello":   &quicutil.PeerHello{NodeID: "edge-2", Proof: bytes.Repeat([]byte{0xab}, 32)},
-		"peer ready":   &quicutil.PeerReady{NodeID: "edge-1", Proof: bytes.Repeat([]byte{0xcd}, quicutil.MaxProofLen)},
-		"goaway max":   &quicutil.GoAway{Reason: strings.Repeat("r", maxMessageLen)},
+		"result none":   &quicutil.Result{Seq: 4, Results: []quicutil.EndpointResult{}},
+		"goaway":        &quicutil.GoAway{Reason: "node draining"},
+		"goaway empty":  &quicutil.GoAway{},
+		"peer hello":    &quicutil.PeerHello{NodeID: "edge-2", Proof: bytes.Repeat([]byte{0xab}, 32)},
+		"peer ready":    &quicutil.PeerReady{NodeID: "edge-1", Proof: bytes.Repeat([]byte{0xcd}, quicutil.MaxProofLen)},
+		"goaway max":    &quicutil.GoAway{Reason: strings.Repeat("r", maxMessageLen)},
+		"refresh":       &quicutil.Refresh{Seq: 5, Token: "eyJhbGciOiJIUzI1NiJ9.e30.sig"},
+		"refresh empty": &quicutil.Refresh{},
+		"refresh max":   &quicutil.Refresh{Seq: 1<<64 - 1, Token: strings.Repeat("t", maxTokenLen)},
+		"result refused refresh": &quicutil.Result{Seq: 5, Results: []quicutil.EndpointResult{
+			{Code: quicutil.StatusUnauthorized, Message: "token expired at 2026-01-02T03:04:05Z"}}},
 	}
 }
 

@@ -14,13 +14,17 @@
 //	  |<-------------- Welcome{node} ---------|  (or CONNECTION_CLOSE with a code)
 //	  |-- Register{seq, endpoints} ---------->|
 //	  |<-------------- Result{seq, per-ID} ---|
+//	  |-- Refresh{seq, token} --------------->|  (new token for a live link)
+//	  |<-------------- Result{seq, per-ID} ---|
 //	  |                 ...                   |
+//	  |<-------------- CONNECTION_CLOSE ------|  (ConnCodeUnauthorized "token expired",
+//	  |                                       |   at exp + leeway unless refreshed)
 //	  |<-------------- GoAway{reason} --------|  (node drains: move elsewhere)
 //	  |                                       |
 //	  |<== stream: header{http|tcp, id, client} + request bytes
 //	  |==> answer{code, msg} + response bytes (code OK: upstream reached)
 //	  |                                       |
-//	  |== stream: header{tcp, id} ==========> |  (Dial / pico-agent forward)
+//	  |== stream: header{tcp, id, token} ===> |  (Dial / pico-agent forward)
 //	  |<========================= answer + bytes
 //
 // # Stream header
@@ -61,6 +65,21 @@
 //
 // Bodies are sequences of uvarint integers and length-prefixed strings; each
 // message type documents its fields beside its Go type.
+//
+// # Authentication
+//
+// When the edge verifies tokens, Hello.Token must be a JWT the edge accepts
+// (signature, exp, nbf, iss, aud, lifetime); otherwise the edge closes the
+// connection with ConnCodeUnauthorized and the reason ("token expired at
+// ...", "token signature is invalid", ...), and an agent does not retry
+// with the same token. The token's endpoint claim decides which endpoints
+// Register may add: one it does not allow gets StatusForbidden, the others
+// are unaffected. At the token's expiry (plus the edge's leeway) the edge
+// closes the connection with ConnCodeUnauthorized "token expired" unless a
+// Refresh brought a newer token. A stream the agent opens (Dial) carries
+// its token in the header's ExtToken extension; an edge that authenticates
+// clients answers StatusUnauthorized (no or bad token) or StatusForbidden
+// (endpoint not in the token) and closes the stream.
 //
 // # Node-to-node relay
 //

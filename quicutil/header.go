@@ -70,7 +70,7 @@ const (
 
 // Extension keys. Unknown keys are skipped by the parser.
 const (
-	ExtToken uint8 = 1 // bearer token of the opener (client auth on Dial streams)
+	ExtToken uint8 = 1 // bearer token of the opener (client auth on Dial streams, checked when the edge has proxy auth on)
 )
 
 // StreamHeader opens every bidirectional stream.
@@ -251,10 +251,11 @@ const (
 	StatusShuttingDown        Status = 5  // the node or agent is draining
 	StatusOverloaded          Status = 6  // a limit on streams or requests was reached
 	StatusInvalidEndpoint     Status = 7  // the endpoint ID is not a DNS label
-	StatusForbidden           Status = 8  // the token does not allow this
+	StatusForbidden           Status = 8  // the token is valid but does not allow this endpoint
 	StatusConflict            Status = 9  // the endpoint is served with another protocol
 	StatusLimit               Status = 10 // too many endpoints on this agent
 	StatusInternal            Status = 11 // a bug or an unexpected failure
+	StatusUnauthorized        Status = 12 // no token, or the token was refused (bad signature, expired, ...)
 )
 
 var statusNames = [...]string{
@@ -270,6 +271,7 @@ var statusNames = [...]string{
 	StatusConflict:            "conflict",
 	StatusLimit:               "limit reached",
 	StatusInternal:            "internal error",
+	StatusUnauthorized:        "unauthorized",
 }
 
 func (s Status) String() string {
