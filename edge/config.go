@@ -95,6 +95,11 @@ type Config struct {
 	Logger *slog.Logger
 	// AccessLog receives one line per request or TCP connection; if nil, Logger.
 	AccessLog *slog.Logger
+	// AccessLogSample is the fraction of requests with a status below 500
+	// that are logged, in (0, 1]; errors are always logged. If zero, 1.
+	AccessLogSample float64
+	// AccessLogOff lists endpoints whose requests are never logged.
+	AccessLogOff map[string]bool
 	// Metrics receives the node's metrics; if nil, a private set.
 	Metrics *metrics.Set
 }
@@ -145,6 +150,9 @@ func (c Config) withDefaults() Config {
 	if c.Metrics == nil {
 		c.Metrics = metrics.NewSet()
 	}
+	if c.AccessLogSample == 0 {
+		c.AccessLogSample = 1
+	}
 	if c.Cluster != nil {
 		cc := c.Cluster.withDefaults()
 		c.Cluster = &cc
@@ -175,6 +183,9 @@ func (c Config) Validate() error {
 		if v < 0 {
 			return fmt.Errorf("edge: config: %s is negative (%d)", name, v)
 		}
+	}
+	if c.AccessLogSample < 0 || c.AccessLogSample > 1 {
+		return fmt.Errorf("edge: config: AccessLogSample %g out of range (0 to 1)", c.AccessLogSample)
 	}
 	if c.MaxEndpointsPerAgent < 0 {
 		return fmt.Errorf("edge: config: MaxEndpointsPerAgent is negative (%d)", c.MaxEndpointsPerAgent)

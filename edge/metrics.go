@@ -1,7 +1,11 @@
 package edge
 
 import (
+	"sync/atomic"
+
 	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/pico-edge/pico/routing"
 )
 
 // serverMetrics are the node's metrics, registered in one *metrics.Set per
@@ -26,6 +30,9 @@ type serverMetrics struct {
 	relayBytes             *metrics.Counter
 	rebalanced             *metrics.Counter
 	overloaded             *metrics.Counter
+	endpoints              *endpointSeries
+	ttfb                   *metrics.PrometheusHistogram
+	activeRequests         [3]*atomic.Int64 // by client protocol
 	registrationsThrottled *metrics.Counter
 	connRefused            map[string]*metrics.Counter // by limit: source, listener, global
 }
@@ -38,6 +45,30 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 		}
 	}
 	m.duration = set.NewPrometheusHistogram("pico_request_duration_seconds")
+	m.ttfb = set.NewPrometheusHistogram("pico_upstream_ttfb_seconds")
+	m.endpoints = &endpointSeries{set: set, eps: make(map[routing.EndpointID]*[6]*metrics.Counter)}
+	for i, proto := range []string{"http1", "http2", "http3"} {
+		n := new(atomic.Int64)
+		m.activeRequests[i] = n
+		set.NewGauge(`pico_active_requests{proto="`+proto+`"}`, func() float64 { return float64(n.Load()) })
+	}
+	set.NewGauge("pico_client_connections", func() float64 { return float64(s.connLimits.open.Load()) })
+	set.NewGauge("pico_remote_endpoints", func() float64 {
+		n := 0
+		for _, e := range s.table.Endpoints() {
+			if len(e.Targets) == 0 {
+				n++
+			}
+		}
+		return float64(n)
+	})
+	set.NewGauge("pico_gossip_state_bytes", func() float64 {
+		return float64(len(routing.AppendState(nil, s.local.Full())))
+	})
+	set.NewGauge("pico_agent_link_rtt_seconds_avg", func() float64 { a, _, _, _ := s.linkStats(); return a })
+	set.NewGauge("pico_agent_link_rtt_seconds_max", func() float64 { _, m, _, _ := s.linkStats(); return m })
+	set.NewGauge("pico_agent_link_packets_lost", func() float64 { _, _, l, _ := s.linkStats(); return float64(l) })
+	set.NewGauge("pico_agent_link_packets_sent", func() float64 { _, _, _, n := s.linkStats(); return float64(n) })
 	set.NewGauge("pico_active_streams", func() float64 { return float64(s.activeStreams.Load()) })
 	set.NewGauge("pico_agents", func() float64 { return float64(s.sessionCount()) })
 	set.NewGauge("pico_endpoints", func() float64 { return float64(s.table.Len()) })

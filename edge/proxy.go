@@ -41,8 +41,12 @@ const requestInfoKey ctxKey = 0
 // of a request.
 type requestInfo struct {
 	endpoint   routing.EndpointID
+	known      bool // the endpoint is served somewhere
 	clientAddr string
-	agent      string
+	agent      string // the agent that served it, when local
+	servedBy   string // the node whose agent served it
+	ttfb       time.Duration
+	body       *countingBody
 	retried    bool
 	err        error
 }
@@ -70,11 +74,11 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rw := &statusWriter{ResponseWriter: w}
 	info := &requestInfo{clientAddr: r.RemoteAddr}
+	active := s.m.activeRequests[min(max(r.ProtoMajor, 1), 3)-1]
+	active.Add(1)
 	defer func() {
-		d := time.Since(start)
-		s.m.request(r.ProtoMajor, rw.status).Inc()
-		s.m.duration.Update(d.Seconds())
-		s.accessLog(r, rw, info, d)
+		active.Add(-1)
+		s.observe(r, rw, info, time.Since(start))
 	}()
 
 	if r.TLS == nil {
@@ -102,6 +106,7 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	info.endpoint = ep
 	proto, _, err := s.table.Lookup(ep)
+	info.known = err == nil
 	if err != nil {
 		info.err = err
 		writeError(rw, r, http.StatusBadGateway, ep, fmt.Sprintf("no upstream for endpoint %q", ep))
@@ -123,6 +128,8 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer release()
 	if r.Body != nil && r.Body != http.NoBody {
 		defer watchClientIdle(rw, r, s.cfg.StreamIdleTimeout)()
+		info.body = &countingBody{ReadCloser: r.Body}
+		r.Body = info.body
 	}
 	ctx := context.WithValue(r.Context(), requestInfoKey, info)
 	f.rp.ServeHTTP(rw, r.WithContext(ctx))
@@ -269,11 +276,17 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 		if err != nil {
 			return nil, err
 		}
-		info.agent = tg.name()
+		info.agent, info.servedBy = tg.name(), s.cfg.NodeID
+		if p, ok := tg.(*peer); ok {
+			info.agent, info.servedBy = "", p.node
+		}
 		tg.inflightAdd(1)
 		s.activeStreams.Add(1)
+		start := time.Now()
 		resp, err := tg.transport(tg.streamKind(info.endpoint)).RoundTrip(req)
 		if err == nil {
+			info.ttfb = time.Since(start)
+			s.m.ttfb.Update(info.ttfb.Seconds())
 			resp.Body = trackBody(resp.Body, tg, s)
 			return resp, nil
 		}

@@ -51,6 +51,9 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 		}
 		answer(client, code, msg)
 		client.Close()
+		if s.cfg.AccessLogOff[h.Endpoint] {
+			return
+		}
 		s.cfg.AccessLog.LogAttrs(ctx, slog.LevelInfo, "tcp connection", append(attrs,
 			slog.Duration("duration", time.Since(start)), slog.String("err", msg))...)
 		return
@@ -70,7 +73,9 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 	if res.Err != nil {
 		attrs = append(attrs, slog.String("err", res.Err.Error()))
 	}
-	s.cfg.AccessLog.LogAttrs(ctx, slog.LevelInfo, "tcp connection", attrs...)
+	if s.logRequest(id, 200, res.Err) {
+		s.cfg.AccessLog.LogAttrs(ctx, slog.LevelInfo, "tcp connection", attrs...)
+	}
 }
 
 // dialEndpoint opens a TCP stream to an agent serving id and waits for its

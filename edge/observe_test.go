@@ -1,0 +1,166 @@
+package edge_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/edgetest"
+	"github.com/pico-edge/pico/quicutil"
+)
+
+// logBuffer collects JSON log lines; safe for concurrent use.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) lines(t *testing.T, msg string) []map[string]any {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(l.b.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if m["msg"] == msg {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func TestAccessLogFields(t *testing.T) {
+	var logs logBuffer
+	n := edgetest.NewNode(t, func(c *edge.Config) {
+		c.AccessLog = slog.New(slog.NewJSONHandler(&logs, nil))
+		c.AccessLogOff = map[string]bool{"quiet": true}
+	})
+	a := n.NewAgent(t)
+	up := edgetest.Upstream(t, echoHeaders())
+	for _, id := range []string{"foo", "quiet"} {
+		if err := a.ServeUpstream(t.Context(), id, quicutil.KindHTTP, up); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := edgetest.Client(t)
+	req := n.Request(t, "POST", "foo", "/path?token=secret", strings.NewReader("twelve bytes"))
+	req.Header.Set("Authorization", "Bearer secret")
+	do(t, c, req)
+	do(t, c, n.Request(t, "GET", "quiet", "/", nil))
+	do(t, c, n.Request(t, "GET", "nobody", "/", nil))
+
+	lines := logs.lines(t, "request")
+	if len(lines) != 2 {
+		t.Fatalf("%d request lines, want 2 (foo and the unknown endpoint; quiet is off): %v", len(lines), lines)
+	}
+	l := lines[0]
+	for k, want := range map[string]any{"endpoint_id": "foo", "method": "POST", "path": "/path", "status": 200.0,
+		"bytes_in": 12.0, "served_by": n.Server.NodeID(), "node_id": n.Server.NodeID(), "agent_id": a.ID()} {
+		if l[k] != want {
+			t.Errorf("%s = %v, want %v (line %v)", k, l[k], want, l)
+		}
+	}
+	if _, ok := l["upstream_ttfb"]; !ok {
+		t.Errorf("no upstream_ttfb in %v", l)
+	}
+	all, _ := json.Marshal(lines)
+	if strings.Contains(string(all), "secret") {
+		t.Fatalf("a secret was logged: %s", all)
+	}
+	if lines[1]["status"] != 502.0 || lines[1]["err"] == nil {
+		t.Fatalf("unknown endpoint line: %v", lines[1])
+	}
+}
+
+func TestAccessLogSampling(t *testing.T) {
+	var logs logBuffer
+	n := edgetest.NewNode(t, func(c *edge.Config) {
+		c.AccessLog = slog.New(slog.NewJSONHandler(&logs, nil))
+		c.AccessLogSample = 0.1
+	})
+	serve(t, n, "foo", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders()))
+	c := edgetest.Client(t)
+	for range 400 {
+		do(t, c, n.Request(t, "GET", "foo", "/", nil))
+	}
+	for range 5 { // errors are always logged
+		do(t, c, n.Request(t, "GET", "nobody", "/", nil))
+	}
+	ok, errs := 0, 0
+	for _, l := range logs.lines(t, "request") {
+		if l["status"] == 200.0 {
+			ok++
+		} else {
+			errs++
+		}
+	}
+	// 10 % of 400: the chance of fewer than 10 or more than 80 is below 1e-6.
+	if ok < 10 || ok > 80 || errs != 5 {
+		t.Fatalf("logged %d of 400 successes and %d of 5 errors at a 10%% sample", ok, errs)
+	}
+}
+
+func TestEndpointMetricsAreCapped(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.MaxEndpointsPerAgent = 1000; c.RegistrationsPerSecond = 10000 })
+	a := n.NewAgent(t)
+	up := edgetest.Upstream(t, echoHeaders())
+	c := edgetest.Client(t)
+	const eps = 510 // more than the cap of 500 series
+	ids := make([]string, eps)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("m%d", i)
+	}
+	registerEachOn(t, a, ids, up)
+	for _, id := range ids {
+		do(t, c, n.Request(t, "GET", id, "/", nil))
+	}
+	resp, err := http.Get(n.AdminURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	series := grepLines(string(b), `pico_endpoint_requests_total{endpoint="`)
+	named := strings.Count(series+"\n", `code="2xx"} 1`+"\n")
+	if !strings.Contains(series, `pico_endpoint_requests_total{endpoint="_other",code="2xx"} 10`) || named != 500 {
+		t.Fatalf("%d endpoints with their own series (want 500) and _other:\n%s", named, grepLines(series, "_other"))
+	}
+	for _, want := range []string{"pico_upstream_ttfb_seconds_bucket", `pico_active_requests{proto="http1"}`,
+		"pico_client_connections", "pico_gossip_state_bytes", "pico_agent_link_rtt_seconds_max"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// registerEachOn serves every id through a, in batches of one call each.
+func registerEachOn(t *testing.T, a interface {
+	ServeUpstream(ctx context.Context, id string, kind quicutil.Kind, upstream string) error
+}, ids []string, up string) {
+	t.Helper()
+	for _, id := range ids {
+		if err := a.ServeUpstream(t.Context(), id, quicutil.KindHTTP, up); err != nil {
+			t.Fatalf("serve %s: %v", id, err)
+		}
+	}
+}
