@@ -25,11 +25,12 @@ import (
 )
 
 type Globals struct {
-	Edge        string `help:"Edge agent addresses (host:port), comma separated, tried in turn." default:"127.0.0.1:8001"`
-	CA          string `help:"PEM bundle of CA certificates that verify the edge (default: the system roots)." type:"existingfile"`
-	ServerName  string `help:"Name to verify in the edge's certificate (default: the host of --edge)."`
-	Token       string `help:"Token presented to the edge."`
-	Connections int    `help:"Links to keep, each to a distinct edge node; every link registers every endpoint. 0: 2 when more than one edge node is known (several --edge addresses, or the edge lists other nodes of its cluster), else 1." default:"0"`
+	Config      cli.ConfigFile `help:"YAML file of flag values (keys are flag names: edge: host:8001); $${VAR} takes an environment variable. A flag or PICO_* variable wins over the file." placeholder:"FILE"`
+	Edge        string         `help:"Edge agent addresses (host:port), comma separated, tried in turn." default:"127.0.0.1:8001"`
+	CA          string         `help:"PEM bundle of CA certificates that verify the edge (default: the system roots)." type:"existingfile"`
+	ServerName  string         `help:"Name to verify in the edge's certificate (default: the host of --edge)."`
+	Token       string         `help:"Token presented to the edge."`
+	Connections int            `help:"Links to keep, each to a distinct edge node; every link registers every endpoint. 0: 2 when more than one edge node is known (several --edge addresses, or the edge lists other nodes of its cluster), else 1." default:"0"`
 	cli.LogFlags
 }
 

@@ -25,6 +25,8 @@ import (
 )
 
 type CLI struct {
+	Config cli.ConfigFile `help:"YAML file of flag values (keys are flag names: proxy-addr: :8000); $${VAR} takes an environment variable. A flag or PICO_* variable wins over the file." placeholder:"FILE"`
+
 	ProxyAddr    string `help:"Address of the plain HTTP/1.1 front door (TCP)." default:":8000" group:"Listeners"`
 	ProxyTLSAddr string `help:"Address of the HTTPS front door: HTTP/1.1 and HTTP/2 over TLS on TCP, HTTP/3 on UDP on the same port; empty disables it." default:":8443" group:"Listeners"`
 	AgentAddr    string `help:"Address agents and forwarders connect to (UDP, QUIC)." default:":8001" group:"Listeners"`
@@ -65,7 +67,7 @@ func main() {
 	var c CLI
 	kctx := kong.Parse(&c,
 		kong.Name("pico-edge"),
-		kong.Description("Pico edge node: proxies HTTP requests and TCP connections to agents connected over QUIC.\n\nEvery flag can also be set with a PICO_* environment variable, e.g. PICO_PROXY_ADDR."),
+		kong.Description("Pico edge node: proxies HTTP requests and TCP connections to agents connected over QUIC.\n\nEvery flag can also be set with a PICO_* environment variable, e.g. PICO_PROXY_ADDR, or in the --config file."),
 		kong.DefaultEnvars("PICO"),
 		kong.Vars{"data_dir": defaultDataDir()},
 		kong.UsageOnError(),
