@@ -280,7 +280,7 @@ func (h *harness) startEdge(ctx context.Context, name string, tlsDoor bool) (*ed
 	}
 	p, err := h.procs.start(name, false, h.binary("pico-edge"),
 		"--data-dir", dir, "--proxy-addr", "127.0.0.1:0", "--agent-addr", "127.0.0.1:0",
-		"--admin-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--proxy-tls-addr", tlsAddr, "--log-format", "json", "--no-access-log", "--node-id", name)
+		"--admin-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--new-conns-per-ip", "-1", "--proxy-tls-addr", tlsAddr, "--log-format", "json", "--no-access-log", "--node-id", name)
 	if err != nil {
 		return nil, err
 	}

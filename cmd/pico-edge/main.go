@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,16 +40,22 @@ type CLI struct {
 	TLSKey  string   `help:"Private key (PEM) of --tls-cert." type:"path" group:"TLS"`
 	TLSHost []string `help:"Extra names (DNS or IP) for the development certificate, besides localhost, *.localhost, 127.0.0.1 and ::1." sep:"," group:"TLS"`
 
-	ReadHeaderTimeout     time.Duration `help:"Time a client has to send its request header." default:"10s" group:"Limits"`
-	IdleTimeout           time.Duration `help:"Idle time after which a client keep-alive connection is closed." default:"60s" group:"Limits"`
-	MaxHeaderBytes        int           `help:"Largest request header accepted (431 beyond), up to 98304." default:"32768" group:"Limits"`
-	ResponseHeaderTimeout time.Duration `help:"Time the upstream has to start its response (504 after it)." default:"30s" group:"Limits"`
-	StreamIdleTimeout     time.Duration `help:"Idle time after which an HTTP stream (WebSocket, SSE, slow body) is cut." default:"5m" group:"Limits"`
-	TCPIdleTimeout        time.Duration `help:"Idle time after which a TCP forward is cut." default:"1h" group:"Limits"`
-	OpenStreamTimeout     time.Duration `help:"Time to wait for a stream to an agent at its stream limit (503 after it), and for a TCP agent's answer." default:"10s" group:"Limits"`
-	MaxEndpointsPerAgent  int           `help:"Endpoints one agent connection may serve." default:"100" group:"Limits"`
-	GracePeriod           time.Duration `help:"Time requests, WebSockets and TCP streams in flight get to finish on SIGTERM." default:"30s" aliases:"shutdown-grace" group:"Drain"`
-	DrainDelay            time.Duration `help:"On SIGTERM, time to keep taking new client connections after /readyz turned 503, so load balancers notice first (Kubernetes: use a preStop sleep instead)." default:"0s" group:"Drain"`
+	ReadHeaderTimeout      time.Duration `help:"Time a client has to send its request header." default:"10s" group:"Limits"`
+	IdleTimeout            time.Duration `help:"Idle time after which a client keep-alive connection is closed." default:"60s" group:"Limits"`
+	MaxHeaderBytes         int           `help:"Largest request header accepted (431 beyond), up to 98304." default:"32768" group:"Limits"`
+	ResponseHeaderTimeout  time.Duration `help:"Time the upstream has to start its response (504 after it)." default:"30s" group:"Limits"`
+	StreamIdleTimeout      time.Duration `help:"Idle time after which an HTTP stream (WebSocket, SSE, slow body) is cut." default:"5m" group:"Limits"`
+	TCPIdleTimeout         time.Duration `help:"Idle time after which a TCP forward is cut." default:"1h" group:"Limits"`
+	OpenStreamTimeout      time.Duration `help:"Time to wait for a stream to an agent at its stream limit (503 after it), and for a TCP agent's answer." default:"10s" group:"Limits"`
+	MaxEndpointsPerAgent   int           `help:"Endpoints one agent connection may serve." default:"100" group:"Limits"`
+	MaxInflightPerEndpoint int           `help:"Requests and TCP connections in flight to one endpoint on this node; beyond, 503 at once." default:"256" group:"Limits"`
+	RegistrationsPerSecond int           `help:"Register messages one agent connection may send a second (burst: twice as many); beyond, the agent waits." default:"10" group:"Limits"`
+	HandshakesPerSecond    int           `help:"New QUIC connections a second above which clients must first pass a Retry (one more round trip); negative: never." default:"200" group:"Limits"`
+	MaxConnsPerListener    int           `help:"Open client connections on each TCP front door." default:"10000" group:"Limits"`
+	MaxConns               int           `help:"Open client connections on all TCP front doors." default:"50000" group:"Limits"`
+	NewConnsPerIP          int           `help:"New client connections a second from one IP address (burst: twice as many; --trusted-proxies exempt); beyond, 429 on plain HTTP and a closed connection on TLS; negative: no limit." default:"100" group:"Limits"`
+	GracePeriod            time.Duration `help:"Time requests, WebSockets and TCP streams in flight get to finish on SIGTERM." default:"30s" aliases:"shutdown-grace" group:"Drain"`
+	DrainDelay             time.Duration `help:"On SIGTERM, time to keep taking new client connections after /readyz turned 503, so load balancers notice first (Kubernetes: use a preStop sleep instead)." default:"0s" group:"Drain"`
 
 	GossipAddr        string   `help:"Address for cluster gossip (hashicorp/memberlist, TCP and UDP on one port); empty: a single node, no cluster." default:":8003" group:"Cluster"`
 	Join              []string `help:"Nodes to join: host:port or DNS names (a Kubernetes headless service), resolved again until joined and every 10s after." sep:"," group:"Cluster"`
@@ -59,8 +66,10 @@ type CLI struct {
 	AllowUnderscoresInHeaders bool     `help:"Pass request header names that contain '_' (rejected with 400 by default)." group:"Limits"`
 	TrustedProxies            []string `help:"CIDRs of proxies in front of the edge (load balancers) whose X-Forwarded-* and Forwarded headers are kept and extended; from anyone else they are replaced." sep:"," group:"Limits"`
 
-	AccessLog    bool `help:"Log one line per request and TCP connection." default:"true" negatable:"" group:"Logging"`
-	cli.LogFlags `embed:"" group:"Logging"`
+	AccessLog       bool     `help:"Log one line per request and TCP connection." default:"true" negatable:"" group:"Logging"`
+	AccessLogSample float64  `help:"Fraction of requests below status 500 that get an access-log line (errors always do)." default:"1" group:"Logging"`
+	AccessLogOff    []string `help:"Endpoints whose requests and connections are never logged, comma separated." sep:"," group:"Logging"`
+	cli.LogFlags    `embed:"" group:"Logging"`
 }
 
 func main() {
@@ -120,6 +129,10 @@ func (c *CLI) run(log *slog.Logger) error {
 		}
 		trusted = append(trusted, p)
 	}
+	accessLogOff := make(map[string]bool, len(c.AccessLogOff))
+	for _, id := range c.AccessLogOff {
+		accessLogOff[strings.ToLower(strings.TrimSpace(id))] = true
+	}
 	cluster, err := c.cluster(log)
 	if err != nil {
 		return err
@@ -138,6 +151,14 @@ func (c *CLI) run(log *slog.Logger) error {
 		TCPIdleTimeout:            c.TCPIdleTimeout,
 		OpenStreamTimeout:         c.OpenStreamTimeout,
 		MaxEndpointsPerAgent:      c.MaxEndpointsPerAgent,
+		MaxInflightPerEndpoint:    c.MaxInflightPerEndpoint,
+		RegistrationsPerSecond:    c.RegistrationsPerSecond,
+		HandshakesPerSecond:       c.HandshakesPerSecond,
+		MaxConnsPerListener:       c.MaxConnsPerListener,
+		MaxConns:                  c.MaxConns,
+		NewConnsPerIPPerSecond:    c.NewConnsPerIP,
+		AccessLogSample:           c.AccessLogSample,
+		AccessLogOff:              accessLogOff,
 		ShutdownGrace:             c.GracePeriod,
 		DrainDelay:                c.DrainDelay,
 		Cluster:                   cluster,
