@@ -52,7 +52,9 @@ type Config struct {
 	// ServerName overrides the name verified in the edge's certificate;
 	// if empty, the host of the address dialled.
 	ServerName string
-	// Token is presented to the edge at connection.
+	// Token is presented to the edge at connection, and in the header of
+	// each Dial stream (an edge with client auth checks it there). SetToken
+	// replaces it.
 	Token string
 	// UpstreamDialTimeout bounds connecting to an upstream; if zero, 5s.
 	UpstreamDialTimeout time.Duration
@@ -125,6 +127,7 @@ type Agent struct {
 	id  string
 
 	mu        sync.Mutex // guards the fields below and link.leaving
+	token     string     // presented to edges: Config.Token, then SetToken's
 	endpoints map[string]*registration
 	links     []*link           // open links: live ones take new work, leaving ones finish theirs
 	changed   chan struct{}     // closed when the set of live links changes, then replaced
@@ -210,6 +213,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg:       cfg,
 		log:       cfg.Logger,
 		id:        hex.EncodeToString(b),
+		token:     cfg.Token,
 		endpoints: make(map[string]*registration),
 		changed:   make(chan struct{}),
 		hints:     make(map[string]hint),
@@ -528,4 +532,51 @@ func (a *Agent) serverName(c candidate) string {
 	}
 	host, _, _ := net.SplitHostPort(c.addr)
 	return host
+}
+
+// currentToken returns the token new links and dials present.
+func (a *Agent) currentToken() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.token
+}
+
+// SetToken replaces the token the agent presents to edges (a token nearing
+// its expiry, or re-read from a file): new links and Dials use it at once,
+// and every open link sends it to its edge, which then keeps the link
+// past the old token's expiry and withdraws the endpoints the new token
+// does not allow. SetToken waits for every link's answer (or ctx) and
+// returns what went wrong: an error wrapping ErrUnauthorized when an edge
+// refused the token (that link keeps its old one and ends when it
+// expires), and a *WithdrawnError for each endpoint an edge withdrew. A
+// link that dies meanwhile is no error: its replacement presents the new
+// token.
+func (a *Agent) SetToken(ctx context.Context, token string) error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return ErrClosed
+	}
+	a.token = token
+	links := slices.Clone(a.links)
+	a.mu.Unlock()
+	errs := make([]error, len(links))
+	var wg sync.WaitGroup
+	for i, l := range links {
+		wg.Go(func() { errs[i] = l.refresh(ctx, token) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// WithdrawnError is an endpoint an edge withdrew because a new token
+// (SetToken) does not allow it.
+type WithdrawnError struct {
+	Edge     string // the edge's address
+	Endpoint string
+	Reason   string
+}
+
+func (e *WithdrawnError) Error() string {
+	return fmt.Sprintf("edge %s withdrew endpoint %q: %s", e.Edge, e.Endpoint, e.Reason)
 }

@@ -28,6 +28,7 @@ type link struct {
 	addr       string // the address dialled
 	serverName string // the name verified in the edge's certificate
 	nodeID     string
+	token      string // presented in the hello
 	log        *slog.Logger
 
 	leaving bool // guarded by a.mu: no new work; the link finishes its streams
@@ -55,8 +56,9 @@ type link struct {
 	closeOnce sync.Once
 }
 
-// connect dials the edge at c, on a new UDP socket, and says hello.
-func (a *Agent) connect(ctx context.Context, c candidate) (*link, error) {
+// connect dials the edge at c, on a new UDP socket, and says hello with
+// token.
+func (a *Agent) connect(ctx context.Context, c candidate, token string) (*link, error) {
 	timeout := dialTimeout
 	if c.hint {
 		timeout = hintDialTimeout
@@ -85,6 +87,7 @@ func (a *Agent) connect(ctx context.Context, c candidate) (*link, error) {
 		tr:         tr,
 		udp:        udp,
 		addr:       c.addr,
+		token:      token,
 		serverName: tlsConf.ServerName,
 		log:        a.log.With("edge", c.addr),
 		pending:    make(map[uint64]chan *quicutil.Result),
@@ -92,7 +95,7 @@ func (a *Agent) connect(ctx context.Context, c candidate) (*link, error) {
 		silent:     make(chan time.Duration, 1),
 		seenAt:     time.Now(),
 	}
-	w, err := l.hello(ctx)
+	w, err := l.hello(ctx, token)
 	if err != nil {
 		l.close(quicutil.ConnCodeNormal, "")
 		return nil, fmt.Errorf("edge %s: %w", c.addr, err)
@@ -111,14 +114,14 @@ const (
 	hintDialTimeout = 2 * time.Second
 )
 
-func (l *link) hello(ctx context.Context) (*quicutil.Welcome, error) {
+func (l *link) hello(ctx context.Context, token string) (*quicutil.Welcome, error) {
 	str, err := l.conn.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, err
 	}
 	l.ctrl = str
 	hdr := (&quicutil.StreamHeader{Kind: quicutil.KindControl}).Append(nil)
-	msg, _ := quicutil.AppendMessage(hdr, &quicutil.Hello{Token: l.a.cfg.Token, Agent: l.a.cfg.Name, AgentID: l.a.id})
+	msg, _ := quicutil.AppendMessage(hdr, &quicutil.Hello{Token: token, Agent: l.a.cfg.Name, AgentID: l.a.id})
 	if _, err := str.Write(msg); err != nil {
 		return nil, refusal(err)
 	}
@@ -171,7 +174,7 @@ func (l *link) writeControl(m quicutil.Message) error {
 }
 
 // request sends a Register or Deregister and waits for its Result.
-func (l *link) request(seq uint64, m quicutil.Message) (*quicutil.Result, error) {
+func (l *link) request(ctx context.Context, seq uint64, m quicutil.Message) (*quicutil.Result, error) {
 	ch := make(chan *quicutil.Result, 1)
 	l.mu.Lock()
 	l.pending[seq] = ch
@@ -189,6 +192,8 @@ func (l *link) request(seq uint64, m quicutil.Message) (*quicutil.Result, error)
 		return res, nil
 	case <-l.conn.Context().Done():
 		return nil, context.Cause(l.conn.Context())
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 }
 
@@ -202,7 +207,7 @@ func (l *link) register(regs []*registration) {
 	for _, r := range regs {
 		m.Endpoints = append(m.Endpoints, quicutil.Endpoint{ID: r.id, Kind: r.kind})
 	}
-	res, err := l.request(m.Seq, m)
+	res, err := l.request(context.Background(), m.Seq, m)
 	if err != nil {
 		for _, r := range regs {
 			r.answered(err, false) // the link is down; the next link registers again
@@ -238,8 +243,34 @@ func (l *link) register(regs []*registration) {
 	}
 }
 
+// refresh sends token to the edge and reports its answer (see SetToken).
+func (l *link) refresh(ctx context.Context, token string) error {
+	m := &quicutil.Refresh{Seq: l.seq.Add(1), Token: token}
+	res, err := l.request(ctx, m.Seq, m)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("refresh token on edge %s: %w", l.addr, ctx.Err())
+		}
+		l.log.Debug("link ended before the edge answered a token refresh", "err", err)
+		return nil
+	}
+	if len(res.Results) == 1 && res.Results[0].ID == "" && res.Results[0].Code != quicutil.StatusOK {
+		return fmt.Errorf("%w: edge %s: %s", ErrUnauthorized, l.addr, res.Results[0].Message)
+	}
+	var errs []error
+	for _, r := range res.Results {
+		if r.Code != quicutil.StatusOK {
+			err := &WithdrawnError{Edge: l.addr, Endpoint: r.ID, Reason: r.Message}
+			l.log.Error("endpoint withdrawn by the edge", "endpoint_id", r.ID, "err", err)
+			errs = append(errs, err)
+		}
+	}
+	l.log.Info("token refreshed", "endpoints", len(res.Results))
+	return errors.Join(errs...)
+}
+
 func (l *link) deregister(id string) {
-	l.request(0, &quicutil.Deregister{Seq: l.seq.Add(1), IDs: []string{id}})
+	l.request(context.Background(), 0, &quicutil.Deregister{Seq: l.seq.Add(1), IDs: []string{id}})
 }
 
 // serve reads control messages until the link dies, and returns why. A
@@ -409,7 +440,7 @@ func (l *link) dial(ctx context.Context, id string) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial endpoint %q: %w", id, err)
 	}
-	h := quicutil.StreamHeader{Kind: quicutil.KindTCP, Endpoint: id, Token: l.a.cfg.Token}
+	h := quicutil.StreamHeader{Kind: quicutil.KindTCP, Endpoint: id, Token: l.a.currentToken()}
 	c := quicutil.OpenConn(str, l.conn.LocalAddr(), l.conn.RemoteAddr(), h.Append(nil), false)
 	if err := c.Flush(); err != nil {
 		c.Abort(quicutil.StreamCodeCanceled)

@@ -191,10 +191,17 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 		var lastErr error
 		dupOnly := true // every node reached is linked already
 		for _, c := range a.candidates(s, avoid, avoidTries >= maxAvoidTries) {
-			l, err := a.connect(ctx, c)
+			token := a.currentToken()
+			l, err := a.connect(ctx, c, token)
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
+				}
+				if errors.Is(err, ErrUnauthorized) && a.currentToken() != token {
+					// SetToken replaced the token meanwhile: try the new one.
+					a.log.Info("edge refused the old token; trying the new one", "edge", c.addr, "err", err)
+					lastErr, dupOnly = err, false
+					continue
 				}
 				if errors.Is(err, ErrUnauthorized) {
 					a.log.Error("edge refused the agent's token; not retrying", "edge", c.addr, "err", err)
@@ -210,6 +217,14 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 			err = a.admit(l, avoid, avoidTries >= maxAvoidTries)
 			if err == nil {
 				s.lastWarn = ""
+				if tok := a.currentToken(); tok != l.token {
+					// SetToken ran while this link said hello with the old one.
+					l.wg.Go(func() {
+						if err := l.refresh(context.Background(), tok); err != nil {
+							l.log.Error("token refresh failed", "err", err)
+						}
+					})
+				}
 				return l, nil
 			}
 			l.close(quicutil.ConnCodeNormal, "duplicate node")
