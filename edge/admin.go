@@ -38,8 +38,17 @@ func (s *Server) adminHandler() http.Handler {
 		sort.Slice(out, func(i, j int) bool { return out[i].Session < out[j].Session })
 		writeJSON(w, struct {
 			NodeID string      `json:"node_id"`
+			Auth   string      `json:"auth"`
 			Agents []agentInfo `json:"agents"`
-		}{s.cfg.NodeID, out})
+		}{s.cfg.NodeID, s.authMode(), out})
+	})
+	mux.HandleFunc("GET /status/node", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, struct {
+			NodeID   string     `json:"node_id"`
+			Version  string     `json:"version"`
+			Draining bool       `json:"draining"`
+			Auth     authStatus `json:"auth"`
+		}{s.cfg.NodeID, s.cfg.Version, s.draining.Load(), s.authStatus()})
 	})
 	mux.HandleFunc("GET /status/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, s.memberStatus())

@@ -79,6 +79,9 @@ type session struct {
 	mu        sync.Mutex // guards the fields below
 	endpoints map[routing.EndpointID]quicutil.Kind
 	closing   bool
+	grant     grant       // what the token allows (with auth on; see auth.go)
+	grantGen  int         // bumped by each new grant
+	expiry    *time.Timer // closes the connection when the token expires
 
 	wg sync.WaitGroup // stream handlers
 }
@@ -115,6 +118,16 @@ func (s *Server) serveAgentConn(conn *quic.Conn) {
 		conn.CloseWithError(code, err.Error())
 		return
 	}
+	var g grant
+	if s.auth != nil {
+		if g, err = s.auth.verify(hello.Token); err != nil {
+			s.auth.m.refused["agent"].Inc()
+			log.Warn("agent connection refused: token", "agent_id", hello.AgentID, "err", err)
+			conn.CloseWithError(quicutil.ConnCodeUnauthorized, err.Error())
+			return
+		}
+	}
+	hello.Token = "" // not kept
 	sess := &session{
 		srv:       s,
 		conn:      conn,
@@ -134,7 +147,15 @@ func (s *Server) serveAgentConn(conn *quic.Conn) {
 	s.local.SetLinks(links)
 	sess.log = log.With("agent_id", hello.AgentID, "session", sess.id)
 	s.m.agentConnected.Inc()
-	sess.log.Info("agent connected", "agent", hello.Agent)
+	if s.auth != nil {
+		sess.mu.Lock()
+		sess.setGrantLocked(g)
+		sess.mu.Unlock()
+		sess.log.Info("agent connected", "agent", hello.Agent, "subject", g.subject,
+			"endpoints_allowed", g.scope.String(), "token_expires", g.expires.UTC().Format(time.RFC3339))
+	} else {
+		sess.log.Info("agent connected", "agent", hello.Agent)
+	}
 
 	welcome := &quicutil.Welcome{NodeID: s.cfg.NodeID, Version: s.cfg.Version}
 	if s.cluster != nil {
@@ -210,6 +231,8 @@ func (sess *session) controlLoop(br *bufio.Reader) error {
 			res = sess.register(m)
 		case *quicutil.Deregister:
 			res = sess.deregister(m)
+		case *quicutil.Refresh:
+			res = sess.refresh(m)
 		default:
 			err := fmt.Errorf("unexpected control message %T", msg)
 			sess.conn.CloseWithError(quicutil.ConnCodeProtocolError, err.Error())
@@ -246,6 +269,8 @@ func registrationLabel(code quicutil.Status) string {
 		return "conflict"
 	case quicutil.StatusLimit:
 		return "limit"
+	case quicutil.StatusForbidden:
+		return "forbidden"
 	}
 	return "invalid_endpoint"
 }
@@ -267,6 +292,9 @@ func (sess *session) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
 	defer sess.mu.Unlock()
 	if sess.closing {
 		return fail(quicutil.StatusShuttingDown, "connection closing")
+	}
+	if !sess.allowsLocked(ep.ID) {
+		return fail(quicutil.StatusForbidden, "%s", forbidden(sess.grant.scope, ep.ID))
 	}
 	if k, ok := sess.endpoints[id]; ok && k == ep.Kind {
 		return r // registered already
@@ -384,6 +412,9 @@ func (sess *session) close(code quic.ApplicationErrorCode, reason string) {
 func (sess *session) teardown(cause error) {
 	sess.mu.Lock()
 	sess.closing = true
+	if sess.expiry != nil {
+		sess.expiry.Stop()
+	}
 	ids := make([]routing.EndpointID, 0, len(sess.endpoints))
 	for id := range sess.endpoints {
 		ids = append(ids, id)
@@ -456,6 +487,12 @@ func (sess *session) handleDial(str *quic.Stream) {
 		sess.log.Warn("stream refused", "err", err)
 		str.CancelRead(quicutil.StreamCodeBadHeader)
 		answer(c, quicutil.StatusBadHeader, err.Error())
+		c.Close()
+		return
+	}
+	if code, msg := s.authorizeDial(h); code != quicutil.StatusOK {
+		sess.log.Warn("forward refused", "endpoint_id", h.Endpoint, "err", msg)
+		answer(c, code, msg)
 		c.Close()
 		return
 	}

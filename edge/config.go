@@ -90,6 +90,9 @@ type Config struct {
 	DrainDelay time.Duration
 	// Cluster makes the node a member of a cluster; nil: a single node.
 	Cluster *ClusterConfig
+	// Auth makes agents (and, with Auth.ProxyAuth, clients) present a
+	// token; nil: no authentication, which the node warns about at start.
+	Auth *AuthConfig
 
 	// Logger receives logs; if nil, logs are discarded.
 	Logger *slog.Logger
@@ -157,6 +160,10 @@ func (c Config) withDefaults() Config {
 		cc := c.Cluster.withDefaults()
 		c.Cluster = &cc
 	}
+	if c.Auth != nil {
+		ac := c.Auth.withDefaults()
+		c.Auth = &ac
+	}
 	return c
 }
 
@@ -189,6 +196,11 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEndpointsPerAgent < 0 {
 		return fmt.Errorf("edge: config: MaxEndpointsPerAgent is negative (%d)", c.MaxEndpointsPerAgent)
+	}
+	if c.Auth != nil {
+		if err := c.Auth.validate(); err != nil {
+			return err
+		}
 	}
 	if c.Cluster != nil {
 		return c.Cluster.validate()

@@ -35,10 +35,11 @@ type serverMetrics struct {
 	activeRequests         [3]*atomic.Int64 // by client protocol
 	registrationsThrottled *metrics.Counter
 	connRefused            map[string]*metrics.Counter // by limit: source, listener, global
+	set                    *metrics.Set
 }
 
 func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
-	m := &serverMetrics{registrations: make(map[string]*metrics.Counter)}
+	m := &serverMetrics{registrations: make(map[string]*metrics.Counter), set: set}
 	for p, proto := range []string{"http1", "http2", "http3"} {
 		for i, class := range []string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"} {
 			m.requests[p][i] = set.NewCounter(`pico_requests_total{proto="` + proto + `",code="` + class + `"}`)

@@ -53,6 +53,12 @@ func (e *endpointSeries) counter(id routing.EndpointID, status int) *metrics.Cou
 	return cs[c]
 }
 
+// peerCounter returns the counter name{direction, peer}. Peers are
+// cluster members: their number is small and bounded.
+func (m *serverMetrics) peerCounter(name, direction, peer string) *metrics.Counter {
+	return m.set.GetOrCreateCounter(name + `{direction="` + direction + `",peer="` + peer + `"}`)
+}
+
 // observe records a finished front-door request: metrics, and the access
 // log line unless sampling or the endpoint's switch leaves it out.
 func (s *Server) observe(r *http.Request, w *statusWriter, info *requestInfo, d time.Duration) {

@@ -279,6 +279,7 @@ func (p *peer) openStream(ctx context.Context, h *quicutil.StreamHeader, wantAns
 	}
 	p.streams.Add(1)
 	p.c.s.m.relayOut.Inc()
+	p.c.s.m.peerCounter("pico_relay_peer_streams_total", "out", p.node).Inc()
 	rh := *h
 	rh.Flags |= quicutil.FlagRelayed
 	hdr := rh.Append(make([]byte, 0, 16+len(h.Endpoint)+len(h.ClientAddr)))
@@ -392,6 +393,7 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 		return
 	}
 	s.m.relayIn.Inc()
+	s.m.peerCounter("pico_relay_peer_streams_total", "in", node).Inc()
 	id := routing.EndpointID(h.Endpoint)
 	h.Flags &^= quicutil.FlagRelayed
 	var tried []routing.Target
@@ -428,6 +430,7 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 		s.activeStreams.Add(-1)
 		sess.inflight.Add(-1)
 		s.m.relayBytes.Add(int(res.AToB + res.BToA))
+		s.m.peerCounter("pico_relay_peer_bytes_total", "in", node).Add(int(res.AToB + res.BToA))
 		return
 	}
 	code, msg := quicutil.StatusNoRoute, fmt.Sprintf("node %s has no agent for endpoint %q", s.cfg.NodeID, h.Endpoint)

@@ -105,6 +105,9 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	info.endpoint = ep
+	if !s.authorizeRequest(rw, r, ep) { // before the lookup: no hint whether ep exists
+		return
+	}
 	proto, _, err := s.table.Lookup(ep)
 	info.known = err == nil
 	if err != nil {

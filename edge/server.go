@@ -45,6 +45,7 @@ type Server struct {
 	local   *routing.Local // what this node announces to the cluster
 	epoch   uint64         // this start of the node, for the cluster
 	cluster *cluster       // nil unless Config.Cluster
+	auth    *authenticator // nil unless Config.Auth
 	m       *serverMetrics
 
 	gate       *endpointGate // requests in flight per endpoint
@@ -100,6 +101,9 @@ func New(cfg Config) (*Server, error) {
 		runDone:        make(chan struct{}),
 	}
 	s.m = newServerMetrics(cfg.Metrics, s)
+	if cfg.Auth != nil {
+		s.auth = newAuthenticator(*cfg.Auth, cfg.Metrics, cfg.Logger)
+	}
 	s.gate = &endpointGate{max: int64(cfg.MaxInflightPerEndpoint)}
 	s.connLimits = &connLimits{perListener: int64(cfg.MaxConnsPerListener), global: int64(cfg.MaxConns),
 		perIP: rate.Limit(cfg.NewConnsPerIPPerSecond), refused: func(reason string) { s.m.connRefused[reason].Inc() },
@@ -231,6 +235,9 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	s.tlsDoor = door
 	s.mu.Unlock()
 	g.Go(func() error { return s.acceptAgents(gctx, ln) })
+	if s.auth != nil && s.auth.jwks != nil {
+		g.Go(func() error { s.auth.jwks.run(); return nil }) // until shutdown closes it
+	}
 	g.Go(func() error {
 		if err := s.httpSrv.Serve(guardListener{lns.Proxy, s.cfg.MaxHeaderBytes + 4096}); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve proxy on %s: %w", lns.Proxy.Addr(), err)
@@ -260,6 +267,7 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		attrs = append(attrs, "proxy_h3_addr", lns.H3.LocalAddr().String())
 	}
 	s.log.Info("edge node ready", attrs...)
+	s.logMode()
 
 	g.Go(func() error {
 		select {
@@ -357,6 +365,9 @@ func (s *Server) shutdown(graceful bool) {
 	}
 	s.peerIn = nil // one that completes its hello now closes itself
 	s.mu.Unlock()
+	if s.auth != nil && s.auth.jwks != nil {
+		s.auth.jwks.close() // a Hello waiting on a JWKS fetch gives up
+	}
 	s.conns.Wait()
 	tr.Close()
 	tr.Conn.Close()
