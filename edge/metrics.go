@@ -76,7 +76,7 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	m.tcpConns = set.NewCounter("pico_tcp_connections_total")
 	m.tcpBytesIn = set.NewCounter(`pico_tcp_bytes_total{direction="to_upstream"}`)
 	m.tcpBytesOut = set.NewCounter(`pico_tcp_bytes_total{direction="from_upstream"}`)
-	for _, r := range []string{"ok", "invalid_endpoint", "conflict", "limit", "protocol_error"} {
+	for _, r := range []string{"ok", "invalid_endpoint", "conflict", "limit", "forbidden", "protocol_error"} {
 		m.registrations[r] = set.NewCounter(`pico_registrations_total{result="` + r + `"}`)
 	}
 	m.retries = set.NewCounter("pico_retries_total")
