@@ -216,6 +216,7 @@ func (c *cluster) joinLoop() {
 	}
 	joined := false
 	wait := 200 * time.Millisecond
+	lastWarn := ""
 	for {
 		missing := c.missingJoinAddrs()
 		if len(missing) > 0 {
@@ -224,8 +225,11 @@ func (c *cluster) joinLoop() {
 			case n > 0 && !joined:
 				c.log.Info("joined cluster", "contacted", n, "members", c.ml.NumMembers())
 				joined = true
-			case err != nil && !joined:
+			case err != nil && !joined && err.Error() != lastWarn:
 				c.log.Warn("cannot join cluster yet; retrying", "join", c.cfg.Join, "err", err)
+				lastWarn = err.Error()
+			case err != nil && !joined:
+				c.log.Debug("still cannot join cluster", "join", c.cfg.Join, "err", err)
 			case err != nil:
 				c.log.Debug("rejoin", "addrs", missing, "err", err)
 			}
@@ -538,7 +542,10 @@ func (w memberlistLog) Write(p []byte) (int, error) {
 	msg = strings.TrimPrefix(msg, "memberlist: ")
 	// memberlist reports a failed probe or refused join as errors; they are
 	// routine while a node restarts, and say nothing an operator must act on.
-	if level == slog.LevelError && (strings.Contains(msg, "Failed to send") || strings.Contains(msg, "Failed fallback ping")) {
+	// A failed receive is bad input from someone else (a node with another
+	// secret, a scanner): worth a warning, not an error of this node.
+	if level == slog.LevelError && (strings.Contains(msg, "Failed to send") || strings.Contains(msg, "Failed fallback ping") ||
+		strings.Contains(msg, "failed to receive")) {
 		level = slog.LevelWarn
 	}
 	w.log.Log(context.Background(), level, "memberlist: "+msg)
