@@ -1,0 +1,8 @@
+// Package deploy holds no code: it is the home of the container image
+// (Dockerfile) and the Kubernetes manifests (kubernetes/), and of the tests
+// that check them without a Docker daemon or a cluster: the manifests
+// decode strictly into the Kubernetes API types and agree with each other,
+// with the Dockerfile and with pico-edge's flags; the Dockerfile's build
+// command builds static binaries from the context it leaves; the pod's
+// arguments start a real node that drains within the pod's grace period.
+package deploy
