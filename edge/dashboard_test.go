@@ -95,9 +95,10 @@ func TestTrafficStatus(t *testing.T) {
 		t.Fatalf("GET /status/traffic: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 	var got struct {
-		NodeID   string                       `json:"node_id"`
-		TimeMS   int64                        `json:"time_ms"`
-		Requests map[string]map[string]uint64 `json:"requests"`
+		NodeID    string                       `json:"node_id"`
+		TimeMS    int64                        `json:"time_ms"`
+		Requests  map[string]map[string]uint64 `json:"requests"`
+		Endpoints map[string]map[string]uint64 `json:"endpoints"`
 	}
 	if err := json.Unmarshal([]byte(body), &got); err != nil {
 		t.Fatalf("decode %s: %v", body, err)
@@ -109,6 +110,9 @@ func TestTrafficStatus(t *testing.T) {
 		"http1": {"error": 0, "1xx": 0, "2xx": 3, "3xx": 0, "4xx": 0, "5xx": 1},
 		"http2": {"error": 0, "1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0},
 		"http3": {"error": 0, "1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0},
+	}
+	if g := got.Endpoints["foo"]; g["2xx"] != 3 || g["5xx"] != 0 || len(got.Endpoints) != 1 {
+		t.Errorf("endpoints = %v, want foo with 3 2xx (an unknown endpoint gets no series)", got.Endpoints)
 	}
 	for proto, classes := range want {
 		for class, n := range classes {

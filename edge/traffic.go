@@ -6,7 +6,7 @@ import "time"
 // serverMetrics.requests, in the order newServerMetrics registers them.
 var (
 	requestProtos  = [3]string{"http1", "http2", "http3"}
-	requestClasses = [6]string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"}
+	requestClasses = statusClasses
 )
 
 // trafficStatus is /status/traffic: this node's request counters since it
@@ -23,6 +23,10 @@ type trafficStatus struct {
 	RelayStreamsIn  uint64                       `json:"relay_streams_in"`
 	RelayStreamsOut uint64                       `json:"relay_streams_out"`
 	Retries         uint64                       `json:"retries"`
+	// Endpoints counts requests this node received by endpoint and status
+	// class, as pico_endpoint_requests_total: the first 500 endpoints
+	// seen, the others under "_other".
+	Endpoints map[string]map[string]uint64 `json:"endpoints"`
 }
 
 func (s *Server) trafficStatus() trafficStatus {
@@ -42,6 +46,22 @@ func (s *Server) trafficStatus() trafficStatus {
 			byClass[class] = s.m.requests[p][c].Get()
 		}
 		out.Requests[proto] = byClass
+	}
+	out.Endpoints = s.m.endpoints.snapshot()
+	return out
+}
+
+// snapshot returns the request counts of each endpoint by status class.
+func (e *endpointSeries) snapshot() map[string]map[string]uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]map[string]uint64, len(e.eps))
+	for id, cs := range e.eps {
+		byClass := make(map[string]uint64, len(cs))
+		for i, c := range cs {
+			byClass[statusClasses[i]] = c.Get()
+		}
+		out[string(id)] = byClass
 	}
 	return out
 }

@@ -68,6 +68,10 @@ func TestDashboardChromium(t *testing.T) {
 	if _, row, _ := strings.Cut(dom, `data-endpoint="`+endpoint+`"`); !strings.Contains(strings.SplitN(row, "</tr>", 2)[0], "<span>node-1</span>") {
 		t.Errorf("the endpoint's row does not list node-1 as serving it: %.300s", row)
 	}
+	// ... and the requests node 2 received for it (the last cell).
+	if _, row, _ := strings.Cut(dom, `data-endpoint="`+endpoint+`"`); !strings.HasSuffix(strings.SplitN(row, "</tr>", 2)[0], fmt.Sprintf(`<td class="num">%d</td>`, requests)) {
+		t.Errorf("the endpoint's row does not end with node 2's %d requests: %.600s", requests, row)
+	}
 	if t.Failed() {
 		t.Fatalf("DOM:\n%s\nchromium stderr:\n%s", dom, stderr)
 	}
