@@ -1278,3 +1278,45 @@ func (l *logged) waitJSON(t *testing.T, msg string) map[string]any {
 	})
 	return out
 }
+
+// TestManifestDocs checks that docs/kubernetes.md tells how to create each
+// Secret and ConfigMap the manifests mount, under their names and keys.
+func TestManifestDocs(t *testing.T) {
+	b, err := os.ReadFile("../docs/kubernetes.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := string(b)
+	c := decodeCluster(t, baseObjects(t))
+	ctr := c.edgeContainer(t)
+	f := flags(t, ctr.Args)
+	mounted := map[string]string{} // volume name -> mount path
+	for _, m := range ctr.VolumeMounts {
+		mounted[m.Name] = m.MountPath
+	}
+	for _, v := range c.sts.Spec.Template.Spec.Volumes {
+		if v.Secret == nil {
+			continue
+		}
+		var want string
+		switch path := mounted[v.Name]; {
+		case filepath.Dir(f["--tls-cert"]) == path:
+			want = "create secret tls " + v.Secret.SecretName + " "
+		case filepath.Dir(f["--cluster-secret-file"]) == path:
+			want = "create secret generic " + v.Secret.SecretName + " \\\n  --from-literal=" + filepath.Base(f["--cluster-secret-file"]) + "="
+		default:
+			t.Errorf("Secret volume %s is used by no flag", v.Name)
+			continue
+		}
+		if !strings.Contains(docs, want) {
+			t.Errorf("docs/kubernetes.md lacks %q", want)
+		}
+	}
+	ab, _ := os.ReadFile(filepath.Join(manifestDir, "examples", "agent.yaml"))
+	d := decode(t, splitObjects(t, "agent.yaml", ab)[0]).(*appsv1.Deployment)
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.ConfigMap != nil && !strings.Contains(docs, "create configmap "+v.ConfigMap.Name+" ") {
+			t.Errorf("docs/kubernetes.md does not create the agent example's ConfigMap %s", v.ConfigMap.Name)
+		}
+	}
+}
