@@ -619,8 +619,6 @@ func TestManifestKustomize(t *testing.T) {
 	if err != nil {
 		t.Skip("kubectl not in PATH (Debian: apt-get install kubernetes-client); the other manifest tests do not need it")
 	}
-	// `kubectl apply --dry-run=client` cannot run here: even in client
-	// dry-run kubectl asks an API server for its resource types.
 	out, err := exec.Command(kubectl, "kustomize", manifestDir).Output()
 	if err != nil {
 		t.Fatalf("kubectl kustomize %s: %v\n%s", manifestDir, err, stderrOf(err))
@@ -1318,5 +1316,117 @@ func TestManifestDocs(t *testing.T) {
 		if v.ConfigMap != nil && !strings.Contains(docs, "create configmap "+v.ConfigMap.Name+" ") {
 			t.Errorf("docs/kubernetes.md does not create the agent example's ConfigMap %s", v.ConfigMap.Name)
 		}
+	}
+}
+
+// TestManifestKubectlDryRun runs `kubectl apply --dry-run=client` on the
+// base and the agent example. kubectl needs an API server's discovery even
+// in client dry-run, so the test serves a minimal one on 127.0.0.1: the
+// resource types the manifests use, and 404 for every object (all are
+// new). Schema validation needs the server's OpenAPI, which this server
+// lacks (--validate=false): the strict decoding above covers it. A write
+// request fails the test: a client dry run must send none.
+func TestManifestKubectlDryRun(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Skip("kubectl not in PATH (Debian: apt-get install kubernetes-client)")
+	}
+	resources := map[string][]map[string]any{
+		"/api/v1": {
+			{"name": "namespaces", "kind": "Namespace", "namespaced": false},
+			{"name": "services", "kind": "Service", "namespaced": true},
+			{"name": "configmaps", "kind": "ConfigMap", "namespaced": true},
+		},
+		"/apis/apps/v1": {
+			{"name": "statefulsets", "kind": "StatefulSet", "namespaced": true},
+			{"name": "deployments", "kind": "Deployment", "namespaced": true},
+		},
+		"/apis/policy/v1": {
+			{"name": "poddisruptionbudgets", "kind": "PodDisruptionBudget", "namespaced": true},
+		},
+	}
+	group := func(name string) map[string]any {
+		gv := map[string]any{"groupVersion": name + "/v1", "version": "v1"}
+		return map[string]any{"name": name, "versions": []any{gv}, "preferredVersion": gv}
+	}
+	var mu sync.Mutex
+	var writes []string
+	mux := http.NewServeMux()
+	reply := func(w http.ResponseWriter, code int, v any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		json.NewEncoder(w).Encode(v)
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			mu.Lock()
+			writes = append(writes, r.Method+" "+r.URL.Path)
+			mu.Unlock()
+			reply(w, http.StatusMethodNotAllowed, map[string]any{"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 405})
+			return
+		}
+		switch p := r.URL.Path; {
+		case p == "/api":
+			reply(w, 200, map[string]any{"kind": "APIVersions", "versions": []string{"v1"},
+				"serverAddressByClientCIDRs": []any{map[string]any{"clientCIDR": "0.0.0.0/0", "serverAddress": r.Host}}})
+		case p == "/apis":
+			reply(w, 200, map[string]any{"kind": "APIGroupList", "apiVersion": "v1", "groups": []any{group("apps"), group("policy")}})
+		case resources[p] != nil:
+			list := resources[p]
+			for _, res := range list {
+				res["singularName"] = ""
+				res["verbs"] = []string{"get", "list", "create", "update", "patch", "delete"}
+			}
+			reply(w, 200, map[string]any{"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": strings.TrimPrefix(strings.TrimPrefix(p, "/apis/"), "/api/"), "resources": list})
+		default:
+			reply(w, http.StatusNotFound, map[string]any{"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+		}
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: "http://`+ln.Addr().String()+`"}}]
+users: [{name: test, user: {}}]
+contexts: [{name: test, context: {cluster: test, user: test}}]
+current-context: test
+`), 0o600)
+	run := func(args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", kubeconfig, "--cache-dir", t.TempDir(),
+			"apply", "--dry-run=client", "--validate=false"}, args...)...)
+		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + t.TempDir()}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl apply --dry-run=client %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	out := run("-k", manifestDir)
+	for _, o := range baseObjects(t) {
+		want := strings.ToLower(o.kind) + "/" + o.name + " created (dry run)"
+		if o.kind == "StatefulSet" || o.kind == "PodDisruptionBudget" {
+			want = strings.ToLower(o.kind) + "." + map[string]string{"StatefulSet": "apps", "PodDisruptionBudget": "policy"}[o.kind] + "/" + o.name + " created (dry run)"
+		}
+		if !strings.Contains(out, want) {
+			t.Errorf("kubectl apply -k: no %q in:\n%s", want, out)
+		}
+	}
+	if out := run("-n", namespace, "-f", filepath.Join(manifestDir, "examples", "agent.yaml")); !strings.Contains(out, "deployment.apps/pico-agent-demo created (dry run)") {
+		t.Errorf("kubectl apply -f examples/agent.yaml:\n%s", out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(writes) > 0 {
+		t.Errorf("kubectl sent writes in a client dry run: %v", writes)
 	}
 }

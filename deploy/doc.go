@@ -2,7 +2,9 @@
 // (Dockerfile) and the Kubernetes manifests (kubernetes/), and of the tests
 // that check them without a Docker daemon or a cluster: the manifests
 // decode strictly into the Kubernetes API types and agree with each other,
-// with the Dockerfile and with pico-edge's flags; the Dockerfile's build
+// with the Dockerfile and with pico-edge's flags; kubectl (when installed)
+// builds them with kustomize and applies them in client dry-run against a
+// stand-in API discovery server on loopback; the Dockerfile's build
 // command builds static binaries from the context it leaves; the pod's
 // arguments start a real node that drains within the pod's grace period.
 package deploy
