@@ -19,6 +19,10 @@ func (s *Server) adminHandler() http.Handler {
 			http.Error(w, "not ready: node is starting or draining", http.StatusServiceUnavailable)
 			return
 		}
+		if c := s.cluster; c != nil && !c.ready() {
+			http.Error(w, "not ready: joining the cluster and learning who serves what", http.StatusServiceUnavailable)
+			return
+		}
 		w.Write([]byte("ready\n"))
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {

@@ -21,26 +21,30 @@ import (
 
 // acceptAgents accepts agent connections until ctx ends or ln closes. The
 // loop stays trivial: quic-go's accept queue holds only 32 connections.
-func (s *Server) acceptAgents(ctx context.Context, ln *quic.Listener) error {
+// It keeps accepting while the node drains, until shutdown closes ln: a
+// new agent is told at once to go elsewhere, and other nodes may still
+// relay to the agents that have not moved yet.
+func (s *Server) acceptAgents(ln *quic.Listener) error {
 	for {
-		conn, err := ln.Accept(ctx)
+		conn, err := ln.Accept(context.Background())
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, quic.ErrServerClosed) {
+			if errors.Is(err, quic.ErrServerClosed) {
 				return nil
 			}
 			return fmt.Errorf("accept agent connection: %w", err)
 		}
+		peer := conn.ConnectionState().TLS.NegotiatedProtocol == quicutil.ALPNPeer
 		s.mu.Lock()
-		if s.draining.Load() {
+		if s.connsClosed || s.draining.Load() && !peer {
 			s.mu.Unlock()
-			conn.CloseWithError(quicutil.ConnCodeGoingAway, "edge node is shutting down")
+			conn.CloseWithError(quicutil.ConnCodeGoingAway, "edge node "+s.cfg.NodeID+" is shutting down; connect to another node")
 			continue
 		}
 		s.conns.Add(1)
 		s.mu.Unlock()
 		go func() {
 			defer s.conns.Done()
-			if conn.ConnectionState().TLS.NegotiatedProtocol == quicutil.ALPNPeer {
+			if peer {
 				s.servePeerConn(conn)
 				return
 			}
@@ -526,10 +530,19 @@ func (sess *session) openStream(ctx context.Context, h *quicutil.StreamHeader, w
 	return quicutil.OpenConn(str, sess.conn.LocalAddr(), sess.conn.RemoteAddr(), hdr, wantAnswer), nil
 }
 
-// linkError is a failure of the connection to an agent itself.
-type linkError struct{ err error }
+// linkError is a failure of the connection to an agent, or of the relay
+// to another node, itself.
+type linkError struct {
+	via string // "relay to node X"; empty: the agent's link
+	err error
+}
 
-func (e *linkError) Error() string { return "agent link: " + e.err.Error() }
+func (e *linkError) Error() string {
+	if e.via != "" {
+		return e.via + ": " + e.err.Error()
+	}
+	return "agent link: " + e.err.Error()
+}
 func (e *linkError) Unwrap() error { return e.err }
 
 // agentInfo describes a session for /status/agents.

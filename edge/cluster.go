@@ -102,6 +102,8 @@ type cluster struct {
 	meta       []byte
 	left       bool
 	lastChange time.Time // of membership
+	startedAt  time.Time
+	joinedAt   time.Time // first successful join; zero before
 
 	stop chan struct{}  // closed by leave
 	wg   sync.WaitGroup // senders and the join loop
@@ -111,16 +113,17 @@ type cluster struct {
 func (s *Server) startCluster(agentAddr net.Addr) error {
 	cfg := s.cfg.Cluster
 	c := &cluster{
-		s:       s,
-		cfg:     *cfg,
-		log:     s.log.With("component", "cluster"),
-		local:   s.local,
-		remote:  routing.NewCluster(s.table),
-		epoch:   s.epoch,
-		peers:   make(map[string]*peer),
-		members: make(map[string]member),
-		senders: make(map[string]*sender),
-		stop:    make(chan struct{}),
+		s:         s,
+		cfg:       *cfg,
+		log:       s.log.With("component", "cluster"),
+		local:     s.local,
+		remote:    routing.NewCluster(s.table),
+		epoch:     s.epoch,
+		peers:     make(map[string]*peer),
+		members:   make(map[string]member),
+		startedAt: time.Now(),
+		senders:   make(map[string]*sender),
+		stop:      make(chan struct{}),
 	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = s.cfg.NodeID
@@ -225,6 +228,9 @@ func (c *cluster) joinLoop() {
 			case n > 0 && !joined:
 				c.log.Info("joined cluster", "contacted", n, "members", c.ml.NumMembers())
 				joined = true
+				c.mu.Lock()
+				c.joinedAt = time.Now()
+				c.mu.Unlock()
 			case err != nil && !joined && err.Error() != lastWarn:
 				c.log.Warn("cannot join cluster yet; retrying", "join", c.cfg.Join, "err", err)
 				lastWarn = err.Error()
@@ -234,7 +240,10 @@ func (c *cluster) joinLoop() {
 				c.log.Debug("rejoin", "addrs", missing, "err", err)
 			}
 		} else if !joined {
-			joined = true
+			joined = true // every join address is a member already
+			c.mu.Lock()
+			c.joinedAt = time.Now()
+			c.mu.Unlock()
 		}
 		if joined {
 			wait = c.cfg.RejoinInterval
@@ -278,6 +287,47 @@ func (c *cluster) missingJoinAddrs() []string {
 		}
 	}
 	return out
+}
+
+// Readiness of a node that joins a cluster: it waits for the join and for
+// every member's ownership state, so that a load balancer does not send it
+// requests it would answer "no upstream" for. It waits no longer than
+// readyAfterJoin after the join, and readyAnyway after start (the nodes to
+// join may all be down: then this node serves its own agents).
+const (
+	readyAfterJoin = 3 * time.Second
+	readyAnyway    = 10 * time.Second
+)
+
+func (c *cluster) ready() bool {
+	if len(c.cfg.Join) == 0 {
+		return true
+	}
+	c.mu.Lock()
+	joinedAt, startedAt := c.joinedAt, c.startedAt
+	names := make([]string, 0, len(c.members))
+	for name := range c.members {
+		names = append(names, name)
+	}
+	c.mu.Unlock()
+	switch {
+	case time.Since(startedAt) > readyAnyway:
+		return true
+	case joinedAt.IsZero():
+		return false
+	case time.Since(joinedAt) > readyAfterJoin:
+		return true
+	}
+	routed := make(map[string]bool)
+	for _, n := range c.remote.Nodes() {
+		routed[n.Node] = n.Alive
+	}
+	for _, name := range names {
+		if !routed[name] {
+			return false
+		}
+	}
+	return true
 }
 
 // setDraining tells the cluster this node is shutting down.

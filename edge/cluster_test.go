@@ -584,3 +584,33 @@ func BenchmarkRelay(b *testing.B) {
 		})
 	}
 }
+
+// TestClusterReadyAfterSync: a node that joins says ready only once it
+// can route what the cluster serves, so a load balancer never sends it a
+// request it would answer "no upstream" for.
+func TestClusterReadyAfterSync(t *testing.T) {
+	cl := edgetest.NewCluster(t, 1)
+	a := cl.Nodes[0].NewAgent(t, singleLink)
+	if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders())); err != nil {
+		t.Fatal(err)
+	}
+	n1 := cl.Add(t, "node-1")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get(n1.AdminURL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the joining node never became ready")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if r := n1.Server.Table().Remote("foo"); len(r) != 1 {
+		t.Fatalf("ready before it could route foo (%d owners)", len(r))
+	}
+}

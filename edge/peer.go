@@ -271,11 +271,11 @@ func (p *peer) openStream(ctx context.Context, h *quicutil.StreamHeader, wantAns
 	defer cancel()
 	conn, err := p.connection(ctx)
 	if err != nil {
-		return nil, &linkError{err: err}
+		return nil, &linkError{via: "relay to node " + p.node, err: err}
 	}
 	str, err := conn.OpenStreamSync(ctx)
 	if err != nil {
-		return nil, &linkError{err: err}
+		return nil, &linkError{via: "relay to node " + p.node, err: err}
 	}
 	p.streams.Add(1)
 	p.c.s.m.relayOut.Inc()

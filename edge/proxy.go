@@ -470,6 +470,10 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		if se.Message == "" {
 			msg = fmt.Sprintf("endpoint %q: %s", ep, se.Code)
 		}
+	case errors.As(err, &le):
+		// The stream could not be opened: the agent's link, or the relay to
+		// another node, failed or timed out. Not the upstream's slowness.
+		msg = fmt.Sprintf("endpoint %q: %v", ep, le)
 	case isTimeout(err):
 		status = http.StatusGatewayTimeout
 		msg = fmt.Sprintf("endpoint %q: upstream did not answer within %s", ep, s.cfg.ResponseHeaderTimeout)

@@ -64,6 +64,9 @@ type Server struct {
 	tr       *quic.Transport
 	ln       *quic.Listener
 	running  bool
+	// connsClosed: shutdown is closing every connection; acceptAgents
+	// adds none to conns from then on.
+	connsClosed bool
 
 	membersMu      sync.Mutex
 	membersChanged chan struct{} // closed and replaced when membership changes
@@ -234,7 +237,7 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	s.mu.Lock()
 	s.tlsDoor = door
 	s.mu.Unlock()
-	g.Go(func() error { return s.acceptAgents(gctx, ln) })
+	g.Go(func() error { return s.acceptAgents(ln) })
 	if s.auth != nil && s.auth.jwks != nil {
 		g.Go(func() error { s.auth.jwks.run(); return nil }) // until shutdown closes it
 	}
@@ -287,7 +290,7 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 // shutdown drains when graceful, then closes everything. It runs once.
 func (s *Server) shutdown(graceful bool) {
 	s.ready.Store(false)
-	s.mu.Lock() // after this, acceptAgents adds no connection to s.conns
+	s.mu.Lock() // after this, acceptAgents takes no new agent
 	s.draining.Store(true)
 	s.mu.Unlock()
 	grace := s.cfg.ShutdownGrace
@@ -354,6 +357,7 @@ func (s *Server) shutdown(graceful bool) {
 	}
 	s.mu.Lock()
 	ln, tr := s.ln, s.tr
+	s.connsClosed = true // after this, acceptAgents adds no connection to s.conns
 	s.mu.Unlock()
 	ln.Close()
 	for _, sess := range s.sessionList() {
