@@ -598,7 +598,11 @@ func (r *replayReader) Close() error { return nil }
 // writable.
 func trackBody(body io.ReadCloser, tg target, s *Server) io.ReadCloser {
 	if rw, ok := body.(io.ReadWriteCloser); ok {
-		return &trackedRWBody{trackedBody: trackedBody{ReadCloser: body, tg: tg, s: s}, w: rw}
+		b := &trackedRWBody{trackedBody: trackedBody{ReadCloser: body, tg: tg, s: s}, w: rw}
+		s.mu.Lock()
+		s.ending[b] = func() { b.Close() }
+		s.mu.Unlock()
+		return b
 	}
 	return &trackedBody{ReadCloser: body, tg: tg, s: s}
 }
@@ -629,6 +633,13 @@ type trackedRWBody struct {
 }
 
 func (b *trackedRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
+
+func (b *trackedRWBody) Close() error {
+	b.s.mu.Lock()
+	delete(b.s.ending, b)
+	b.s.mu.Unlock()
+	return b.trackedBody.Close()
+}
 
 // bufferPool lends ReverseProxy its 32 KiB copy buffers.
 type bufferPool struct{}

@@ -58,12 +58,15 @@ type Server struct {
 
 	mu       sync.Mutex // guards the fields below
 	sessions map[uint64]*session
-	peerIn   map[*quic.Conn]struct{}     // relay connections other nodes opened; nil once closed
-	spliced  map[*quicutil.Conn]struct{} // both ends of TCP forwards and relayed streams
-	nextID   uint64
-	tr       *quic.Transport
-	ln       *quic.Listener
-	running  bool
+	peerIn   map[*quic.Conn]struct{} // relay connections other nodes opened; nil once closed
+	// ending holds what ends a long-lived stream cleanly when the grace
+	// period is over: a FIN on both ends of TCP forwards and relayed
+	// streams, a close of the agent side of upgraded connections.
+	ending  map[any]func()
+	nextID  uint64
+	tr      *quic.Transport
+	ln      *quic.Listener
+	running bool
 	// connsClosed: shutdown is closing every connection; acceptAgents
 	// adds none to conns from then on.
 	connsClosed bool
@@ -97,7 +100,7 @@ func New(cfg Config) (*Server, error) {
 		epoch:          epoch,
 		sessions:       make(map[uint64]*session),
 		peerIn:         make(map[*quic.Conn]struct{}),
-		spliced:        make(map[*quicutil.Conn]struct{}),
+		ending:         make(map[any]func()),
 		started:        make(chan struct{}),
 		membersChanged: make(chan struct{}),
 		closed:         make(chan struct{}),
@@ -333,13 +336,19 @@ func (s *Server) shutdown(graceful bool) {
 		}
 	}
 	if graceful && s.activeStreams.Load() > 0 {
-		// The grace is over: end TCP streams with a FIN each way, so both
-		// ends see a clean EOF rather than a reset, and give them a moment.
+		// The grace is over: end TCP streams with a FIN each way, and
+		// upgraded connections from the agent's side (the proxy then closes
+		// the client's), so both ends see a clean EOF rather than a reset,
+		// and give them a moment.
 		s.mu.Lock()
-		for c := range s.spliced {
-			c.CloseWrite()
+		ends := make([]func(), 0, len(s.ending))
+		for _, end := range s.ending {
+			ends = append(ends, end)
 		}
 		s.mu.Unlock()
+		for _, end := range ends { // they take s.mu themselves
+			end()
+		}
 		end := time.Now().Add(time.Second)
 		for s.activeStreams.Load() > 0 && time.Now().Before(end) {
 			time.Sleep(20 * time.Millisecond)
@@ -418,12 +427,12 @@ func (s *Server) sessionList() []*session {
 // them cleanly when the grace period is over.
 func (s *Server) splice(a, b *quicutil.Conn, idle time.Duration) quicutil.JoinResult {
 	s.mu.Lock()
-	s.spliced[a], s.spliced[b] = struct{}{}, struct{}{}
+	s.ending[a], s.ending[b] = func() { a.CloseWrite() }, func() { b.CloseWrite() }
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.spliced, a)
-		delete(s.spliced, b)
+		delete(s.ending, a)
+		delete(s.ending, b)
 		s.mu.Unlock()
 	}()
 	return quicutil.Join(a, b, idle)

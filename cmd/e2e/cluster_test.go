@@ -1065,13 +1065,6 @@ func TestClusterRollingRestart(t *testing.T) {
 		t.Errorf("TCP stream failures during the rolling restart (want clean closes only): %q", tcp.failures)
 	}
 	if n := len(ws.resets) + len(tcp.resets); n > 0 && !t.Failed() {
-		// bc7234f ends TCP forwards and relayed streams with a FIN when the
-		// grace period ends; a WebSocket whose front door drains is still
-		// open when the process exits, after the cluster leave, and a
-		// message in flight then gets a reset.
-		knownBug(t, fmt.Sprintf("a WebSocket or TCP forward held through a draining node ends with a TCP reset, "+
-			"not a close frame or EOF, when the node's grace period ends or it exits: %d WebSocket and %d TCP-forward resets",
-			len(ws.resets), len(tcp.resets)))
 		t.Errorf("%d streams reset, want clean closes: %q", n, slices.Concat(ws.resets, tcp.resets))
 	}
 }
@@ -1098,11 +1091,6 @@ func TestClusterDrainStreams(t *testing.T) {
 		{"owner drains", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.drain == 0 {
-				knownBug(t, "an agent with one link that gets goaway dials its --edge node again first: the draining node completes "+
-					"the QUIC handshake but never answers the Hello, so the agent moves to the other node only after its 10s dial timeout; "+
-					"with --grace-period 3s the endpoint is unroutable for seconds after the node exits, and a relayed TCP stream is reset")
-			}
 			c := newCluster(t, 2, clusterOpts{extra: func(int) []string {
 				return []string{"--drain-delay", drainDelay.String(), "--grace-period", grace.String()}
 			}})
@@ -1189,8 +1177,6 @@ func TestClusterDrainRefusesAgents(t *testing.T) {
 	mark := e.mark()
 	e.signal(t, syscall.SIGTERM)
 	e.waitLine(t, mark, "the drain", isMsg("edge node shutting down"))
-	knownBug(t, "a draining node completes the QUIC handshake of a new agent connection but neither answers its Hello nor closes it: "+
-		"the agent waits until its idle or dial timeout")
 
 	pool, err := certs.LoadPool(e.ca)
 	if err != nil {
