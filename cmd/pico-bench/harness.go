@@ -84,6 +84,9 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	if opts.Scenarios["e"] && ctx.Err() == nil {
 		h.record("E", h.runE(ctx))
 	}
+	if opts.Scenarios["f"] && ctx.Err() == nil {
+		h.record("F", h.runF(ctx))
+	}
 	if h.res.Bulk != nil && h.res.QUICCopy != nil {
 		h.res.PicoVsQUICPct = pct(h.res.Bulk.PicoMiBps, h.res.QUICCopy.MiBps)
 	}
@@ -126,7 +129,7 @@ func (h *harness) warn(format string, args ...any) {
 
 // setup finds the module, builds the binaries and gathers host facts.
 func (h *harness) setup(ctx context.Context) error {
-	if h.opts.Scenarios["a"] || h.opts.Scenarios["b"] {
+	if h.opts.Scenarios["a"] || h.opts.Scenarios["b"] || h.opts.Scenarios["f"] {
 		if _, err := exec.LookPath("wrk"); err != nil {
 			return errors.New("wrk not found in PATH (Debian/Ubuntu: apt-get install wrk)")
 		}
@@ -272,15 +275,16 @@ func (e *edgeProc) caFile() string { return filepath.Join(e.dataDir, "ca.pem") }
 // With tlsDoor it also serves its HTTPS front door (HTTP/1.1 and HTTP/2 on
 // TCP, HTTP/3 on UDP); scenarios A, B and D run without it, as they always
 // have.
-func (h *harness) startEdge(ctx context.Context, name string, tlsDoor bool) (*edgeProc, error) {
+func (h *harness) startEdge(ctx context.Context, name string, tlsDoor bool, extra ...string) (*edgeProc, error) {
 	dir := filepath.Join(h.tmp, name)
 	tlsAddr := ""
 	if tlsDoor {
 		tlsAddr = "127.0.0.1:0"
 	}
-	p, err := h.procs.start(name, false, h.binary("pico-edge"),
+	p, err := h.procs.start(name, false, h.binary("pico-edge"), append([]string{
 		"--data-dir", dir, "--proxy-addr", "127.0.0.1:0", "--agent-addr", "127.0.0.1:0",
-		"--admin-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--new-conns-per-ip", "-1", "--proxy-tls-addr", tlsAddr, "--log-format", "json", "--no-access-log", "--node-id", name)
+		"--admin-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--new-conns-per-ip=-1", "--proxy-tls-addr", tlsAddr,
+		"--log-format", "json", "--no-access-log", "--node-id", name}, extra...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -413,7 +417,7 @@ func (h *harness) wrk(ctx context.Context, target, url string, conns int, d time
 	threads := min(2, conns)
 	args := []string{"-t" + strconv.Itoa(threads), "-c" + strconv.Itoa(conns),
 		"-d" + strconv.Itoa(int(d/time.Second)) + "s", "--latency", "--timeout", "5s"}
-	if target == "pico" {
+	if !strings.HasPrefix(url, "http://"+h.upAddr+"/") { // an edge, not the upstream itself
 		args = append(args, "-H", "x-pico-endpoint: bench")
 	}
 	args = append(args, url)

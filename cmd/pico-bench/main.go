@@ -12,6 +12,8 @@
 //	D  edge RSS per idle agent link, and per endpoint
 //	E  small requests over HTTPS: HTTP/2 (h2load) and HTTP/3 (the h3load subcommand) through the
 //	   edge's TLS front door, each against the upstream's own TLS listener speaking the same protocol
+//	F  cross-node relay: small requests through the node the agent is linked to, and through
+//	   another node of the cluster that relays them, at 1, 16 and 64 connections
 //
 // It prints tables to stdout and writes the raw figures as JSON (--json).
 //
@@ -90,7 +92,7 @@ var subcommands = map[string]func(ctx context.Context, args []string) error{
 	"h3load":      runH3Load,
 }
 
-var allScenarios = []string{"a", "b", "c", "d", "e"}
+var allScenarios = []string{"a", "b", "c", "d", "e", "f"}
 
 func parseFlags(args []string) (Options, error) {
 	fs := flag.NewFlagSet("pico-bench", flag.ContinueOnError)
@@ -103,7 +105,7 @@ func parseFlags(args []string) (Options, error) {
 	}
 	duration := fs.Duration("duration", 10*time.Second, "length of each wrk run and of the QUIC copy (whole seconds, at least 1s)")
 	quick := fs.Bool("quick", false, "smoke mode: 3s runs (unless --duration is given), shorter warm-up and settle")
-	scenarios := fs.String("scenarios", "a,b,c,d,e", "scenarios to run, comma separated: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory), e (small requests over HTTP/2 and HTTP/3)")
+	scenarios := fs.String("scenarios", "a,b,c,d,e", "scenarios to run, comma separated: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory), e (small requests over HTTP/2 and HTTP/3), f (cross-node relay)")
 	idle := fs.Int("idle-agents", 200, "idle agent links K in scenario D")
 	quietWait := fs.Duration("quiet-wait", 30*time.Second, "before each measurement, wait up to this long for other processes' CPU use to drop below 0.15 cores (0: don't wait); the run proceeds, flagged, if it does not")
 	repeat := fs.Int("repeat", 1, "run each direct/pico pair (and the QUIC copy) this many times, interleaved, and report the median ratio; use 3 on a busy machine")
@@ -165,10 +167,10 @@ func parseScenarios(s string) (map[string]bool, error) {
 			for _, k := range allScenarios {
 				out[k] = true
 			}
-		case "a", "b", "c", "d", "e":
+		case "a", "b", "c", "d", "e", "f":
 			out[p] = true
 		default:
-			return nil, fmt.Errorf("--scenarios: unknown scenario %q (want a, b, c, d, e or all)", p)
+			return nil, fmt.Errorf("--scenarios: unknown scenario %q (want a, b, c, d, e, f or all)", p)
 		}
 	}
 	if len(out) == 0 {

@@ -47,6 +47,20 @@ func printReport(w io.Writer, r *Results) {
 		}
 		tw.Flush()
 	}
+	if len(r.Relay) > 0 {
+		fmt.Fprintf(w, "\nF. cross-node relay: small requests through the agent's node (baseline) and through another node that relays them; CPU = seconds per 1000 requests\n")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "conns\tdirect req/s\tnode req/s\trelay req/s\trelay/node\tdirect p50\tnode p50/p99\trelay p50/p99\tp50 relay/node\tnode-1 cpu\tnode-2 cpu\tagent cpu\tother n/r\t")
+		for _, row := range r.Relay {
+			fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s / %s\t%s / %s\t%.2fx\t%.3f\t%.3f\t%.3f\t%.2f / %.2f\t%s\n",
+				row.Conns, row.Direct.Result.RequestsPerSec, row.Node.Result.RequestsPerSec, row.Relay.Result.RequestsPerSec,
+				fmtRatio(row.ReqRatioPct, row.Pairs), fmtUs(row.Direct.Result.P50Us),
+				fmtUs(row.Node.Result.P50Us), fmtUs(row.Node.Result.P99Us), fmtUs(row.Relay.Result.P50Us), fmtUs(row.Relay.Result.P99Us),
+				row.P50RatioTimes, row.Relay.CPUPer1kReq["edge"], row.Relay.CPUPer1kReq["relay"], row.Relay.CPUPer1kReq["agent"],
+				row.Node.OtherCores, row.Relay.OtherCores, errNote(row.Node, row.Relay))
+		}
+		tw.Flush()
+	}
 	if b := r.Bulk; b != nil {
 		fmt.Fprintf(w, "\nB. 1 MiB responses, wrk -t2 -c%d (MiB/s = wrk Transfer/sec, binary units); CPU = seconds per GiB through pico\n", b.Conns)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -21,6 +21,10 @@ type Results struct {
 	// TLSNotes say what scenario E left out or substituted, and why.
 	TLSNotes []string `json:"scenario_e_notes,omitempty"`
 
+	// Relay is scenario F: small requests through the agent's node (the
+	// baseline) and through another node that relays them.
+	Relay []RelayRow `json:"scenario_f_relay,omitempty"`
+
 	// PicoVsQUICPct is scenario B's Pico MiB/s over scenario C's quic-go
 	// copy MiB/s, in percent (target >= 70).
 	PicoVsQUICPct float64 `json:"pico_1mib_c4_vs_quic_copy_pct,omitempty"`
@@ -184,5 +188,17 @@ type TLSRow struct {
 	ReqRatioPct   float64     `json:"req_per_sec_ratio_pct"`
 	P50RatioTimes float64     `json:"p50_ratio_times"`
 	P99RatioTimes float64     `json:"p99_ratio_times"`
+	Pairs         []PairRatio `json:"pairs"`
+}
+
+// RelayRow is one connection count of scenario F. Direct is the upstream
+// alone, Node the agent's node, Relay another node relaying to it.
+type RelayRow struct {
+	Conns         int         `json:"conns"`
+	Direct        WrkRun      `json:"direct"`
+	Node          WrkRun      `json:"node"`
+	Relay         WrkRun      `json:"relay"`
+	ReqRatioPct   float64     `json:"relay_vs_node_req_per_sec_pct"`
+	P50RatioTimes float64     `json:"relay_vs_node_p50_times"`
 	Pairs         []PairRatio `json:"pairs"`
 }
