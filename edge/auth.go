@@ -462,23 +462,39 @@ func parseScope(entries []string) (scope, error) {
 	}
 	sc := scope{entries: entries}
 	for _, e := range entries {
+		if err := ValidateEndpointPattern(e); err != nil {
+			return scope{}, refuse("token claim pico.endpoints: %v", err)
+		}
 		switch {
 		case e == "*":
 			sc.all = true
 		case strings.HasSuffix(e, "*"):
-			p := strings.TrimSuffix(e, "*")
-			if err := validPrefix(p); err != nil {
-				return scope{}, refuse("token claim pico.endpoints: entry %q: %v", e, err)
-			}
-			sc.prefixes = append(sc.prefixes, p)
+			sc.prefixes = append(sc.prefixes, strings.TrimSuffix(e, "*"))
 		default:
-			if err := quicutil.ValidateEndpointID(e); err != nil {
-				return scope{}, refuse("token claim pico.endpoints: entry %q is neither an endpoint ID nor a prefix wildcard: %v", e, err)
-			}
 			sc.ids = append(sc.ids, e)
 		}
 	}
 	return sc, nil
+}
+
+// ValidateEndpointPattern reports whether p is an entry of the
+// pico.endpoints claim: an endpoint ID, a prefix wildcard ("team-a-*": a
+// non-empty prefix of a-z, 0-9 and '-', not starting with '-', then '*')
+// or "*" (every endpoint).
+func ValidateEndpointPattern(p string) error {
+	switch {
+	case p == "*":
+		return nil
+	case strings.HasSuffix(p, "*"):
+		if err := validPrefix(strings.TrimSuffix(p, "*")); err != nil {
+			return fmt.Errorf("entry %q: %v", p, err)
+		}
+		return nil
+	}
+	if err := quicutil.ValidateEndpointID(p); err != nil {
+		return fmt.Errorf("entry %q is neither an endpoint ID nor a prefix wildcard: %v", p, err)
+	}
+	return nil
 }
 
 func validPrefix(p string) error {

@@ -29,7 +29,8 @@ type Globals struct {
 	Edge        string         `help:"Edge agent addresses (host:port), comma separated, tried in turn." default:"127.0.0.1:8001"`
 	CA          string         `help:"PEM bundle of CA certificates that verify the edge (default: the system roots)." type:"existingfile"`
 	ServerName  string         `help:"Name to verify in the edge's certificate (default: the host of --edge)."`
-	Token       string         `help:"Token presented to the edge."`
+	Token       string         `help:"Token presented to the edge (a JWT when the edge checks tokens)."`
+	TokenFile   string         `help:"File with the token, looked at every 2s: when it changes, new links use the new token and live links hand it to their edge, which keeps them past the old token's expiry." type:"path"`
 	Connections int            `help:"Links to keep, each to a distinct edge node; every link registers every endpoint. 0: 2 when more than one edge node is known (several --edge addresses, or the edge lists other nodes of its cluster), else 1." default:"0"`
 	cli.LogFlags
 }
@@ -87,11 +88,15 @@ func main() {
 }
 
 func (g *Globals) newAgent(log *slog.Logger) (*agent.Agent, error) {
+	token, err := g.token()
+	if err != nil {
+		return nil, err
+	}
 	cfg := agent.Config{
 		Edges:       cli.SplitList(g.Edge),
 		Connections: g.Connections,
 		ServerName:  g.ServerName,
-		Token:       g.Token,
+		Token:       token,
 		Name:        "pico-agent/" + cli.Version(),
 		Logger:      log,
 	}
@@ -159,7 +164,7 @@ func (s *ServeCmd) run(ctx context.Context, g *Globals, log *slog.Logger, kind q
 	if err != nil {
 		return err
 	}
-	return runAgent(ctx, a, func(ctx context.Context) error {
+	return runAgent(ctx, a, g.withTokenFile(a, log, func(ctx context.Context) error {
 		for _, p := range pairs {
 			var err error
 			if kind == quicutil.KindTCP {
@@ -176,7 +181,7 @@ func (s *ServeCmd) run(ctx context.Context, g *Globals, log *slog.Logger, kind q
 			fmt.Fprintf(os.Stderr, "endpoint %s (%s) is registered: forwarding to %s (%s)\n", p.id, kind, p.up.Addr, p.proto)
 		}
 		return nil
-	})
+	}))
 }
 
 // parseUpstream turns a port, host:port or http(s) URL into host:port and
@@ -268,7 +273,7 @@ func (f *ForwardCmd) run(ctx context.Context, g *Globals, log *slog.Logger) erro
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "forwarding %s to endpoint %s\n", ln.Addr(), f.Endpoint)
-	return runAgent(ctx, a, func(ctx context.Context) error {
+	return runAgent(ctx, a, g.withTokenFile(a, log, func(ctx context.Context) error {
 		stop := context.AfterFunc(ctx, func() { ln.Close() })
 		defer stop()
 		var wg sync.WaitGroup
@@ -283,7 +288,7 @@ func (f *ForwardCmd) run(ctx context.Context, g *Globals, log *slog.Logger) erro
 			}
 			wg.Go(func() { forwardConn(ctx, a, c, f.Endpoint, log) })
 		}
-	})
+	}))
 }
 
 func forwardConn(ctx context.Context, a *agent.Agent, c net.Conn, endpoint string, log *slog.Logger) {

@@ -70,17 +70,43 @@ type CLI struct {
 	AccessLogSample float64  `help:"Fraction of requests below status 500 that get an access-log line (errors always do)." default:"1" group:"Logging"`
 	AccessLogOff    []string `help:"Endpoints whose requests and connections are never logged, comma separated." sep:"," group:"Logging"`
 	cli.LogFlags    `embed:"" group:"Logging"`
+
+	AuthFlags `embed:""`
 }
 
-func main() {
-	var c CLI
-	kctx := kong.Parse(&c,
+// commands are pico-edge's commands: the node itself, the default (so
+// that 'pico-edge [flags]' runs it), and token.
+type commands struct {
+	Serve CLI      `cmd:"" default:"withargs" help:"Run an edge node (the default command: 'pico-edge [flags]' is 'pico-edge serve [flags]')."`
+	Token TokenCmd `cmd:"" help:"Mint an HS256 token from an HMAC secret file (created if missing) and print it: pico-edge token --endpoints foo,bar --ttl 24h --hmac-secret-file FILE."`
+}
+
+func newParser(c *commands) (*kong.Kong, error) {
+	return kong.New(c,
 		kong.Name("pico-edge"),
 		kong.Description("Pico edge node: proxies HTTP requests and TCP connections to agents connected over QUIC.\n\nEvery flag can also be set with a PICO_* environment variable, e.g. PICO_PROXY_ADDR, or in the --config file."),
 		kong.DefaultEnvars("PICO"),
 		kong.Vars{"data_dir": defaultDataDir()},
 		kong.UsageOnError(),
 	)
+}
+
+func main() {
+	var cmds commands
+	parser, err := newParser(&cmds)
+	if err != nil {
+		panic(err) // the command structs are wrong
+	}
+	kctx, err := parser.Parse(os.Args[1:])
+	parser.FatalIfErrorf(err)
+	if kctx.Command() == "token" {
+		if err := cmds.Token.run(os.Stdout, os.Stderr, time.Now()); err != nil {
+			fmt.Fprintln(os.Stderr, "pico-edge token:", err)
+			kctx.Exit(1)
+		}
+		return
+	}
+	c := &cmds.Serve
 	log := c.Logger(os.Stderr)
 	if err := c.run(log); err != nil {
 		log.Error("pico-edge failed", "err", err)
@@ -137,7 +163,12 @@ func (c *CLI) run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	auth, err := c.AuthFlags.config()
+	if err != nil {
+		return err
+	}
 	srv, err := edge.New(edge.Config{
+		Auth:                      auth,
 		TrustedProxies:            trusted,
 		NodeID:                    c.NodeID,
 		Version:                   cli.Version(),
@@ -173,9 +204,7 @@ func (c *CLI) run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	log.Warn("no authentication configured: anyone who can reach the agent port can register any endpoint, " +
-		"and anyone who can reach the proxy port can use every endpoint")
-	c.printAgentHint(lns, caFile)
+	c.printAgentHint(lns, caFile) // the node says at start who must authenticate
 	return srv.Run(ctx, lns)
 }
 
@@ -307,19 +336,20 @@ func (c *CLI) printAgentHint(lns edge.Listeners, caFile string) {
 	if caFile != "" {
 		cmd += " --ca " + caFile
 	}
+	token, mint, curlAuth := tokenHint(&c.AuthFlags)
 	fmt.Fprintf(os.Stderr, "\nConnect an agent (here: endpoint foo served by localhost:3000):\n\n"+
-		"    %s\n\n"+
-		"    e.g. go run ./cmd/pico-agent http foo 3000 --edge %s%s\n\n"+
-		"Then send requests:  curl -H 'x-pico-endpoint: foo' http://%s/   or   curl http://foo.localhost:%s/\n",
-		cmd, agent, caHint(caFile), proxy, portOf(proxy))
+		"%s    %s%s\n\n"+
+		"    e.g. go run ./cmd/pico-agent http foo 3000 --edge %s%s%s\n\n"+
+		"Then send requests:  curl%s -H 'x-pico-endpoint: foo' http://%s/   or   curl%s http://foo.localhost:%s/\n",
+		mint, cmd, token, agent, caHint(caFile), token, curlAuth, proxy, curlAuth, portOf(proxy))
 	if lns.TLS != nil {
 		tlsAddr := loopbackIfUnspecified(lns.TLS.Addr().String())
 		cacert := ""
 		if caFile != "" {
 			cacert = " --cacert " + caFile
 		}
-		fmt.Fprintf(os.Stderr, "HTTPS, HTTP/2 and HTTP/3 (UDP) on port %s:  curl%s https://foo.pico.localhost:%s/\n",
-			portOf(tlsAddr), cacert, portOf(tlsAddr))
+		fmt.Fprintf(os.Stderr, "HTTPS, HTTP/2 and HTTP/3 (UDP) on port %s:  curl%s%s https://foo.pico.localhost:%s/\n",
+			portOf(tlsAddr), cacert, curlAuth, portOf(tlsAddr))
 	}
 	fmt.Fprintln(os.Stderr)
 }

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// With no command, pico-edge runs the node (serve) with the flags given;
+// token is a command of its own.
+func TestCommands(t *testing.T) {
+	tests := map[string]struct {
+		args []string
+		want string
+		ok   func(c *commands) bool
+	}{
+		"no arguments": {nil, "serve", func(c *commands) bool { return c.Serve.ProxyAddr == ":8000" }},
+		"flags only": {[]string{"--proxy-addr", ":9000", "--auth-hmac-secret-file", "s.key", "--proxy-auth"}, "serve",
+			func(c *commands) bool {
+				return c.Serve.ProxyAddr == ":9000" && c.Serve.ProxyAuth && strings.HasSuffix(c.Serve.AuthHMACSecretFile, "s.key")
+			}},
+		"serve": {[]string{"serve", "--agent-addr", ":9001"}, "serve", func(c *commands) bool { return c.Serve.AgentAddr == ":9001" }},
+		"token": {[]string{"token", "--endpoints", "foo,team-a-*", "--hmac-secret-file", "s.key", "--ttl", "1h"}, "token",
+			func(c *commands) bool {
+				return strings.Join(c.Token.Endpoints, " ") == "foo team-a-*" && c.Token.TTL == time.Hour
+			}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var c commands
+			p, err := newParser(&c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kctx, err := p.Parse(tc.args)
+			if err != nil {
+				t.Fatalf("parse %q: %v", tc.args, err)
+			}
+			if got := kctx.Command(); got != tc.want {
+				t.Fatalf("command = %q, want %q", got, tc.want)
+			}
+			if !tc.ok(&c) {
+				t.Fatalf("flags not as given: %+v", c)
+			}
+		})
+	}
+}
+
+// pico-edge token creates the secret when there is none, and mints a
+// token that the edge's flags verify.
+func TestTokenRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "sub", "s.key")
+	cmd := TokenCmd{Endpoints: []string{"foo", "team-a-*"}, TTL: 2 * time.Hour, HMACSecretFile: file,
+		Issuer: "me", Audience: "edge", Subject: "ci"}
+	var out, errOut bytes.Buffer
+	now := time.Now()
+	if err := cmd.run(&out, &errOut, now); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errOut.String(), "created the HMAC secret "+file) {
+		t.Errorf("stderr = %q, want a note that the secret was created", errOut.String())
+	}
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file: %v, mode %v; want 0600", err, fi.Mode())
+	}
+	flags := AuthFlags{AuthHMACSecretFile: file, AuthIssuer: "me", AuthAudience: "edge", AuthLeeway: 30 * time.Second, AuthMaxTokenLifetime: 24 * time.Hour}
+	ac, err := flags.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var claims struct {
+		jwt.RegisteredClaims
+		Pico struct{ Endpoints []string } `json:"pico"`
+	}
+	token := strings.TrimSpace(out.String())
+	if _, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return ac.HMACSecret, nil },
+		jwt.WithValidMethods([]string{"HS256"}), jwt.WithIssuer("me"), jwt.WithAudience("edge"), jwt.WithExpirationRequired()); err != nil {
+		t.Fatalf("verify %q: %v", token, err)
+	}
+	if got := strings.Join(claims.Pico.Endpoints, ","); got != "foo,team-a-*" || claims.Subject != "ci" ||
+		claims.ExpiresAt.Unix() != now.Add(2*time.Hour).Unix() {
+		t.Fatalf("claims = %+v", claims)
+	}
+
+	// The second run uses the same secret and says nothing of it.
+	out.Reset()
+	errOut.Reset()
+	if err := cmd.run(&out, &errOut, now); err != nil || errOut.Len() != 0 {
+		t.Fatalf("second run: %v, stderr %q", err, errOut.String())
+	}
+	for name, tc := range map[string]struct {
+		cmd  TokenCmd
+		want string
+	}{
+		"bad endpoint": {TokenCmd{Endpoints: []string{"Foo"}, TTL: time.Hour, HMACSecretFile: file}, `entry "Foo" is neither`},
+		"bad wildcard": {TokenCmd{Endpoints: []string{"a*b*"}, TTL: time.Hour, HMACSecretFile: file}, `entry "a*b*"`},
+		"zero ttl":     {TokenCmd{Endpoints: []string{"foo"}, HMACSecretFile: file}, "--ttl 0s: want a positive duration"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if err := tc.cmd.run(&out, &errOut, now); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("run = %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestAuthFlags(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalPKIXPublicKey(&ec.PublicKey)
+	ecPEM := write("ec.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})))
+
+	if ac, err := (&AuthFlags{}).config(); ac != nil || err != nil {
+		t.Fatalf("no flags: %v, %v; want no auth", ac, err)
+	}
+	ac, err := (&AuthFlags{AuthECDSAPublicKey: ecPEM, ProxyAuth: true}).config()
+	if err != nil || ac.ECDSAPublicKey == nil || !ac.ProxyAuth {
+		t.Fatalf("ECDSA key: %+v, %v", ac, err)
+	}
+	for name, tc := range map[string]struct {
+		flags AuthFlags
+		want  string
+	}{
+		"missing secret":    {AuthFlags{AuthHMACSecretFile: filepath.Join(dir, "none.key")}, "'pico-edge token --hmac-secret-file " + filepath.Join(dir, "none.key")},
+		"short secret":      {AuthFlags{AuthHMACSecretFile: write("short.key", "abc\n")}, "secret of 3 bytes, want at least 32"},
+		"EC key as RSA":     {AuthFlags{AuthRSAPublicKey: ecPEM}, "--auth-rsa-public-key " + ecPEM},
+		"EC key as Ed25519": {AuthFlags{AuthEd25519PublicKey: ecPEM}, "--auth-ed25519-public-key " + ecPEM},
+		"proxy auth alone":  {AuthFlags{ProxyAuth: true}, "--proxy-auth, --auth-issuer and --auth-audience need a key"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := tc.flags.config(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("config = %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+}
