@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pico-edge/pico/agent"
+	"github.com/pico-edge/pico/edge"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
 )
@@ -29,7 +31,14 @@ type smugglingVector struct {
 // connection. Whatever the edge does, the upstream never sees the smuggled
 // request, and sees at most one request per vector; vectors expected to be
 // rejected get an error status and reach nobody.
-func TestSmugglingVectors(t *testing.T) {
+func TestSmugglingVectors(t *testing.T) { runSmugglingVectors(t, false) }
+
+// TestSmugglingVectorsWithAuth runs the corpus against a node with proxy
+// auth on, each vector carrying a valid token in its first request (a
+// smuggled request has none).
+func TestSmugglingVectorsWithAuth(t *testing.T) { runSmugglingVectors(t, true) }
+
+func runSmugglingVectors(t *testing.T, auth bool) {
 	b, err := os.ReadFile("../testdata/smuggling/http1.json")
 	if err != nil {
 		t.Fatal(err)
@@ -44,8 +53,15 @@ func TestSmugglingVectors(t *testing.T) {
 
 	// Each vector reaches its own endpoint and upstream, so that a request
 	// of one vector still on its way cannot be taken for another's.
-	n := edgetest.NewNode(t)
-	a := n.NewAgent(t)
+	var opts []func(*edge.Config)
+	token := ""
+	if auth {
+		now := time.Now()
+		opts = append(opts, authOpt(fixedClock(now), func(c *edge.AuthConfig) { c.ProxyAuth = true }))
+		token = hs256(t, claims(now, "v*"))
+	}
+	n := edgetest.NewNode(t, opts...)
+	a := n.NewAgent(t, func(c *agent.Config) { c.Token = token })
 	var mu sync.Mutex
 	seen := make([][]string, len(vectors)) // paths each upstream received
 	for i := range vectors {
@@ -69,7 +85,19 @@ func TestSmugglingVectors(t *testing.T) {
 			ep := fmt.Sprintf("v%d", i)
 			raw := strings.ReplaceAll(v.Raw, "web.localhost", ep+".localhost")
 			raw = strings.ReplaceAll(raw, "X-Pico-Endpoint: web\r", "X-Pico-Endpoint: "+ep+"\r")
+			if auth { // after the request line, with its line ending
+				if i := strings.IndexByte(raw, '\n'); i > 0 {
+					eol := "\n"
+					if raw[i-1] == '\r' {
+						eol = "\r\n"
+					}
+					raw = raw[:i+1] + "X-Pico-Authorization: Bearer " + token + eol + raw[i+1:]
+				}
+			}
 			statuses := sendRaw(t, proxy, raw)
+			if auth && len(statuses) > 0 && statuses[0] == http.StatusUnauthorized {
+				t.Fatalf("statuses %v: the vector's own request was refused for its token", statuses)
+			}
 			mu.Lock()
 			got := append([]string(nil), seen[i]...)
 			mu.Unlock()
