@@ -72,16 +72,14 @@ type CLI struct {
 	cli.LogFlags    `embed:"" group:"Logging"`
 
 	AuthFlags `embed:""`
-}
 
-// commands are pico-edge's commands: the node itself, the default (so
-// that 'pico-edge [flags]' runs it), and token.
-type commands struct {
-	Serve CLI      `cmd:"" default:"withargs" help:"Run an edge node (the default command: 'pico-edge [flags]' is 'pico-edge serve [flags]')."`
+	// The node is the default command, so that 'pico-edge [flags]' runs
+	// it and 'pico-edge --help' lists its flags.
+	Serve struct{} `cmd:"" default:"1" hidden:"" help:"Run the edge node (the default)."`
 	Token TokenCmd `cmd:"" help:"Mint an HS256 token from an HMAC secret file (created if missing) and print it: pico-edge token --endpoints foo,bar --ttl 24h --hmac-secret-file FILE."`
 }
 
-func newParser(c *commands) (*kong.Kong, error) {
+func newParser(c *CLI) (*kong.Kong, error) {
 	return kong.New(c,
 		kong.Name("pico-edge"),
 		kong.Description("Pico edge node: proxies HTTP requests and TCP connections to agents connected over QUIC.\n\nEvery flag can also be set with a PICO_* environment variable, e.g. PICO_PROXY_ADDR, or in the --config file."),
@@ -92,21 +90,20 @@ func newParser(c *commands) (*kong.Kong, error) {
 }
 
 func main() {
-	var cmds commands
-	parser, err := newParser(&cmds)
+	var c CLI
+	parser, err := newParser(&c)
 	if err != nil {
 		panic(err) // the command structs are wrong
 	}
 	kctx, err := parser.Parse(os.Args[1:])
 	parser.FatalIfErrorf(err)
 	if kctx.Command() == "token" {
-		if err := cmds.Token.run(os.Stdout, os.Stderr, time.Now()); err != nil {
+		if err := c.Token.run(os.Stdout, os.Stderr, time.Now()); err != nil {
 			fmt.Fprintln(os.Stderr, "pico-edge token:", err)
 			kctx.Exit(1)
 		}
 		return
 	}
-	c := &cmds.Serve
 	log := c.Logger(os.Stderr)
 	if err := c.run(log); err != nil {
 		log.Error("pico-edge failed", "err", err)

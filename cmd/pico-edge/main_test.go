@@ -22,22 +22,22 @@ func TestCommands(t *testing.T) {
 	tests := map[string]struct {
 		args []string
 		want string
-		ok   func(c *commands) bool
+		ok   func(c *CLI) bool
 	}{
-		"no arguments": {nil, "serve", func(c *commands) bool { return c.Serve.ProxyAddr == ":8000" }},
+		"no arguments": {nil, "serve", func(c *CLI) bool { return c.ProxyAddr == ":8000" }},
 		"flags only": {[]string{"--proxy-addr", ":9000", "--auth-hmac-secret-file", "s.key", "--proxy-auth"}, "serve",
-			func(c *commands) bool {
-				return c.Serve.ProxyAddr == ":9000" && c.Serve.ProxyAuth && strings.HasSuffix(c.Serve.AuthHMACSecretFile, "s.key")
+			func(c *CLI) bool {
+				return c.ProxyAddr == ":9000" && c.ProxyAuth && strings.HasSuffix(c.AuthHMACSecretFile, "s.key")
 			}},
-		"serve": {[]string{"serve", "--agent-addr", ":9001"}, "serve", func(c *commands) bool { return c.Serve.AgentAddr == ":9001" }},
+		"serve": {[]string{"serve", "--agent-addr", ":9001"}, "serve", func(c *CLI) bool { return c.AgentAddr == ":9001" }},
 		"token": {[]string{"token", "--endpoints", "foo,team-a-*", "--hmac-secret-file", "s.key", "--ttl", "1h"}, "token",
-			func(c *commands) bool {
+			func(c *CLI) bool {
 				return strings.Join(c.Token.Endpoints, " ") == "foo team-a-*" && c.Token.TTL == time.Hour
 			}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			var c commands
+			var c CLI
 			p, err := newParser(&c)
 			if err != nil {
 				t.Fatal(err)
