@@ -53,6 +53,10 @@ func (s *Server) acceptAgents(ln *quic.Listener) error {
 	}
 }
 
+// maxBadStreams is how many malformed streams an agent connection may open
+// before the edge closes it: a bug is reported, a flood is cut.
+const maxBadStreams = 10
+
 // controlReadBuffer sizes the control stream's reader: control messages are
 // rare and small, and an idle agent link should cost little memory.
 const controlReadBuffer = 512
@@ -70,10 +74,11 @@ type session struct {
 	rt2     *http.Transport // HTTP/2 over streams, made on first use
 	rt2Once sync.Once
 
-	inflight atomic.Int64  // streams in flight, for the balancer
-	movedAt  atomic.Int64  // when rebalancing asked it to move (unix ns)
-	leaving  atomic.Bool   // told to go away: used only when nothing else serves
-	streams  atomic.Uint64 // streams served in total
+	inflight   atomic.Int64  // streams in flight, for the balancer
+	movedAt    atomic.Int64  // when rebalancing asked it to move (unix ns)
+	badStreams atomic.Int32  // malformed streams the agent opened
+	leaving    atomic.Bool   // told to go away: used only when nothing else serves
+	streams    atomic.Uint64 // streams served in total
 
 	regLimit *rate.Limiter // Register messages
 
@@ -488,10 +493,18 @@ func (sess *session) handleDial(str *quic.Stream) {
 		err = fmt.Errorf("agent opened a %s stream; only tcp streams may be opened by agents", h.Kind)
 	}
 	if err != nil {
-		sess.log.Warn("stream refused", "err", err)
 		str.CancelRead(quicutil.StreamCodeBadHeader)
 		answer(c, quicutil.StatusBadHeader, err.Error())
 		c.Close()
+		s.m.badStreams.Inc()
+		switch n := sess.badStreams.Add(1); {
+		case n < maxBadStreams:
+			sess.log.Warn("stream refused", "err", err)
+		case n == maxBadStreams:
+			sess.log.Warn("connection closed: too many malformed streams", "streams", n, "err", err)
+			sess.conn.CloseWithError(quicutil.ConnCodeProtocolError,
+				fmt.Sprintf("%d malformed streams; last: %v", n, err))
+		}
 		return
 	}
 	if code, msg := s.authorizeDial(h); code != quicutil.StatusOK {

@@ -34,6 +34,7 @@ type serverMetrics struct {
 	ttfb                   *metrics.PrometheusHistogram
 	activeRequests         [3]*atomic.Int64 // by client protocol
 	registrationsThrottled *metrics.Counter
+	badStreams             *metrics.Counter
 	connRefused            map[string]*metrics.Counter // by limit: source, listener, global
 	set                    *metrics.Set
 }
@@ -92,6 +93,7 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	m.rebalanced = set.NewCounter("pico_rebalance_goaways_total")
 	m.overloaded = set.NewCounter("pico_endpoint_overloaded_total")
 	m.registrationsThrottled = set.NewCounter("pico_registrations_throttled_total")
+	m.badStreams = set.NewCounter("pico_malformed_streams_total")
 	m.connRefused = make(map[string]*metrics.Counter)
 	for _, r := range []string{"source", "listener", "global"} {
 		m.connRefused[r] = set.NewCounter(`pico_connections_refused_total{limit="` + r + `"}`)

@@ -2,14 +2,17 @@ package edge_test
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -257,4 +260,109 @@ func dialAgentRaw(t *testing.T, n *edgetest.Node) *quic.Conn {
 	}
 	t.Cleanup(func() { conn.CloseWithError(0, "") })
 	return conn
+}
+
+// TestMalformedStreamFlood sends 10,000 malformed stream headers, from
+// bare agent connections, while a client sends requests to an agent of
+// the same node: each malformed stream is refused, a connection is closed
+// after repeated ones, the requests all succeed, and the node is left
+// with no goroutine more than before.
+func TestMalformedStreamFlood(t *testing.T) {
+	const total = 10000
+	n := edgetest.NewNode(t)
+	serve(t, n, "ok", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders()))
+	c := edgetest.Client(t)
+	do(t, c, n.Request(t, "GET", "ok", "/", nil)) // warm
+	before := runtime.NumGoroutine()
+
+	stop := make(chan struct{})
+	var served, failed atomic.Int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			resp, err := c.Do(n.Request(t, "GET", "ok", "/", nil))
+			if err != nil || resp.StatusCode != 200 {
+				failed.Add(1)
+				t.Logf("request during the flood: %v %v", resp, err)
+			} else {
+				served.Add(1)
+			}
+			if resp != nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+	})
+
+	garbage := [][]byte{{7, 0, 0}, (&rawHeader{kind: 2, id: "Bad!"}).bytes(), (&rawHeader{kind: 0}).bytes(),
+		{1, 0xff, 0xff}, (&rawHeader{kind: 9, id: "x"}).bytes()}
+	sent, refused, conns := 0, 0, 0
+	for sent < total {
+		conn := dialAgentRaw(t, n)
+		conns++
+		ctrl, err := conn.OpenStreamSync(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		hello, _ := quicutil.AppendMessage((&quicutil.StreamHeader{Kind: quicutil.KindControl}).Append(nil), &quicutil.Hello{AgentID: "flood"})
+		ctrl.Write(hello)
+		if _, err := quicutil.ReadMessage(bufio.NewReader(ctrl)); err != nil {
+			t.Fatalf("welcome: %v", err)
+		}
+		onConn := 0
+		for conn.Context().Err() == nil && sent < total {
+			str, err := conn.OpenStreamSync(t.Context())
+			if err != nil {
+				break
+			}
+			onConn++
+			str.Write(garbage[sent%len(garbage)])
+			sent++
+			// Refused: answered so, or the edge closed the connection of
+			// repeated offences before the answer.
+			var se *quicutil.StatusError
+			var appErr *quic.ApplicationError
+			if err := quicutil.ReadAnswer(str); errors.As(err, &se) && se.Code == quicutil.StatusBadHeader ||
+				errors.As(err, &appErr) && appErr.ErrorCode == quicutil.ConnCodeProtocolError {
+				refused++
+			} else {
+				t.Errorf("malformed stream %d: answer %v", sent, err)
+			}
+			str.CancelRead(0)
+			str.Close()
+		}
+		if sent == total {
+			conn.CloseWithError(0, "") // the last one may not have reached the limit
+			break
+		}
+		select { // the edge closes it after repeated errors
+		case <-conn.Context().Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("connection %d still open after %d malformed streams on it (%d in all)", conns, onConn, sent)
+		}
+		var appErr *quic.ApplicationError
+		if err := context.Cause(conn.Context()); !errors.As(err, &appErr) || appErr.ErrorCode != quicutil.ConnCodeProtocolError ||
+			!strings.Contains(appErr.ErrorMessage, "malformed streams") {
+			t.Fatalf("connection %d ended with %v, want a protocol error for malformed streams", conns, err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if refused != total || failed.Load() != 0 || served.Load() == 0 {
+		t.Fatalf("%d of %d malformed streams refused; %d requests failed, %d served", refused, total, failed.Load(), served.Load())
+	}
+	t.Logf("%d malformed streams on %d connections, each refused; %d requests served meanwhile, none failed", sent, conns, served.Load())
+	// Every goroutine of the flood is gone.
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before+5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after the flood, %d before", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
