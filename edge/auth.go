@@ -774,6 +774,8 @@ func (sess *session) refresh(m *quicutil.Refresh) *quicutil.Result {
 		s.announce(id)
 		sess.log.Warn("endpoint withdrawn: the refreshed token does not allow it", "endpoint_id", string(id))
 	}
-	sess.log.Info("token refreshed", "expires", g.expires.UTC().Format(time.RFC3339), "withdrawn", len(withdrawn))
+	if s.auth != nil {
+		sess.log.Info("token refreshed", "expires", g.expires.UTC().Format(time.RFC3339), "withdrawn", len(withdrawn))
+	}
 	return res
 }
