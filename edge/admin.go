@@ -59,6 +59,7 @@ func (s *Server) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /status/traffic", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, s.trafficStatus()) })
 	mux.HandleFunc("GET /{$}", serveDashboard) // the dashboard: dashboard.html
+	s.adminOps(mux)
 	return mux
 }
 

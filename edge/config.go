@@ -81,6 +81,12 @@ type Config struct {
 	// closed connection. TrustedProxies are exempt (many clients share
 	// their address). If zero, 100; negative: no limit.
 	NewConnsPerIPPerSecond int
+	// AdminToken, when set, enables the admin port's operations (drain,
+	// move or evict an agent, and pprof with AdminPprof) for requests that
+	// present it as a bearer token; empty: the admin port is read-only.
+	AdminToken string
+	// AdminPprof serves /debug/pprof/ on the admin port, behind AdminToken.
+	AdminPprof bool
 	// ShutdownGrace bounds the wait for requests in flight when Run's
 	// context ends; if zero, 30s.
 	ShutdownGrace time.Duration
@@ -193,6 +199,9 @@ func (c Config) Validate() error {
 	}
 	if c.AccessLogSample < 0 || c.AccessLogSample > 1 {
 		return fmt.Errorf("edge: config: AccessLogSample %g out of range (0 to 1)", c.AccessLogSample)
+	}
+	if c.AdminPprof && c.AdminToken == "" {
+		return errors.New("edge: config: AdminPprof needs an AdminToken")
 	}
 	if c.MaxEndpointsPerAgent < 0 {
 		return fmt.Errorf("edge: config: MaxEndpointsPerAgent is negative (%d)", c.MaxEndpointsPerAgent)

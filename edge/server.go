@@ -79,6 +79,8 @@ type Server struct {
 	ready         atomic.Bool
 	conns         sync.WaitGroup // session goroutines
 
+	drainOnce sync.Once
+	drainReq  chan struct{} // closed by Drain
 	closeOnce sync.Once
 	started   chan struct{} // closed when Run serves
 	closed    chan struct{} // closed by Close
@@ -102,6 +104,7 @@ func New(cfg Config) (*Server, error) {
 		peerIn:         make(map[*quic.Conn]struct{}),
 		ending:         make(map[any]func()),
 		started:        make(chan struct{}),
+		drainReq:       make(chan struct{}),
 		membersChanged: make(chan struct{}),
 		closed:         make(chan struct{}),
 		runDone:        make(chan struct{}),
@@ -276,11 +279,15 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	s.logMode()
 
 	g.Go(func() error {
+		graceful := false
 		select {
 		case <-gctx.Done():
+			graceful = ctx.Err() != nil
+		case <-s.drainReq:
+			graceful = true
 		case <-s.closed:
 		}
-		s.shutdown(ctx.Err() != nil)
+		s.shutdown(graceful)
 		return nil
 	})
 	err = g.Wait()

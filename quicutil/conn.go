@@ -26,6 +26,7 @@ const (
 	ConnCodeProtocolError quic.ApplicationErrorCode = 3 // the peer broke the protocol
 	ConnCodeTimeout       quic.ApplicationErrorCode = 4 // the peer did not complete a step in time
 	ConnCodeLimit         quic.ApplicationErrorCode = 5 // a limit on connections was reached
+	ConnCodeEvicted       quic.ApplicationErrorCode = 6 // an operator evicted the agent: reconnect like after a loss
 )
 
 // Conn is a bidirectional QUIC stream as a net.Conn. Read and Write may be

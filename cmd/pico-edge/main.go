@@ -28,10 +28,12 @@ import (
 type CLI struct {
 	Config cli.ConfigFile `help:"YAML file of flag values (keys are flag names: proxy-addr: :8000); $${VAR} takes an environment variable. A flag or PICO_* variable wins over the file." placeholder:"FILE"`
 
-	ProxyAddr    string `help:"Address of the plain HTTP/1.1 front door (TCP)." default:":8000" group:"Listeners"`
-	ProxyTLSAddr string `help:"Address of the HTTPS front door: HTTP/1.1 and HTTP/2 over TLS on TCP, HTTP/3 on UDP on the same port; empty disables it." default:":8443" group:"Listeners"`
-	AgentAddr    string `help:"Address agents and forwarders connect to (UDP, QUIC)." default:":8001" group:"Listeners"`
-	AdminAddr    string `help:"Address of the admin API: /healthz, /readyz, /metrics, /status/... (TCP); empty disables it." default:":8002" group:"Listeners"`
+	ProxyAddr      string `help:"Address of the plain HTTP/1.1 front door (TCP)." default:":8000" group:"Listeners"`
+	ProxyTLSAddr   string `help:"Address of the HTTPS front door: HTTP/1.1 and HTTP/2 over TLS on TCP, HTTP/3 on UDP on the same port; empty disables it." default:":8443" group:"Listeners"`
+	AgentAddr      string `help:"Address agents and forwarders connect to (UDP, QUIC)." default:":8001" group:"Listeners"`
+	AdminAddr      string `help:"Address of the admin API: /healthz, /readyz, /metrics, /status/... (TCP); empty disables it." default:":8002" group:"Listeners"`
+	AdminTokenFile string `help:"File with the admin token: enables the admin port's operations (POST /admin/drain, POST /admin/agents/SESSION/goaway, DELETE /admin/agents/SESSION) for requests with 'Authorization: Bearer TOKEN'. Without it the admin port is read-only." type:"path" group:"Listeners"`
+	AdminPprof     bool   `help:"Serve /debug/pprof/ on the admin port, behind the admin token." group:"Listeners"`
 
 	NodeID  string `help:"ID of this node in logs and status (default: random edge-xxxxxxxx)." group:"Node"`
 	DataDir string `help:"Directory for the development CA and certificate and the QUIC reset key." default:"${data_dir}" type:"path" group:"Node"`
@@ -156,6 +158,10 @@ func (c *CLI) run(log *slog.Logger) error {
 	for _, id := range c.AccessLogOff {
 		accessLogOff[strings.ToLower(strings.TrimSpace(id))] = true
 	}
+	adminToken, err := c.adminToken()
+	if err != nil {
+		return err
+	}
 	cluster, err := c.cluster(log)
 	if err != nil {
 		return err
@@ -187,6 +193,8 @@ func (c *CLI) run(log *slog.Logger) error {
 		NewConnsPerIPPerSecond:    c.NewConnsPerIP,
 		AccessLogSample:           c.AccessLogSample,
 		AccessLogOff:              accessLogOff,
+		AdminToken:                adminToken,
+		AdminPprof:                c.AdminPprof,
 		ShutdownGrace:             c.GracePeriod,
 		DrainDelay:                c.DrainDelay,
 		Cluster:                   cluster,
@@ -203,6 +211,25 @@ func (c *CLI) run(log *slog.Logger) error {
 	}
 	c.printAgentHint(lns, caFile) // the node says at start who must authenticate
 	return srv.Run(ctx, lns)
+}
+
+// adminToken reads --admin-token-file.
+func (c *CLI) adminToken() (string, error) {
+	if c.AdminTokenFile == "" {
+		if c.AdminPprof {
+			return "", errors.New("--admin-pprof needs --admin-token-file")
+		}
+		return "", nil
+	}
+	b, err := os.ReadFile(c.AdminTokenFile)
+	if err != nil {
+		return "", fmt.Errorf("--admin-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("--admin-token-file %s: the token has %d characters; use at least 16 (openssl rand -hex 32)", c.AdminTokenFile, len(tok))
+	}
+	return tok, nil
 }
 
 // cluster returns the cluster configuration, or nil without --gossip-addr.

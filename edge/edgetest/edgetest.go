@@ -38,6 +38,23 @@ type Node struct {
 	stopped bool
 }
 
+// WaitStopped waits until Run returned by itself (a drain requested on the
+// admin port), and fails the test if it returned an error or took longer
+// than d.
+func (n *Node) WaitStopped(tb testing.TB, d time.Duration) {
+	tb.Helper()
+	select {
+	case err := <-n.done:
+		n.stopped = true
+		close(n.done)
+		if err != nil {
+			tb.Errorf("edge Run: %v", err)
+		}
+	case <-time.After(d):
+		tb.Fatalf("node still running after %s", d)
+	}
+}
+
 // Stopped reports whether Stop or Kill was called.
 func (n *Node) Stopped() bool { return n.stopped }
 
