@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -82,6 +83,14 @@ func TestRemove(t *testing.T) {
 	}
 	if status, _ := get(t, n, "two"); status != 200 {
 		t.Fatalf("other endpoint: status = %d, want 200", status)
+	}
+	// The Deregister got its Result: nothing waits on the link any more.
+	deadline := time.Now().Add(10 * time.Second)
+	for a.PendingRequests() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d control requests still wait for a result", a.PendingRequests())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

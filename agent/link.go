@@ -270,7 +270,8 @@ func (l *link) refresh(ctx context.Context, token string) error {
 }
 
 func (l *link) deregister(id string) {
-	l.request(context.Background(), 0, &quicutil.Deregister{Seq: l.seq.Add(1), IDs: []string{id}})
+	seq := l.seq.Add(1)
+	l.request(context.Background(), seq, &quicutil.Deregister{Seq: seq, IDs: []string{id}})
 }
 
 // serve reads control messages until the link dies, and returns why. A
