@@ -3,6 +3,7 @@ package edge
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,26 @@ func (s *Server) acceptAgents(ln *quic.Listener) error {
 			}
 			s.serveAgentConn(conn)
 		}()
+	}
+}
+
+// takeTokenConn counts one more agent connection with the token of key,
+// or reports that the token has Config.MaxConnsPerToken on this node.
+func (s *Server) takeTokenConn(key [sha256.Size]byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tokenConns[key] >= s.cfg.MaxConnsPerToken {
+		return false
+	}
+	s.tokenConns[key]++
+	return true
+}
+
+func (s *Server) giveTokenConn(key [sha256.Size]byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tokenConns[key]--; s.tokenConns[key] <= 0 {
+		delete(s.tokenConns, key)
 	}
 }
 
@@ -128,6 +149,7 @@ func (s *Server) serveAgentConn(conn *quic.Conn) {
 		return
 	}
 	var g grant
+	var tokenKey [sha256.Size]byte
 	if s.auth != nil {
 		if g, err = s.auth.verify(hello.Token); err != nil {
 			s.auth.m.refused["agent"].Inc()
@@ -135,6 +157,14 @@ func (s *Server) serveAgentConn(conn *quic.Conn) {
 			conn.CloseWithError(quicutil.ConnCodeUnauthorized, err.Error())
 			return
 		}
+		tokenKey = sha256.Sum256([]byte(hello.Token))
+		if !s.takeTokenConn(tokenKey) {
+			msg := fmt.Sprintf("this token has %d agent connections to node %s already (the limit)", s.cfg.MaxConnsPerToken, s.cfg.NodeID)
+			log.Warn("agent connection refused: limit", "agent_id", hello.AgentID, "err", msg)
+			conn.CloseWithError(quicutil.ConnCodeLimit, msg)
+			return
+		}
+		defer s.giveTokenConn(tokenKey)
 	}
 	hello.Token = "" // not kept
 	sess := &session{

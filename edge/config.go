@@ -60,6 +60,9 @@ type Config struct {
 	// MaxEndpointsPerAgent bounds the endpoints one agent connection may
 	// serve; if zero, 100.
 	MaxEndpointsPerAgent int
+	// MaxConnsPerToken bounds the agent connections one token may hold to
+	// this node at once, when tokens are checked; if zero, 8.
+	MaxConnsPerToken int
 	// MaxInflightPerEndpoint bounds the requests and TCP connections in
 	// flight to one endpoint on this node; beyond it they get 503 at once.
 	// If zero, 256.
@@ -139,6 +142,7 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	defInt(&c.MaxInflightPerEndpoint, 256)
+	defInt(&c.MaxConnsPerToken, 8)
 	defInt(&c.RegistrationsPerSecond, 10)
 	defInt(&c.HandshakesPerSecond, 200)
 	defInt(&c.MaxConnsPerListener, 10000)

@@ -366,3 +366,49 @@ func TestMalformedStreamFlood(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestConnectionsPerToken(t *testing.T) {
+	now := time.Now()
+	n := edgetest.NewNode(t, authOpt(fixedClock(now)), func(c *edge.Config) { c.MaxConnsPerToken = 2 })
+	token := hs256(t, claims(now, "foo"))
+	// hello connects with tok and reports whether the edge welcomed it.
+	hello := func(tok string) (*quic.Conn, bool) {
+		conn := dialAgentRaw(t, n)
+		str, err := conn.OpenStreamSync(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := quicutil.AppendMessage((&quicutil.StreamHeader{Kind: quicutil.KindControl}).Append(nil), &quicutil.Hello{Token: tok, AgentID: "same-token"})
+		str.Write(msg)
+		m, err := quicutil.ReadMessage(bufio.NewReader(str))
+		_, welcomed := m.(*quicutil.Welcome)
+		return conn, err == nil && welcomed
+	}
+	first, ok1 := hello(token)
+	_, ok2 := hello(token)
+	third, ok3 := hello(token)
+	if !ok1 || !ok2 || ok3 {
+		t.Fatalf("welcomed: %v %v %v, want the first two only", ok1, ok2, ok3)
+	}
+	<-third.Context().Done()
+	var appErr *quic.ApplicationError
+	if err := context.Cause(third.Context()); !errors.As(err, &appErr) || appErr.ErrorCode != quicutil.ConnCodeLimit ||
+		!strings.Contains(appErr.ErrorMessage, "this token has 2 agent connections") {
+		t.Fatalf("third connection: %v, want the per-token limit", err)
+	}
+	// Another token is not affected.
+	if _, ok := hello(hs256(t, claims(now.Add(time.Second), "foo"))); !ok {
+		t.Fatal("another token was refused")
+	}
+	// A place given back is taken again.
+	first.CloseWithError(0, "")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, ok := hello(token); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no connection accepted after one with the token closed")
+		}
+	}
+}

@@ -6,6 +6,7 @@ package edge
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
@@ -56,9 +57,10 @@ type Server struct {
 	adminSrv *http.Server
 	tlsDoor  *tlsDoor
 
-	mu       sync.Mutex // guards the fields below
-	sessions map[uint64]*session
-	peerIn   map[*quic.Conn]struct{} // relay connections other nodes opened; nil once closed
+	mu         sync.Mutex // guards the fields below
+	sessions   map[uint64]*session
+	tokenConns map[[sha256.Size]byte]int // agent connections by token (its hash), when tokens are checked
+	peerIn     map[*quic.Conn]struct{}   // relay connections other nodes opened; nil once closed
 	// ending holds what ends a long-lived stream cleanly when the grace
 	// period is over: a FIN on both ends of TCP forwards and relayed
 	// streams, a close of the agent side of upgraded connections.
@@ -102,6 +104,7 @@ func New(cfg Config) (*Server, error) {
 		epoch:          epoch,
 		sessions:       make(map[uint64]*session),
 		peerIn:         make(map[*quic.Conn]struct{}),
+		tokenConns:     make(map[[sha256.Size]byte]int),
 		ending:         make(map[any]func()),
 		started:        make(chan struct{}),
 		drainReq:       make(chan struct{}),

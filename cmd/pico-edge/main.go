@@ -50,6 +50,7 @@ type CLI struct {
 	TCPIdleTimeout         time.Duration `help:"Idle time after which a TCP forward is cut." default:"1h" group:"Limits"`
 	OpenStreamTimeout      time.Duration `help:"Time to wait for a stream to an agent at its stream limit (503 after it), and for a TCP agent's answer." default:"10s" group:"Limits"`
 	MaxEndpointsPerAgent   int           `help:"Endpoints one agent connection may serve." default:"100" group:"Limits"`
+	MaxConnsPerToken       int           `help:"Agent connections one token may hold to this node at once (when tokens are checked); beyond, refused with a limit error." default:"8" group:"Limits"`
 	MaxInflightPerEndpoint int           `help:"Requests and TCP connections in flight to one endpoint on this node; beyond, 503 at once." default:"256" group:"Limits"`
 	RegistrationsPerSecond int           `help:"Register messages one agent connection may send a second (burst: twice as many); beyond, the agent waits." default:"10" group:"Limits"`
 	HandshakesPerSecond    int           `help:"New QUIC connections a second above which clients must first pass a Retry (one more round trip); negative: never." default:"200" group:"Limits"`
@@ -186,6 +187,7 @@ func (c *CLI) run(log *slog.Logger) error {
 		OpenStreamTimeout:         c.OpenStreamTimeout,
 		MaxEndpointsPerAgent:      c.MaxEndpointsPerAgent,
 		MaxInflightPerEndpoint:    c.MaxInflightPerEndpoint,
+		MaxConnsPerToken:          c.MaxConnsPerToken,
 		RegistrationsPerSecond:    c.RegistrationsPerSecond,
 		HandshakesPerSecond:       c.HandshakesPerSecond,
 		MaxConnsPerListener:       c.MaxConnsPerListener,
