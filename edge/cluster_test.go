@@ -8,21 +8,25 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/quic-go/quic-go"
 
 	"github.com/pico-edge/pico/agent"
 	"github.com/pico-edge/pico/edge"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
+	"github.com/pico-edge/pico/routing"
 )
 
 // singleLink keeps an agent on the node it was started on.
@@ -612,5 +616,103 @@ func TestClusterReadyAfterSync(t *testing.T) {
 	}
 	if r := n1.Server.Table().Remote("foo"); len(r) != 1 {
 		t.Fatalf("ready before it could route foo (%d owners)", len(r))
+	}
+}
+
+// TestClusterRejectsForgedAndReplayedOwnership: ownership messages come
+// only from holders of the cluster secret, and an old one, even re-sent by
+// a holder, changes nothing (versions order them, not clocks).
+func TestClusterRejectsForgedAndReplayedOwnership(t *testing.T) {
+	var logs logBuffer
+	cl := edgetest.NewCluster(t, 1)
+	n1 := cl.Add(t, "node-1", func(c *edge.Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	cl.WaitMembers(t, 2)
+	a := cl.Nodes[0].NewAgent(t, singleLink)
+	if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders())); err != nil {
+		t.Fatal(err)
+	}
+	n1.WaitRemote(t, "foo", 1)
+
+	// node-0's state as node-1 knows it now, foo included.
+	var members struct {
+		Members []struct {
+			NodeID  string `json:"node_id"`
+			Epoch   uint64 `json:"epoch"`
+			Version uint64 `json:"version"`
+		} `json:"members"`
+	}
+	getJSON(t, n1.AdminURL+"/status/members", &members)
+	var old *routing.State
+	for _, m := range members.Members {
+		if m.NodeID == "node-0" {
+			old = &routing.State{Node: "node-0", Epoch: m.Epoch, Version: m.Version, Full: true,
+				Endpoints: []routing.Announcement{{ID: "foo", Proto: "http", Kinds: 2, Agents: 1}}}
+		}
+	}
+	if old == nil {
+		t.Fatalf("node-1 does not list node-0: %+v", members)
+	}
+	a.Remove("foo")
+	n1.WaitRemote(t, "foo", 0)
+
+	received := func() int {
+		resp, err := http.Get(n1.AdminURL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var v int
+		for _, l := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(l, "pico_gossip_states_received_total "); ok {
+				fmt.Sscan(rest, &v)
+			}
+		}
+		return v
+	}
+	rogue := func(secret []byte) *memberlist.Memberlist {
+		mc := memberlist.DefaultLANConfig()
+		mc.Name, mc.BindAddr, mc.BindPort, mc.AdvertisePort = "rogue", "127.0.0.1", 0, 0
+		mc.SecretKey, mc.Label = secret, "pico"
+		mc.LogOutput = io.Discard
+		ml, err := memberlist.Create(mc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ml.Shutdown() })
+		return ml
+	}
+	host, port, _ := net.SplitHostPort(n1.Server.GossipAddr())
+	p, _ := strconv.Atoi(port)
+	to := &memberlist.Node{Name: "node-1", Addr: net.ParseIP(host), Port: uint16(p)}
+
+	// Replayed by a holder of the secret: applied, and ignored.
+	before := received()
+	if err := rogue(cl.Secret).SendReliable(to, routing.AppendState(nil, old)); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); received() == before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("node-1 never received the replayed state")
+		}
+	}
+	if r := n1.Server.Table().Remote("foo"); len(r) != 0 {
+		t.Fatal("a replayed ownership message brought foo back")
+	}
+
+	// Forged without the secret, with a newer version: never decrypted.
+	forged := *old
+	forged.Version += 100
+	forged.Endpoints = []routing.Announcement{{ID: "evil", Proto: "http", Kinds: 2, Agents: 1}}
+	rogue(edgetest.NewSecret(t)).SendReliable(to, routing.AppendState(nil, &forged))
+	for deadline := time.Now().Add(10 * time.Second); !logs.contains("no installed keys could decrypt"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("node-1 did not report the forged message")
+		}
+	}
+	if r := n1.Server.Table().Remote("evil"); len(r) != 0 {
+		t.Fatal("a forged ownership message was routed")
 	}
 }

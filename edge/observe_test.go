@@ -164,3 +164,9 @@ func registerEachOn(t *testing.T, a interface {
 		}
 	}
 }
+
+func (l *logBuffer) contains(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Contains(l.b.String(), s)
+}
