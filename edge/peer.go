@@ -57,6 +57,7 @@ type peer struct {
 
 	inflight atomic.Int64
 	streams  atomic.Uint64
+	suspect  atomic.Bool // its connection has been silent for a while: others first
 
 	mu       sync.Mutex // guards the fields below
 	addr     string
@@ -236,13 +237,18 @@ func (p *peer) watch(conn *quic.Conn) {
 	for {
 		select {
 		case <-conn.Context().Done():
+			p.suspect.Store(false) // a new connection starts afresh
 			return
 		case now := <-t.C:
 			n := conn.ConnectionStats().PacketsReceived
 			if n != last {
 				last, lastAt = n, now
+				p.suspect.Store(false)
 				continue
 			}
+			// Two keep-alives without an answer: new streams go to other
+			// owners while there are any, before the connection is given up.
+			p.suspect.Store(now.Sub(lastAt) >= 2*quicutil.PeerKeepAlive)
 			if now.Sub(lastAt) >= quicutil.PeerDeadAfter {
 				p.c.log.Warn("node stopped answering; closing its relay connection", "node", p.node,
 					"silent_for", now.Sub(lastAt).Round(time.Millisecond).String())
