@@ -98,6 +98,7 @@ type session struct {
 	inflight   atomic.Int64  // streams in flight, for the balancer
 	movedAt    atomic.Int64  // when rebalancing asked it to move (unix ns)
 	badStreams atomic.Int32  // malformed streams the agent opened
+	open       atomic.Int64  // streams to the agent not closed yet (keep-alive ones included)
 	leaving    atomic.Bool   // told to go away: used only when nothing else serves
 	streams    atomic.Uint64 // streams served in total
 
@@ -558,10 +559,16 @@ func answer(c *quicutil.Conn, code quicutil.Status, msg string) {
 
 // openStream opens a stream to the agent with header h.
 func (sess *session) openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error) {
+	if max := int64(sess.srv.cfg.MaxStreamsPerAgent); sess.open.Add(1) > max {
+		sess.open.Add(-1)
+		return nil, &quicutil.StatusError{Code: quicutil.StatusOverloaded,
+			Message: fmt.Sprintf("the agent connection has %d streams open (the limit on this node)", max)}
+	}
 	ctx, cancel := context.WithTimeout(ctx, sess.srv.cfg.OpenStreamTimeout)
 	defer cancel()
 	str, err := sess.conn.OpenStreamSync(ctx)
 	if err != nil {
+		sess.open.Add(-1)
 		if errors.Is(err, context.DeadlineExceeded) && sess.conn.Context().Err() == nil {
 			return nil, &quicutil.StatusError{Code: quicutil.StatusOverloaded,
 				Message: fmt.Sprintf("agent has %d streams open", quicutil.MaxStreamsToAgent)}
@@ -570,7 +577,9 @@ func (sess *session) openStream(ctx context.Context, h *quicutil.StreamHeader, w
 	}
 	sess.streams.Add(1)
 	hdr := h.Append(make([]byte, 0, 16+len(h.Endpoint)+len(h.ClientAddr)))
-	return quicutil.OpenConn(str, sess.conn.LocalAddr(), sess.conn.RemoteAddr(), hdr, wantAnswer), nil
+	c := quicutil.OpenConn(str, sess.conn.LocalAddr(), sess.conn.RemoteAddr(), hdr, wantAnswer)
+	c.OnClose(func() { sess.open.Add(-1) })
+	return c, nil
 }
 
 // linkError is a failure of the connection to an agent, or of the relay

@@ -60,6 +60,10 @@ type Config struct {
 	// MaxEndpointsPerAgent bounds the endpoints one agent connection may
 	// serve; if zero, 100.
 	MaxEndpointsPerAgent int
+	// MaxStreamsPerAgent bounds the streams open from this node to one
+	// agent connection (requests in flight and idle keep-alive streams);
+	// beyond, 503 at once. If zero, 1,000 (what agents accept).
+	MaxStreamsPerAgent int
 	// MaxConnsPerToken bounds the agent connections one token may hold to
 	// this node at once, when tokens are checked; if zero, 8.
 	MaxConnsPerToken int
@@ -143,6 +147,7 @@ func (c Config) withDefaults() Config {
 	}
 	defInt(&c.MaxInflightPerEndpoint, 256)
 	defInt(&c.MaxConnsPerToken, 8)
+	defInt(&c.MaxStreamsPerAgent, 1000)
 	defInt(&c.RegistrationsPerSecond, 10)
 	defInt(&c.HandshakesPerSecond, 200)
 	defInt(&c.MaxConnsPerListener, 10000)

@@ -412,3 +412,37 @@ func TestConnectionsPerToken(t *testing.T) {
 		}
 	}
 }
+
+func TestStreamsPerAgent(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.MaxStreamsPerAgent = 2 })
+	hold := make(chan struct{})
+	entered := make(chan struct{}, 8)
+	a := n.NewAgent(t)
+	if err := a.ServeUpstream(t.Context(), "slow", quicutil.KindHTTP, edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-hold
+	}))); err != nil {
+		t.Fatal(err)
+	}
+	c := edgetest.Client(t)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			if resp, err := c.Do(n.Request(t, "GET", "slow", "/", nil)); err == nil {
+				resp.Body.Close()
+			}
+		})
+	}
+	<-entered
+	<-entered
+	resp, body := do(t, c, n.Request(t, "GET", "slow", "/", nil))
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "has 2 streams open") {
+		t.Fatalf("a third stream to the agent: %d %s", resp.StatusCode, body)
+	}
+	close(hold)
+	wg.Wait()
+	// The two streams are back in the pool: a request reuses one.
+	if resp, body := do(t, c, n.Request(t, "GET", "slow", "/", nil)); resp.StatusCode != 200 {
+		t.Fatalf("after the held requests: %d %s", resp.StatusCode, body)
+	}
+}

@@ -50,6 +50,7 @@ type CLI struct {
 	TCPIdleTimeout         time.Duration `help:"Idle time after which a TCP forward is cut." default:"1h" group:"Limits"`
 	OpenStreamTimeout      time.Duration `help:"Time to wait for a stream to an agent at its stream limit (503 after it), and for a TCP agent's answer." default:"10s" group:"Limits"`
 	MaxEndpointsPerAgent   int           `help:"Endpoints one agent connection may serve." default:"100" group:"Limits"`
+	MaxStreamsPerAgent     int           `help:"Streams this node may have open to one agent connection (requests in flight and idle keep-alive streams); beyond, 503 at once." default:"1000" group:"Limits"`
 	MaxConnsPerToken       int           `help:"Agent connections one token may hold to this node at once (when tokens are checked); beyond, refused with a limit error." default:"8" group:"Limits"`
 	MaxInflightPerEndpoint int           `help:"Requests and TCP connections in flight to one endpoint on this node; beyond, 503 at once." default:"256" group:"Limits"`
 	RegistrationsPerSecond int           `help:"Register messages one agent connection may send a second (burst: twice as many); beyond, the agent waits." default:"10" group:"Limits"`
@@ -80,6 +81,8 @@ type CLI struct {
 	// it and 'pico-edge --help' lists its flags.
 	Serve struct{} `cmd:"" default:"1" hidden:"" help:"Run the edge node (the default)."`
 	Token TokenCmd `cmd:"" help:"Mint an HS256 token from an HMAC secret file (created if missing) and print it: pico-edge token --endpoints foo,bar --ttl 24h --hmac-secret-file FILE."`
+
+	Status StatusCmd `cmd:"" help:"Print a running node's endpoints, agents or cluster members as tables, from its admin API: pico-edge status endpoints|agents|members [--admin URL] [--json]."`
 }
 
 func newParser(c *CLI) (*kong.Kong, error) {
@@ -100,6 +103,13 @@ func main() {
 	}
 	kctx, err := parser.Parse(os.Args[1:])
 	parser.FatalIfErrorf(err)
+	if what, ok := strings.CutPrefix(kctx.Command(), "status "); ok {
+		if err := c.Status.run(os.Stdout, what, time.Now()); err != nil {
+			fmt.Fprintln(os.Stderr, "pico-edge status:", err)
+			kctx.Exit(1)
+		}
+		return
+	}
 	if kctx.Command() == "token" {
 		if err := c.Token.run(os.Stdout, os.Stderr, time.Now()); err != nil {
 			fmt.Fprintln(os.Stderr, "pico-edge token:", err)
@@ -188,6 +198,7 @@ func (c *CLI) run(log *slog.Logger) error {
 		MaxEndpointsPerAgent:      c.MaxEndpointsPerAgent,
 		MaxInflightPerEndpoint:    c.MaxInflightPerEndpoint,
 		MaxConnsPerToken:          c.MaxConnsPerToken,
+		MaxStreamsPerAgent:        c.MaxStreamsPerAgent,
 		RegistrationsPerSecond:    c.RegistrationsPerSecond,
 		HandshakesPerSecond:       c.HandshakesPerSecond,
 		MaxConnsPerListener:       c.MaxConnsPerListener,
