@@ -365,7 +365,12 @@ func (s *Server) shutdown(graceful bool) {
 		}
 	}
 	if s.adminSrv != nil {
-		s.adminSrv.Close() // /readyz said 503 for the whole drain
+		// /readyz said 503 for the whole drain; let requests in flight on
+		// the admin port (a scrape, the drain request itself) finish.
+		actx, acancel := context.WithTimeout(context.Background(), time.Second)
+		s.adminSrv.Shutdown(actx)
+		acancel()
+		s.adminSrv.Close()
 	}
 	if s.cluster != nil {
 		leave := time.Duration(0)
