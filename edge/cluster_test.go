@@ -726,3 +726,13 @@ func TestClusterRejectsForgedAndReplayedOwnership(t *testing.T) {
 		t.Fatal("a forged ownership message was routed")
 	}
 }
+
+// TestClusterJoinByName: --join takes DNS names (a Kubernetes headless
+// service), resolved to every address behind them.
+func TestClusterJoinByName(t *testing.T) {
+	cl := edgetest.NewCluster(t, 1)
+	_, port, _ := net.SplitHostPort(cl.Nodes[0].Server.GossipAddr())
+	n := edgetest.NewNodeOn(t, "127.0.0.1:0", cl.Bundle, edgetest.ClusterNode("by-name", cl.Secret, "localhost:"+port))
+	cl.Nodes = append(cl.Nodes, n)
+	cl.WaitMembers(t, 2)
+}
