@@ -30,6 +30,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pico-edge/pico/quicutil"
@@ -131,6 +132,7 @@ type Agent struct {
 	endpoints map[string]*registration
 	links     []*link           // open links: live ones take new work, leaving ones finish theirs
 	changed   chan struct{}     // closed when the set of live links changes, then replaced
+	statusCh  chan struct{}     // closed when what Status reports changes, then replaced
 	rr        int               // Dial's round-robin cursor
 	hints     map[string]hint   // other nodes the edges listed, by node ID
 	addrNode  map[string]string // the node last met at each address dialled
@@ -138,6 +140,9 @@ type Agent struct {
 	closed    bool
 	running   bool
 	stopping  bool // Run is closing its links: changes are not logged
+
+	reconnects    atomic.Uint64 // links replaced
+	connectErrors atomic.Uint64 // failed attempts to connect
 
 	grow     chan struct{}  // an edge listed peers: Run may keep one more link
 	quit     chan struct{}  // closed by Close
@@ -149,7 +154,7 @@ type Agent struct {
 
 // handler serves the streams of one endpoint.
 type handler interface {
-	serve(c *quicutil.Conn, h quicutil.StreamHeader)
+	serve(c *quicutil.Conn, h quicutil.StreamHeader, st *endpointStats)
 }
 
 // registration is an endpoint the agent serves, and the answers of the
@@ -159,6 +164,7 @@ type registration struct {
 	kind    quicutil.Kind
 	handler handler
 	done    chan struct{} // closed when the answers decide; err is set then
+	stats   endpointStats
 
 	mu      sync.Mutex // guards the fields below
 	err     error      // the decision: nil (some link accepted) or a refusal
@@ -216,6 +222,7 @@ func New(cfg Config) (*Agent, error) {
 		token:     cfg.Token,
 		endpoints: make(map[string]*registration),
 		changed:   make(chan struct{}),
+		statusCh:  make(chan struct{}),
 		hints:     make(map[string]hint),
 		addrNode:  make(map[string]string),
 		grow:      make(chan struct{}, 1),
@@ -252,6 +259,7 @@ func (a *Agent) Close() error {
 	running := a.running
 	regs := a.endpoints
 	a.endpoints = map[string]*registration{}
+	a.statusChangedLocked()
 	a.mu.Unlock()
 	for _, r := range regs {
 		if ln, ok := r.handler.(*Listener); ok {
@@ -294,6 +302,7 @@ func (a *Agent) serve(ctx context.Context, id string, kind quicutil.Kind, h hand
 		return nil, fmt.Errorf("agent: endpoint %q is served already", id)
 	}
 	a.endpoints[id] = r
+	a.statusChangedLocked()
 	live := a.liveLocked()
 	for range live {
 		r.ask() // every link is counted before any answers
@@ -325,6 +334,10 @@ func (a *Agent) remove(r *registration) {
 		return
 	}
 	delete(a.endpoints, r.id)
+	for _, l := range a.links {
+		delete(l.answers, r.id)
+	}
+	a.statusChangedLocked()
 	if a.closed {
 		return
 	}
@@ -493,11 +506,12 @@ func (a *Agent) dropLink(l *link) {
 	}
 }
 
-// linksChangedLocked wakes those waiting for a link and logs the live
-// links, unless Run is stopping; the caller holds a.mu.
+// linksChangedLocked wakes those waiting for a link or on StatusChanged
+// and logs the live links, unless Run is stopping; the caller holds a.mu.
 func (a *Agent) linksChangedLocked() {
 	close(a.changed)
 	a.changed = make(chan struct{})
+	a.statusChangedLocked()
 	nodes := make([]string, 0, len(a.links))
 	for _, l := range a.links {
 		if !l.leaving {

@@ -31,7 +31,11 @@ type link struct {
 	token      string // presented in the hello
 	log        *slog.Logger
 
-	leaving bool // guarded by a.mu: no new work; the link finishes its streams
+	connected time.Time
+
+	// Guarded by a.mu.
+	leaving bool             // no new work; the link finishes its streams
+	answers map[string]error // by endpoint ID: nil registered, else refused or withdrawn
 
 	ctrlMu sync.Mutex // serializes writes to ctrl
 	ctrl   *quic.Stream
@@ -94,6 +98,7 @@ func (a *Agent) connect(ctx context.Context, c candidate, token string) (*link, 
 		goAway:     make(chan string, 1),
 		silent:     make(chan time.Duration, 1),
 		seenAt:     time.Now(),
+		answers:    make(map[string]error),
 	}
 	w, err := l.hello(ctx, token)
 	if err != nil {
@@ -101,6 +106,7 @@ func (a *Agent) connect(ctx context.Context, c candidate, token string) (*link, 
 		return nil, fmt.Errorf("edge %s: %w", c.addr, err)
 	}
 	l.nodeID = w.NodeID
+	l.connected = time.Now()
 	l.log = l.log.With("node_id", l.nodeID)
 	a.learn(l, w)
 	return l, nil
@@ -227,15 +233,19 @@ func (l *link) register(regs []*registration) {
 		switch {
 		case er.Code == quicutil.StatusShuttingDown:
 			l.log.Info("endpoint not registered: the edge node is draining", "endpoint_id", r.id)
+			l.a.setAnswer(l, r, nil, false)
 		case err != nil:
 			err = fmt.Errorf("edge %s refused endpoint %q: %w", l.addr, r.id, err)
 			l.log.Error("endpoint refused", "endpoint_id", r.id, "err", er.Err())
+			l.a.setAnswer(l, r, err, true)
 		default:
 			l.log.Info("endpoint registered", "endpoint_id", r.id, "protocol", r.kind.String())
 			if l.a.lookup(r.id) != r {
 				// Removed while this link registered it: Remove may
 				// not have known the link yet.
 				l.deregister(r.id)
+			} else {
+				l.a.setAnswer(l, r, nil, true)
 			}
 		}
 		// A draining edge refuses for now; the agent's next link asks again.
@@ -263,6 +273,9 @@ func (l *link) refresh(ctx context.Context, token string) error {
 			err := &WithdrawnError{Edge: l.addr, Endpoint: r.ID, Reason: r.Message}
 			l.log.Error("endpoint withdrawn by the edge", "endpoint_id", r.ID, "err", err)
 			errs = append(errs, err)
+			if reg := l.a.lookup(r.ID); reg != nil {
+				l.a.setAnswer(l, reg, err, true)
+			}
 		}
 	}
 	l.log.Info("token refreshed", "endpoints", len(res.Results))
@@ -411,7 +424,11 @@ func (l *link) handleStream(str *quic.Stream) {
 		refuse(c, quicutil.StatusNoRoute, fmt.Sprintf("agent %s does not serve endpoint %q", l.a.id, h.Endpoint))
 		return
 	}
-	r.handler.serve(c, h)
+	st := &r.stats
+	st.streams.Add(1)
+	st.inflight.Add(1)
+	c.OnClose(func() { st.inflight.Add(-1) }) // a Listener's conn ends when its user closes it
+	r.handler.serve(c, h, st)
 }
 
 // refuseDrain is how much of a refused stream's request is read and

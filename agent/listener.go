@@ -42,7 +42,7 @@ func (a *Agent) listen(ctx context.Context, id string, kind quicutil.Kind) (*Lis
 	return ln, nil
 }
 
-func (ln *Listener) serve(c *quicutil.Conn, h quicutil.StreamHeader) {
+func (ln *Listener) serve(c *quicutil.Conn, h quicutil.StreamHeader, _ *endpointStats) {
 	select {
 	case <-ln.done:
 		refuse(c, quicutil.StatusNoRoute, fmt.Sprintf("endpoint %q is closing", ln.id))

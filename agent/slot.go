@@ -66,6 +66,9 @@ func (a *Agent) runSlot(ctx context.Context, n int) error {
 		connectedAt := time.Now()
 		l.log.Debug("connected to edge")
 		end, err := s.serve(ctx, l)
+		if end != endStopped {
+			a.reconnects.Add(1)
+		}
 		switch end {
 		case endStopped:
 			a.dropLink(l)
@@ -197,6 +200,7 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
+				a.connectErrors.Add(1)
 				if errors.Is(err, ErrUnauthorized) && a.currentToken() != token {
 					// SetToken replaced the token meanwhile: try the new one.
 					a.log.Info("edge refused the old token; trying the new one", "edge", c.addr, "err", err)

@@ -81,10 +81,11 @@ type upstreamHandler struct {
 	up Upstream
 }
 
-func (u *upstreamHandler) serve(c *quicutil.Conn, h quicutil.StreamHeader) {
+func (u *upstreamHandler) serve(c *quicutil.Conn, h quicutil.StreamHeader, st *endpointStats) {
 	cfg := &u.a.cfg
 	up, err := u.dial(c.Stream().Context())
 	if err != nil {
+		st.upstreamErrors.Add(1)
 		code := quicutil.StatusUpstreamUnreachable
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
