@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -32,6 +33,7 @@ type Globals struct {
 	Token       string         `help:"Token presented to the edge (a JWT when the edge checks tokens)."`
 	TokenFile   string         `help:"File with the token, looked at every 2s: when it changes, new links use the new token and live links hand it to their edge, which keeps them past the old token's expiry." type:"path"`
 	Connections int            `help:"Links to keep, each to a distinct edge node; every link registers every endpoint. 0: 2 when more than one edge node is known (several --edge addresses, or the edge lists other nodes of its cluster), else 1." default:"0"`
+	AdminAddr   string         `help:"Address (host:port) to serve /metrics (Prometheus), /status (JSON), /healthz and /readyz on, e.g. 127.0.0.1:9091; empty: none." placeholder:"ADDR"`
 	cli.LogFlags
 }
 
@@ -73,11 +75,11 @@ func main() {
 	var err error
 	switch kctx.Command() {
 	case "http <ENDPOINT UPSTREAM>":
-		err = c.HTTP.run(ctx, &c.Globals, log, quicutil.KindHTTP)
+		err = c.HTTP.run(ctx, &c.Globals, log, quicutil.KindHTTP, os.Stderr)
 	case "tcp <ENDPOINT UPSTREAM>":
-		err = c.TCP.run(ctx, &c.Globals, log, quicutil.KindTCP)
+		err = c.TCP.run(ctx, &c.Globals, log, quicutil.KindTCP, os.Stderr)
 	case "forward <local> <endpoint>":
-		err = c.Forward.run(ctx, &c.Globals, log)
+		err = c.Forward.run(ctx, &c.Globals, log, os.Stderr)
 	default:
 		err = fmt.Errorf("unknown command %q", kctx.Command())
 	}
@@ -111,8 +113,15 @@ func (g *Globals) newAgent(log *slog.Logger) (*agent.Agent, error) {
 }
 
 // runAgent runs a until ctx ends, and runs work meanwhile; an error of
-// either ends both.
-func runAgent(ctx context.Context, a *agent.Agent, work func(ctx context.Context) error) error {
+// either ends both. With --admin-addr, the admin server runs as long and
+// says where on out.
+func (g *Globals) runAgent(ctx context.Context, a *agent.Agent, out io.Writer, work func(ctx context.Context) error) error {
+	stopAdmin, err := g.serveAdmin(a, out)
+	if err != nil {
+		a.Close()
+		return err
+	}
+	defer stopAdmin()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
@@ -121,7 +130,7 @@ func runAgent(ctx context.Context, a *agent.Agent, work func(ctx context.Context
 		runErr = a.Run(ctx)
 		cancel(runErr)
 	})
-	err := work(ctx)
+	err = work(ctx)
 	if err != nil {
 		cancel(err)
 	} else {
@@ -135,7 +144,8 @@ func runAgent(ctx context.Context, a *agent.Agent, work func(ctx context.Context
 	return runErr
 }
 
-func (s *ServeCmd) run(ctx context.Context, g *Globals, log *slog.Logger, kind quicutil.Kind) error {
+// run serves the endpoints until ctx ends; status lines go to out.
+func (s *ServeCmd) run(ctx context.Context, g *Globals, log *slog.Logger, kind quicutil.Kind, out io.Writer) error {
 	if len(s.Pairs)%2 != 0 {
 		return fmt.Errorf("arguments come in pairs ENDPOINT UPSTREAM; got %d arguments", len(s.Pairs))
 	}
@@ -164,7 +174,8 @@ func (s *ServeCmd) run(ctx context.Context, g *Globals, log *slog.Logger, kind q
 	if err != nil {
 		return err
 	}
-	return runAgent(ctx, a, g.withTokenFile(a, log, func(ctx context.Context) error {
+	return g.runAgent(ctx, a, out, g.withTokenFile(a, log, func(ctx context.Context) error {
+		lines := newStatusLines(out, kind.String())
 		for _, p := range pairs {
 			var err error
 			if kind == quicutil.KindTCP {
@@ -178,9 +189,12 @@ func (s *ServeCmd) run(ctx context.Context, g *Globals, log *slog.Logger, kind q
 				}
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "endpoint %s (%s) is registered: forwarding to %s (%s)\n", p.id, kind, p.up.Addr, p.proto)
+			lines.add(p.id, fmt.Sprintf("%s (%s)", p.up.Addr, p.proto))
+			if err := lines.update(a.Status()); err != nil {
+				return err
+			}
 		}
-		return nil
+		return lines.watch(ctx, a)
 	}))
 }
 
@@ -255,7 +269,8 @@ func (s *ServeCmd) upstream(kind quicutil.Kind, addr, scheme string) (agent.Upst
 	return up, proto, nil
 }
 
-func (f *ForwardCmd) run(ctx context.Context, g *Globals, log *slog.Logger) error {
+// run forwards until ctx ends; status lines go to out.
+func (f *ForwardCmd) run(ctx context.Context, g *Globals, log *slog.Logger, out io.Writer) error {
 	if err := quicutil.ValidateEndpointID(f.Endpoint); err != nil {
 		return err
 	}
@@ -272,38 +287,52 @@ func (f *ForwardCmd) run(ctx context.Context, g *Globals, log *slog.Logger) erro
 		ln.Close()
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "forwarding %s to endpoint %s\n", ln.Addr(), f.Endpoint)
-	return runAgent(ctx, a, g.withTokenFile(a, log, func(ctx context.Context) error {
-		stop := context.AfterFunc(ctx, func() { ln.Close() })
+	fmt.Fprintf(out, "forwarding %s to endpoint %s\n", ln.Addr(), f.Endpoint)
+	return g.runAgent(ctx, a, out, g.withTokenFile(a, log, func(ctx context.Context) error {
+		fctx, fail := context.WithCancelCause(ctx) // a refusal no retry can help ends the forward
+		defer fail(nil)
+		stop := context.AfterFunc(fctx, func() { ln.Close() })
 		defer stop()
 		var wg sync.WaitGroup
 		defer wg.Wait()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
-				if ctx.Err() != nil {
+				switch {
+				case ctx.Err() != nil:
 					return nil
+				case fctx.Err() != nil:
+					return context.Cause(fctx)
 				}
 				return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 			}
-			wg.Go(func() { forwardConn(ctx, a, c, f.Endpoint, log) })
+			wg.Go(func() {
+				if err := forwardConn(fctx, a, c, f.Endpoint, log); err != nil {
+					fail(err)
+				}
+			})
 		}
 	}))
 }
 
-func forwardConn(ctx context.Context, a *agent.Agent, c net.Conn, endpoint string, log *slog.Logger) {
+// forwardConn tunnels c to endpoint. It returns an error only when the
+// edge refused the forward for a reason that holds for every connection:
+// the token is refused, or does not allow the endpoint.
+func forwardConn(ctx context.Context, a *agent.Agent, c net.Conn, endpoint string, log *slog.Logger) error {
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	remote, err := a.Dial(dctx, endpoint)
 	cancel()
 	if err != nil {
+		c.Close()
 		var de *agent.DialError
 		if !errors.As(err, &de) && ctx.Err() != nil {
-			c.Close()
-			return
+			return nil
+		}
+		if de != nil && (de.Code == quicutil.StatusForbidden || de.Code == quicutil.StatusUnauthorized) {
+			return fmt.Errorf("the edge refused the forward to endpoint %s (%s): %w", endpoint, de.Code, err)
 		}
 		log.Error("forward refused", "endpoint_id", endpoint, "client", c.RemoteAddr().String(), "err", err)
-		c.Close()
-		return
+		return nil
 	}
 	start := time.Now()
 	stop := context.AfterFunc(ctx, func() { c.Close(); remote.Close() })
@@ -311,4 +340,5 @@ func forwardConn(ctx context.Context, a *agent.Agent, c net.Conn, endpoint strin
 	res := quicutil.Join(c, remote, time.Hour)
 	log.Info("forward closed", "endpoint_id", endpoint, "client", c.RemoteAddr().String(),
 		"bytes_out", res.AToB, "bytes_in", res.BToA, "duration", time.Since(start).Round(time.Millisecond).String())
+	return nil
 }
