@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pico-edge/pico/edge"
 	"github.com/pico-edge/pico/edge/edgetest"
@@ -169,4 +170,36 @@ func (l *logBuffer) contains(s string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Contains(l.b.String(), s)
+}
+
+func TestAccessLogAcrossNodes(t *testing.T) {
+	var owner, front logBuffer
+	cl := edgetest.NewCluster(t, 1, func(c *edge.Config) { c.AccessLog = slog.New(slog.NewJSONHandler(&owner, nil)) })
+	n1 := cl.Add(t, "node-1", func(c *edge.Config) { c.AccessLog = slog.New(slog.NewJSONHandler(&front, nil)) })
+	cl.WaitMembers(t, 2)
+	a := cl.Nodes[0].NewAgent(t, singleLink)
+	if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders())); err != nil {
+		t.Fatal(err)
+	}
+	n1.WaitRemote(t, "foo", 1)
+	do(t, edgetest.Client(t), n1.Request(t, "GET", "foo", "/x", nil))
+
+	req := front.lines(t, "request")
+	if len(req) != 1 || req[0]["served_by"] != "node-0" || req[0]["node_id"] != "node-1" || req[0]["status"] != 200.0 {
+		t.Fatalf("front node's line: %v", req)
+	}
+	// The relayed stream (a keep-alive one) ends when the front node
+	// closes; then the owner logs it.
+	n1.Server.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(owner.lines(t, "relayed stream")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the owner logged no relayed stream")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rel := owner.lines(t, "relayed stream")[0]
+	if rel["from_node"] != "node-1" || rel["agent_id"] != a.ID() || rel["endpoint_id"] != "foo" {
+		t.Fatalf("owner's line: %v", rel)
+	}
 }

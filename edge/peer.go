@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -432,9 +433,22 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 		if h.Kind == quicutil.KindTCP {
 			idle = s.cfg.TCPIdleTimeout
 		}
+		start := time.Now()
 		res := s.splice(c, target, idle)
 		s.activeStreams.Add(-1)
 		sess.inflight.Add(-1)
+		if !s.cfg.AccessLogOff[h.Endpoint] {
+			// The node that received the request logs it; this line says
+			// which agent served it here.
+			attrs := []slog.Attr{slog.String("endpoint_id", h.Endpoint), slog.String("kind", h.Kind.String()),
+				slog.String("from_node", node), slog.String("node_id", s.cfg.NodeID), slog.String("agent_id", sess.hello.AgentID),
+				slog.String("remote_addr", h.ClientAddr), slog.Int64("bytes_in", res.AToB), slog.Int64("bytes_out", res.BToA),
+				slog.Duration("duration", time.Since(start))}
+			if res.Err != nil {
+				attrs = append(attrs, slog.String("err", res.Err.Error()))
+			}
+			s.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "relayed stream", attrs...)
+		}
 		s.m.relayBytes.Add(int(res.AToB + res.BToA))
 		s.m.peerCounter("pico_relay_peer_bytes_total", "in", node).Add(int(res.AToB + res.BToA))
 		return
