@@ -442,7 +442,7 @@ func (s *Server) sessionList() []*session {
 // them cleanly when the grace period is over.
 func (s *Server) splice(a, b *quicutil.Conn, idle time.Duration) quicutil.JoinResult {
 	s.mu.Lock()
-	s.ending[a], s.ending[b] = func() { a.CloseWrite() }, func() { b.CloseWrite() }
+	s.ending[a], s.ending[b] = func() { a.EndWrite() }, func() { b.EndWrite() }
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()

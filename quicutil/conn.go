@@ -46,6 +46,7 @@ type Conn struct {
 	lastIO    atomic.Int64               // unix nanos of the last byte read or written
 	aborted   atomic.Bool                // RESET_STREAM sent: never send FIN after it
 	closed    atomic.Bool                // Close or Abort was called
+	ending    atomic.Bool                // EndWrite: writes are discarded
 
 	wmu     sync.Mutex // serializes Write, CloseWrite and the FIN of Close
 	pending []byte     // header to send before the first write (under wmu)
@@ -153,6 +154,9 @@ func (c *Conn) mapErr(err error) error {
 }
 
 func (c *Conn) Write(p []byte) (int, error) {
+	if c.ending.Load() {
+		return len(p), nil // EndWrite: the peer was told EOF; the rest goes nowhere
+	}
 	n, err := c.write(p)
 	if err != nil {
 		// Once the peer refused the stream, that is the reason writes fail.
@@ -168,6 +172,9 @@ func (c *Conn) write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.wdone {
+		if c.ending.Load() {
+			return len(p), nil // see EndWrite
+		}
 		return 0, net.ErrClosed
 	}
 	if c.pending != nil {
@@ -205,6 +212,16 @@ func (c *Conn) Flush() error {
 }
 
 // CloseWrite sends FIN: the peer reads EOF after the bytes written so far.
+// EndWrite ends the stream gracefully from this side while another
+// goroutine may still copy into it: it sends FIN, and later writes succeed
+// without sending anything. A proxy that must stop a spliced connection
+// uses it on both ends, so that each peer reads a clean EOF, and bytes
+// still in flight towards it are dropped rather than turned into a reset.
+func (c *Conn) EndWrite() error {
+	c.ending.Store(true)
+	return c.CloseWrite()
+}
+
 func (c *Conn) CloseWrite() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()

@@ -21,6 +21,7 @@ import (
 // plays client, the other end of the TCP connection, and far, the opener of
 // the stream.
 type joined struct {
+	conn   *quicutil.Conn // the QUIC end Join holds
 	client *net.TCPConn
 	far    *quic.Stream
 	done   chan struct{}
@@ -32,8 +33,8 @@ func startJoin(t *testing.T, idle time.Duration) *joined {
 	qc, qs := defaultLink(t)
 	far, acc := streamPair(t, qc, qs)
 	client, server := tcpPair(t)
-	j := &joined{client: client, far: far, done: make(chan struct{})}
 	c := quicutil.NewConn(acc, qs.LocalAddr(), qs.RemoteAddr())
+	j := &joined{client: client, far: far, conn: c, done: make(chan struct{})}
 	acc.SetDeadline(time.Time{}) // Join manages deadlines
 	go func() {
 		defer close(j.done)
@@ -260,5 +261,35 @@ func TestJoinNotHalfClosable(t *testing.T) {
 	b2.Close()
 	if res := recv(t, "Join", done); res.AToB != 5 || res.Err != nil {
 		t.Fatalf("Join = %+v, want AToB 5, Err nil", res)
+	}
+}
+
+// TestJoinEndWrite: a proxy ending a spliced stream with EndWrite gives
+// the far side a clean EOF, drops what the client still sends instead of
+// resetting, and lets the other direction finish.
+func TestJoinEndWrite(t *testing.T) {
+	j := startJoin(t, 0)
+	if err := j.conn.EndWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if rest, err := io.ReadAll(j.far); err != nil || len(rest) != 0 {
+		t.Fatalf("far after EndWrite: %q, %v; want a clean EOF", rest, err)
+	}
+	if _, err := j.client.Write([]byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.far.Write([]byte("reply")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, j.client, 5); got != "reply" {
+		t.Fatalf("client read %q, want %q", got, "reply")
+	}
+	j.far.Close()
+	if rest, err := io.ReadAll(j.client); err != nil || len(rest) != 0 {
+		t.Fatalf("client after the far side's FIN: %q, %v; want a clean EOF", rest, err)
+	}
+	j.client.CloseWrite()
+	if res := j.wait(t); res.Err != nil {
+		t.Fatalf("Join = %+v; want no error", res)
 	}
 }
