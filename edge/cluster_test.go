@@ -231,6 +231,47 @@ func TestClusterNodeLossRoutesElsewhere(t *testing.T) {
 		100*float64(postsFailed.Load())/float64(max(posts.Load(), 1)))
 }
 
+// load sends requests for endpoint foo through n from 4 workers until
+// stopped: POSTs with a small body when post, else GETs. ok counts 200s.
+type load struct {
+	ok, failed atomic.Int64
+	stop       func()
+	wg         sync.WaitGroup
+}
+
+func startLoad(t *testing.T, n *edgetest.Node, post bool) *load {
+	c := edgetest.Client(t)
+	l := &load{}
+	ctx, cancel := context.WithCancel(t.Context())
+	l.stop = func() { cancel(); l.wg.Wait() }
+	t.Cleanup(l.stop)
+	for range 4 {
+		l.wg.Go(func() {
+			for ctx.Err() == nil {
+				req := n.Request(t, "GET", "foo", "/", nil)
+				if post {
+					req = n.Request(t, "POST", "foo", "/", strings.NewReader("x"))
+				}
+				resp, err := c.Do(req)
+				if err != nil {
+					l.failed.Add(1)
+					t.Logf("%s: %v", req.Method, err)
+					continue
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					l.ok.Add(1)
+				} else {
+					l.failed.Add(1)
+					t.Logf("%s: status %d: %s", req.Method, resp.StatusCode, b)
+				}
+			}
+		})
+	}
+	return l
+}
+
 // waitCount waits until c reaches n.
 func waitCount(t *testing.T, c *atomic.Int64, n int64) {
 	t.Helper()
@@ -279,38 +320,13 @@ func TestClusterDrainMovesAgentsWithoutFailures(t *testing.T) {
 	}
 	n2.WaitRemote(t, "foo", 1)
 
-	c := edgetest.Client(t)
-	var ok, failed atomic.Int64
-	ctx, stop := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				resp, err := c.Do(n2.Request(t, "POST", "foo", "/", strings.NewReader("x")))
-				if err != nil {
-					failed.Add(1)
-					t.Logf("request: %v", err)
-					continue
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					ok.Add(1)
-				} else {
-					failed.Add(1)
-					t.Logf("status %d: %s", resp.StatusCode, b)
-				}
-			}
-		})
-	}
-	waitCount(t, &ok, 50)
+	l := startLoad(t, n2, true)
+	waitCount(t, &l.ok, 50)
 	n0.Stop(t) // drain: the agent moves to node 1 first
-	before := ok.Load()
-	waitCount(t, &ok, before+50)
-	stop()
-	wg.Wait()
-	if f := failed.Load(); f != 0 {
-		t.Fatalf("%d of %d requests (POST) failed while a node drained", f, f+ok.Load())
+	waitCount(t, &l.ok, l.ok.Load()+50)
+	l.stop()
+	if f := l.failed.Load(); f != 0 {
+		t.Fatalf("%d of %d requests (POST) failed while a node drained", f, f+l.ok.Load())
 	}
 	if r := n2.Server.Table().Remote("foo"); len(r) != 1 {
 		t.Fatalf("after the drain, %d owners of foo", len(r))
@@ -416,41 +432,16 @@ func TestClusterRebalancesWhenANodeJoins(t *testing.T) {
 	}
 	n0.WaitRoute(t, "foo", 6)
 
-	c := edgetest.Client(t)
-	var ok, failed atomic.Int64
-	ctx, stop := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				resp, err := c.Do(n0.Request(t, "POST", "foo", "/", strings.NewReader("x")))
-				if err != nil {
-					failed.Add(1)
-					t.Logf("request: %v", err)
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					ok.Add(1)
-				} else {
-					failed.Add(1)
-					t.Logf("status %d", resp.StatusCode)
-				}
-			}
-		})
-	}
-	waitCount(t, &ok, 50)
+	l := startLoad(t, n0, true)
+	waitCount(t, &l.ok, 50)
 	n1 := cl.AddOn(t, "node-1", later)
 	// Six links over two nodes: each ends with its share, three.
 	n1.WaitRoute(t, "foo", 3)
 	n0.WaitRoute(t, "foo", 3)
-	before := ok.Load()
-	waitCount(t, &ok, before+50)
-	stop()
-	wg.Wait()
-	if f := failed.Load(); f != 0 {
-		t.Fatalf("%d of %d requests (POST) failed while agents moved", f, f+ok.Load())
+	waitCount(t, &l.ok, l.ok.Load()+50)
+	l.stop()
+	if f := l.failed.Load(); f != 0 {
+		t.Fatalf("%d of %d requests (POST) failed while agents moved", f, f+l.ok.Load())
 	}
 }
 
