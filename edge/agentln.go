@@ -94,6 +94,7 @@ type session struct {
 	rt      *http.Transport // HTTP/1.1 over streams
 	rt2     *http.Transport // HTTP/2 over streams, made on first use
 	rt2Once sync.Once
+	h1      streamPool // idle HTTP/1.1 streams of the stream path
 
 	inflight   atomic.Int64  // streams in flight, for the balancer
 	movedAt    atomic.Int64  // when rebalancing asked it to move (unix ns)
@@ -125,12 +126,14 @@ func (sess *session) isLeaving() bool     { return sess.leaving.Load() }
 
 // closeIdle closes the idle keep-alive streams to the agent.
 func (sess *session) closeIdle() {
+	sess.h1.closeIdle(false)
 	sess.rt.CloseIdleConnections()
 	sess.rt2Once.Do(func() { sess.rt2 = sess.srv.newAgentTransport(sess, quicutil.KindHTTP2) })
 	if sess.rt2 != nil { // nil once the session is torn down
 		sess.rt2.CloseIdleConnections()
 	}
 }
+func (sess *session) h1pool() *streamPool                            { return &sess.h1 }
 func (sess *session) name() string                                   { return sess.hello.AgentID }
 func (sess *session) streamKind(id routing.EndpointID) quicutil.Kind { return sess.endpointKind(id) }
 
@@ -471,6 +474,7 @@ func (sess *session) teardown(cause error) {
 	s.mu.Unlock()
 	s.local.SetLinks(links)
 	sess.conn.CloseWithError(quicutil.ConnCodeNormal, "")
+	sess.h1.closeIdle(true)
 	sess.rt.CloseIdleConnections()
 	sess.rt2Once.Do(func() {}) // no HTTP/2 transport from now on
 	if sess.rt2 != nil {

@@ -69,6 +69,7 @@ type peer struct {
 	closed   bool
 	rt       *http.Transport
 	rt2      *http.Transport
+	h1       streamPool // idle HTTP/1.1 streams of the stream path
 }
 
 func newPeer(c *cluster, name string, epoch uint64) *peer {
@@ -268,6 +269,7 @@ func (p *peer) close() {
 	if conn != nil {
 		conn.CloseWithError(quicutil.ConnCodeGoingAway, "node left the cluster")
 	}
+	p.h1.closeIdle(true)
 	p.rt.CloseIdleConnections()
 	p.rt2.CloseIdleConnections()
 }

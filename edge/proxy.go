@@ -286,7 +286,12 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 		tg.inflightAdd(1)
 		s.activeStreams.Add(1)
 		start := time.Now()
-		resp, err := tg.transport(tg.streamKind(info.endpoint)).RoundTrip(req)
+		var resp *http.Response
+		if k := tg.streamKind(info.endpoint); k == quicutil.KindHTTP && onStreamPath(req) {
+			resp, err = s.roundTripStream(tg, tg.h1pool(), req)
+		} else {
+			resp, err = tg.transport(k).RoundTrip(req)
+		}
 		if err == nil {
 			info.ttfb = time.Since(start)
 			s.m.ttfb.Update(info.ttfb.Seconds())
@@ -322,6 +327,9 @@ type target interface {
 	openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error)
 	// transport is the HTTP transport over streams of kind k.
 	transport(k quicutil.Kind) *http.Transport
+	// h1pool is the pool of idle HTTP/1.1 keep-alive streams of the
+	// stream path (h1stream.go).
+	h1pool() *streamPool
 	// streamKind is the kind of stream endpoint id's upstream speaks.
 	streamKind(id routing.EndpointID) quicutil.Kind
 	inflightAdd(d int64)
@@ -403,25 +411,14 @@ func idempotent(req *http.Request) bool {
 // to tg carrying kind: HTTP/1.1, where a keep-alive connection reuses its
 // stream, or HTTP/2 with prior knowledge, where one stream carries many
 // requests (gRPC and other HTTP/2 upstreams need it end to end).
-func (s *Server) newAgentTransport(tg interface {
-	openStream(context.Context, *quicutil.StreamHeader, bool) (*quicutil.Conn, error)
-}, kind quicutil.Kind) *http.Transport {
+func (s *Server) newAgentTransport(tg streamOpener, kind quicutil.Kind) *http.Transport {
 	t := &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			host, _, err := net.SplitHostPort(addr)
 			if err != nil {
 				return nil, err
 			}
-			h := &quicutil.StreamHeader{Kind: kind, Endpoint: host}
-			if info, ok := ctx.Value(requestInfoKey).(*requestInfo); ok {
-				h.ClientAddr = info.clientAddr
-			}
-			c, err := tg.openStream(ctx, h, true)
-			if err != nil {
-				return nil, err
-			}
-			c.SetIdleTimeout(s.cfg.StreamIdleTimeout)
-			return c, nil
+			return s.dialStream(ctx, tg, kind, host)
 		},
 		MaxIdleConns:           0,
 		MaxIdleConnsPerHost:    256,

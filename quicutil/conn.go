@@ -282,6 +282,10 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// Closed reports whether Close or Abort was called, by this side or by the
+// idle timeout.
+func (c *Conn) Closed() bool { return c.closed.Load() }
+
 // OnClose makes f run once, when Close or Abort is first called. Call it
 // before handing the Conn to other goroutines.
 func (c *Conn) OnClose(f func()) { c.onClose = f }

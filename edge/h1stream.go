@@ -1,0 +1,355 @@
+package edge
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/pico-edge/pico/quicutil"
+)
+
+// The HTTP/1.1 stream path: a request without a body to an agent that
+// speaks HTTP/1.1 is written and its response read by the handler's own
+// goroutine, over a keep-alive stream taken from the target's pool. It does
+// what http.Transport does for such a request (pooling, response header
+// limits and timeout, 1xx, cancellation, retry of a stale reused stream)
+// without the Transport's two goroutines per connection and the handoffs
+// between them, which cost more CPU than the rest of the request. Requests
+// with a body (written while the response is read) and upgrades still go
+// through http.Transport.
+
+// maxIdleStreams is how many idle keep-alive streams a target keeps.
+const maxIdleStreams = 256
+
+// maxResponseHeaderBytes bounds an upstream's response head.
+const maxResponseHeaderBytes = 64 << 10
+
+// max1xx is how many informational responses may precede the final one.
+const max1xx = 5
+
+// streamPool keeps the idle keep-alive streams to one target, newest last.
+type streamPool struct {
+	mu     sync.Mutex
+	idle   []*h1Conn
+	sweep  *time.Timer // closes streams idle for longer than the timeout
+	closed bool
+}
+
+// h1Conn is a keep-alive HTTP/1.1 stream.
+type h1Conn struct {
+	c      *quicutil.Conn
+	lr     limitedReader
+	br     *bufio.Reader
+	idleAt time.Time
+	reused bool
+}
+
+// limitedReader reads from a stream, failing once more than n bytes were
+// read while n >= 0: it bounds a response head. It counts what it read.
+type limitedReader struct {
+	c    *quicutil.Conn
+	n    int64
+	read int64
+}
+
+var errHeaderTooLarge = errors.New("upstream's response head is larger than 64 KiB")
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n >= 0 {
+		if l.n == 0 {
+			return 0, errHeaderTooLarge
+		}
+		if int64(len(p)) > l.n {
+			p = p[:l.n]
+		}
+	}
+	n, err := l.c.Read(p)
+	l.read += int64(n)
+	if l.n >= 0 {
+		l.n -= int64(n)
+	}
+	return n, err
+}
+
+var h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 8<<10) }}
+
+var h1Heads = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func newH1Conn(c *quicutil.Conn) *h1Conn {
+	hc := &h1Conn{c: c}
+	hc.lr.c = c
+	hc.lr.n = -1
+	hc.br = h1Readers.Get().(*bufio.Reader)
+	hc.br.Reset(&hc.lr)
+	return hc
+}
+
+// close ends the stream and lends its buffer back.
+func (hc *h1Conn) close() {
+	hc.c.Close()
+	if hc.br != nil {
+		hc.br.Reset(nil)
+		h1Readers.Put(hc.br)
+		hc.br = nil
+	}
+}
+
+// alive reports whether an idle stream can carry a request: its peer has
+// not ended it, and nothing arrived on it unasked.
+func (hc *h1Conn) alive() bool {
+	hc.c.SetReadDeadline(time.Unix(1, 0))
+	_, err := hc.br.Peek(1)
+	hc.c.SetReadDeadline(time.Time{})
+	return errors.Is(err, os.ErrDeadlineExceeded) && !hc.c.Closed()
+}
+
+// get takes the newest idle stream that is still usable.
+func (p *streamPool) get(maxIdle time.Duration) *h1Conn {
+	now := time.Now()
+	for {
+		p.mu.Lock()
+		n := len(p.idle)
+		if n == 0 {
+			p.mu.Unlock()
+			return nil
+		}
+		hc := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		if now.Sub(hc.idleAt) < maxIdle && hc.alive() {
+			hc.reused = true
+			return hc
+		}
+		hc.close()
+	}
+}
+
+// put keeps hc for the next request; it closes it when the pool is full or
+// closed.
+func (p *streamPool) put(hc *h1Conn, maxIdle time.Duration) {
+	hc.idleAt = time.Now()
+	p.mu.Lock()
+	if p.closed || len(p.idle) >= maxIdleStreams || hc.br.Buffered() > 0 {
+		p.mu.Unlock()
+		hc.close()
+		return
+	}
+	p.idle = append(p.idle, hc)
+	if p.sweep == nil {
+		p.sweep = time.AfterFunc(maxIdle, func() { p.expire(maxIdle) })
+	}
+	p.mu.Unlock()
+}
+
+// expire closes the streams idle for maxIdle or longer, and comes back for
+// the others.
+func (p *streamPool) expire(maxIdle time.Duration) {
+	now := time.Now()
+	p.mu.Lock()
+	i := 0
+	for i < len(p.idle) && now.Sub(p.idle[i].idleAt) >= maxIdle {
+		i++
+	}
+	old := append([]*h1Conn(nil), p.idle[:i]...)
+	p.idle = append(p.idle[:0], p.idle[i:]...)
+	if len(p.idle) > 0 && !p.closed {
+		p.sweep.Reset(maxIdle - now.Sub(p.idle[0].idleAt))
+	} else {
+		p.sweep = nil
+	}
+	p.mu.Unlock()
+	for _, hc := range old {
+		hc.close()
+	}
+}
+
+// closeIdle closes the idle streams; with final, later ones too.
+func (p *streamPool) closeIdle(final bool) {
+	p.mu.Lock()
+	old := p.idle
+	p.idle = nil
+	if final {
+		p.closed = true
+	}
+	if p.sweep != nil {
+		p.sweep.Stop()
+		p.sweep = nil
+	}
+	p.mu.Unlock()
+	for _, hc := range old {
+		hc.close()
+	}
+}
+
+// onStreamPath reports whether req takes the HTTP/1.1 stream path.
+func onStreamPath(req *http.Request) bool {
+	return (req.Body == nil || req.Body == http.NoBody) && req.Header.Get("Upgrade") == ""
+}
+
+// roundTripStream sends req, which has no body, to tg over a keep-alive
+// stream of the pool or a new one. A reused stream that the agent ended
+// before answering (its upstream closed the idle connection) is retried
+// once on a new stream when req may be sent twice.
+func (s *Server) roundTripStream(tg target, pool *streamPool, req *http.Request) (*http.Response, error) {
+	hc := pool.get(s.cfg.IdleTimeout)
+	for {
+		if hc == nil {
+			c, err := s.dialStream(req.Context(), tg, quicutil.KindHTTP, req.URL.Host)
+			if err != nil {
+				return nil, err
+			}
+			hc = newH1Conn(c)
+		}
+		resp, err := s.exchange(hc, pool, req)
+		if err == nil {
+			return resp, nil
+		}
+		// Nothing came back on a reused stream, and not for lack of time:
+		// the agent ended it (its upstream closed the idle connection).
+		stale := hc.reused && hc.lr.read == 0 && !isTimeout(err) && req.Context().Err() == nil
+		hc.close()
+		if !stale || !replayable(req) {
+			return nil, err
+		}
+		hc = nil
+	}
+}
+
+// replayable reports whether a request without a body may reach the
+// upstream twice (http.Transport's rule).
+func replayable(req *http.Request) bool {
+	if idempotent(req) {
+		return true
+	}
+	_, a := req.Header["Idempotency-Key"]
+	_, b := req.Header["X-Idempotency-Key"]
+	return a || b
+}
+
+// dialStream opens a stream of kind to endpoint ep of tg for a request.
+func (s *Server) dialStream(ctx context.Context, tg streamOpener, kind quicutil.Kind, ep string) (*quicutil.Conn, error) {
+	h := &quicutil.StreamHeader{Kind: kind, Endpoint: ep}
+	if info, ok := ctx.Value(requestInfoKey).(*requestInfo); ok {
+		h.ClientAddr = info.clientAddr
+	}
+	c, err := tg.openStream(ctx, h, true)
+	if err != nil {
+		return nil, err
+	}
+	c.SetIdleTimeout(s.cfg.StreamIdleTimeout)
+	return c, nil
+}
+
+// streamOpener opens streams: a target.
+type streamOpener interface {
+	openStream(context.Context, *quicutil.StreamHeader, bool) (*quicutil.Conn, error)
+}
+
+// exchange writes req on hc and reads the response head. The returned
+// response's body gives hc back to the pool once read to its end.
+func (s *Server) exchange(hc *h1Conn, pool *streamPool, req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	hc.lr.read = 0
+	canceled := context.AfterFunc(ctx, func() { hc.c.Abort(quicutil.StreamCodeCanceled) })
+	fail := func(err error) (*http.Response, error) {
+		canceled()
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		return nil, err
+	}
+	head := h1Heads.Get().(*bytes.Buffer)
+	head.Reset()
+	err := req.Write(head)
+	if err == nil {
+		_, err = hc.c.Write(head.Bytes())
+	}
+	h1Heads.Put(head)
+	if err != nil {
+		return fail(err)
+	}
+	if t := s.cfg.ResponseHeaderTimeout; t > 0 {
+		hc.c.SetReadDeadline(time.Now().Add(t))
+	}
+	var resp *http.Response
+	for n := 0; ; n++ {
+		hc.lr.n = maxResponseHeaderBytes + int64(hc.br.Buffered())
+		resp, err = http.ReadResponse(hc.br, req)
+		if err != nil {
+			return fail(err)
+		}
+		code := resp.StatusCode
+		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
+			break
+		}
+		if n == max1xx {
+			return fail(errors.New("upstream sent too many informational (1xx) responses"))
+		}
+		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
+			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	hc.lr.n = -1
+	hc.c.SetReadDeadline(time.Time{})
+	b := &h1Body{
+		src:      resp.Body,
+		hc:       hc,
+		pool:     pool,
+		canceled: canceled,
+		idle:     s.cfg.IdleTimeout,
+		reuse:    !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols,
+		eof:      resp.Body == http.NoBody,
+	}
+	resp.Body = b
+	return resp, nil
+}
+
+// h1Body is a response body on a keep-alive stream: read to its end, the
+// stream goes back to the pool; closed before, the stream is closed.
+type h1Body struct {
+	src      io.ReadCloser
+	hc       *h1Conn
+	pool     *streamPool
+	canceled func() bool
+	idle     time.Duration
+	reuse    bool
+	eof      bool
+	done     bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, errors.New("http: read on closed response body")
+	}
+	n, err := b.src.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	// canceled reports false once the request's context was canceled and
+	// the stream aborted.
+	if b.canceled() && b.eof && b.reuse {
+		b.pool.put(b.hc, b.idle)
+	} else {
+		b.hc.close()
+	}
+	return nil
+}
