@@ -40,6 +40,7 @@ type guardConn struct {
 	state   guardState
 	left    int64  // bytes of body or chunk data still to pass
 	partial []byte // a head or chunk line read in part (a read deadline fired)
+	scratch []byte // the last head's buffer, reused for the next one
 }
 
 type guardState int
@@ -141,6 +142,11 @@ func (g *guardConn) step() error {
 // readUntil reads until done says the bytes so far are complete, or max
 // bytes: then it hands over what it has and passes everything after.
 func (g *guardConn) readUntil(done func([]byte) bool, max int) ([]byte, error) {
+	if g.partial == nil {
+		// What readUntil returned last was handed over in full before this
+		// call (Read steps only once g.out is empty): reuse its buffer.
+		g.partial, g.scratch = g.scratch[:0], nil
+	}
 	for {
 		b, err := g.br.ReadSlice('\n')
 		g.partial = append(g.partial, b...)
@@ -155,6 +161,9 @@ func (g *guardConn) readUntil(done func([]byte) bool, max int) ([]byte, error) {
 		if done(g.partial) || len(g.partial) > max {
 			out := g.partial
 			g.partial = nil
+			if cap(out) <= 8<<10 {
+				g.scratch = out[:0]
+			}
 			if !done(out) {
 				return out, errTooLong
 			}
@@ -166,9 +175,15 @@ func (g *guardConn) readUntil(done func([]byte) bool, max int) ([]byte, error) {
 // checkHead inspects a complete request head and returns the bytes to
 // hand to net/http, setting what follows it.
 func (g *guardConn) checkHead(head []byte) []byte {
-	if g.state == guardPass {
+	if g.state == guardPass || g.checkHeadFast(head) {
 		return head
 	}
+	return g.checkHeadSlow(head)
+}
+
+// checkHeadSlow is checkHead for any head: it drops the guard's own
+// header, normalizes line ends and refuses what must be refused.
+func (g *guardConn) checkHeadSlow(head []byte) []byte {
 	lines := strings.Split(strings.TrimRight(string(head), "\r\n"), "\n")
 	reqLine := strings.TrimRight(lines[0], "\r")
 	if strings.HasPrefix(reqLine, "PRI * HTTP/2.0") || strings.HasPrefix(reqLine, "CONNECT ") || !strings.HasSuffix(reqLine, " HTTP/1.1") {
@@ -223,6 +238,95 @@ func (g *guardConn) checkHead(head []byte) []byte {
 		g.state, g.left = guardBody, length
 	}
 	return []byte(strings.Join(append([]string{reqLine}, kept...), "\r\n") + "\r\n\r\n")
+}
+
+// checkHeadFast checks the common head without allocating: CRLF line ends
+// only, no Transfer-Encoding, Upgrade, obs-fold or the guard's own header,
+// at most one valid Content-Length. For such a head checkHead would hand
+// over the same bytes; it reports false for any other, which checkHead
+// then rewrites or refuses.
+func (g *guardConn) checkHeadFast(head []byte) bool {
+	i := bytes.IndexByte(head, '\n')
+	if i < 1 || head[i-1] != '\r' {
+		return false
+	}
+	reqLine := head[:i-1]
+	if !bytes.HasSuffix(reqLine, []byte(" HTTP/1.1")) || bytes.HasPrefix(reqLine, []byte("CONNECT ")) ||
+		bytes.IndexByte(reqLine, '\r') >= 0 {
+		return false
+	}
+	rest := head[i+1:]
+	var length int64 = -1
+	for {
+		j := bytes.IndexByte(rest, '\n')
+		if j < 1 || rest[j-1] != '\r' {
+			return false
+		}
+		line := rest[:j-1]
+		rest = rest[j+1:]
+		if len(line) == 0 {
+			if len(rest) != 0 {
+				return false
+			}
+			break
+		}
+		if line[0] == ' ' || line[0] == '\t' || bytes.IndexByte(line, '\r') >= 0 {
+			return false
+		}
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			return false
+		}
+		switch {
+		case asciiEqualFold(name, "Content-Length"):
+			n, ok := parseLength(bytes.TrimSpace(value))
+			if !ok || length >= 0 {
+				return false
+			}
+			length = n
+		case asciiEqualFold(name, "Transfer-Encoding"), asciiEqualFold(name, "Upgrade"), asciiEqualFold(name, rejectHeader):
+			return false
+		}
+	}
+	if length > 0 {
+		g.state, g.left = guardBody, length
+	}
+	return true
+}
+
+// asciiEqualFold is strings.EqualFold for an ASCII s, without converting b.
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		c, d := b[i], s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if 'A' <= d && d <= 'Z' {
+			d += 'a' - 'A'
+		}
+		if c != d {
+			return false
+		}
+	}
+	return true
+}
+
+// parseLength parses 1 to 18 decimal digits.
+func parseLength(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
 
 var errTooLong = errors.New("edge: request head too long")

@@ -38,6 +38,14 @@ func FuzzGuard(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
+		// The allocation-free check of a head agrees with the full one.
+		fast, slow := newGuardConn(readerConn{}, 1024, nil), newGuardConn(readerConn{}, 1024, nil)
+		if fast.checkHeadFast(in) {
+			slow.state = guardHead
+			if out := slow.checkHeadSlow(in); !bytes.Equal(out, in) || fast.state != slow.state || fast.left != slow.left {
+				t.Fatalf("fast check: state %d left %d, full check: %q state %d left %d", fast.state, fast.left, out, slow.state, slow.left)
+			}
+		}
 		g := newGuardConn(readerConn{bytes.NewReader(in)}, 1024, nil)
 		out, _ := io.ReadAll(io.LimitReader(g, int64(len(in))*2+4096))
 		if len(out) > len(in)+512 {
