@@ -55,9 +55,10 @@ type link struct {
 	// found silent; a higher count later means the edge is back.
 	silentPackets atomic.Uint64
 
-	active    atomic.Int64   // streams being served or dialled
-	wg        sync.WaitGroup // control reader, stream acceptor and handlers
-	closeOnce sync.Once
+	active     atomic.Int64   // streams being served or dialled
+	lastAccept atomic.Int64   // when the edge last opened a stream (unix ns)
+	wg         sync.WaitGroup // control reader, stream acceptor and handlers
+	closeOnce  sync.Once
 }
 
 // connect dials the edge at c, on a new UDP socket, and says hello with
@@ -319,14 +320,17 @@ func (l *link) serve() error {
 }
 
 // retire waits for the link's streams to end (until grace passes or ctx
-// ends), then closes it.
+// ends), then closes it. The link must also have been quiet for
+// retireQuiet: the edge may have picked this link for a request just
+// before it asked the agent to move, and that stream may still be on its
+// way; closing under it would fail a request the upstream never saw.
 func (l *link) retire(ctx context.Context, grace time.Duration) {
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 wait:
-	for l.active.Load() > 0 {
+	for l.active.Load() > 0 || time.Since(time.Unix(0, l.lastAccept.Load())) < retireQuiet {
 		select {
 		case <-tick.C:
 		case <-l.conn.Context().Done():
@@ -339,6 +343,9 @@ wait:
 	}
 	l.close(quicutil.ConnCodeNormal, "agent closing")
 }
+
+// retireQuiet is how long a retiring link must have had no new stream.
+const retireQuiet = 500 * time.Millisecond
 
 // close closes the connection with code and reason, waits for the link's
 // goroutines and releases its socket. It is safe to call more than once.
@@ -396,6 +403,7 @@ func (l *link) acceptStreams() {
 			return
 		}
 		l.active.Add(1)
+		l.lastAccept.Store(time.Now().UnixNano())
 		l.wg.Go(func() {
 			defer l.active.Add(-1)
 			l.handleStream(str)
