@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +28,7 @@ const wrkSample = `Running 5s test @ http://127.0.0.1:40000/small
   Socket errors: connect 0, read 1, write 2, timeout 4
 Requests/sec: 104554.24
 Transfer/sec:     12.46MB
+p99.9_us: 4100
 `
 
 func TestParseWrk(t *testing.T) {
@@ -36,7 +38,7 @@ func TestParseWrk(t *testing.T) {
 	}
 	want := WrkResult{
 		Requests: 522840, Seconds: 5, RequestsPerSec: 104554.24, TransferBPS: 12.46 * (1 << 20),
-		LatencyAvgUs: 152.2, LatencyMaxUs: 8070, P50Us: 134, P75Us: 160, P90Us: 203, P99Us: 1550,
+		LatencyAvgUs: 152.2, LatencyMaxUs: 8070, P50Us: 134, P75Us: 160, P90Us: 203, P99Us: 1550, P999Us: 4100,
 		Non2xx: 3, ErrRead: 1, ErrWrite: 2, ErrTimeout: 4,
 	}
 	if !approxEqual(r, want) {
@@ -90,7 +92,7 @@ func approxEqual(a, b WrkResult) bool {
 	near := func(x, y float64) bool { return x-y < 1e-6*max(1, y) && y-x < 1e-6*max(1, y) }
 	return a.Requests == b.Requests && near(a.Seconds, b.Seconds) && near(a.RequestsPerSec, b.RequestsPerSec) &&
 		near(a.TransferBPS, b.TransferBPS) && near(a.LatencyAvgUs, b.LatencyAvgUs) && near(a.LatencyMaxUs, b.LatencyMaxUs) &&
-		near(a.P50Us, b.P50Us) && near(a.P75Us, b.P75Us) && near(a.P90Us, b.P90Us) && near(a.P99Us, b.P99Us) &&
+		near(a.P50Us, b.P50Us) && near(a.P75Us, b.P75Us) && near(a.P90Us, b.P90Us) && near(a.P99Us, b.P99Us) && near(a.P999Us, b.P999Us) &&
 		a.Non2xx == b.Non2xx && a.ErrConnect == b.ErrConnect && a.ErrRead == b.ErrRead &&
 		a.ErrWrite == b.ErrWrite && a.ErrTimeout == b.ErrTimeout
 }
@@ -112,14 +114,21 @@ func TestParseProc(t *testing.T) {
 
 func TestParseFlags(t *testing.T) {
 	o, err := parseFlags([]string{"--quick"})
-	if err != nil || o.Duration != 3*time.Second || len(o.Scenarios) != 5 {
+	if err != nil || o.Duration != 3*time.Second || len(o.Scenarios) != 8 || o.UploadBytes != 256<<20 ||
+		!slices.Equal(o.SmallConns, []int{1, 16, 64, 256}) || o.AgentConns != 2 {
 		t.Errorf("--quick: %+v, %v", o, err)
+	}
+	o, err = parseFlags([]string{"--conns", "2, 8", "--agent-connections", "1", "--upload-mib", "64", "--scenarios", "all"})
+	if err != nil || !slices.Equal(o.SmallConns, []int{2, 8}) || o.AgentConns != 1 || o.UploadBytes != 64<<20 ||
+		o.TCPBulkBytes != 1<<30 || len(o.Scenarios) != len(allScenarios) {
+		t.Errorf("--conns 2,8 --agent-connections 1 --upload-mib 64: %+v, %v", o, err)
 	}
 	o, err = parseFlags([]string{"--quick", "--duration", "1s", "--scenarios", "a,C"})
 	if err != nil || o.Duration != time.Second || !o.Scenarios["a"] || !o.Scenarios["c"] || o.Scenarios["b"] {
 		t.Errorf("--quick --duration 1s --scenarios a,C: %+v, %v", o, err)
 	}
-	for _, bad := range [][]string{{"--duration", "1500ms"}, {"--scenarios", "x"}, {"--idle-agents", "0"}, {"extra"}} {
+	for _, bad := range [][]string{{"--duration", "1500ms"}, {"--scenarios", "x"}, {"--idle-agents", "0"}, {"extra"},
+		{"--conns", "0"}, {"--conns", "a"}, {"--conns", ","}, {"--agent-connections", "9"}, {"--upload-mib", "0"}, {"--tcp-bulk-mib", "-1"}} {
 		if _, err := parseFlags(bad); err == nil {
 			t.Errorf("parseFlags(%q) accepted", bad)
 		}
@@ -140,8 +149,11 @@ func TestHarness(t *testing.T) {
 	var out strings.Builder
 	opts := Options{
 		Duration: time.Second, Warmup: time.Second, Repeat: 1,
-		Scenarios:  map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true},
+		Scenarios:  map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true, "g": true, "h": true, "i": true},
 		IdleAgents: 20, JSON: jsonPath, Settle: 300 * time.Millisecond, SettleSamples: 2,
+		// One connection count keeps the smoke short; the new scenarios'
+		// bulk runs are tiny, and H measures an agent of 2 links too.
+		SmallConns: []int{64}, RRConns: []int{16}, UploadBytes: 8 << 20, TCPBulkBytes: 8 << 20, AgentConns: 2,
 		Out: &out, Log: testWriter{t},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -152,8 +164,8 @@ func TestHarness(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if len(res.Small) != 3 {
-		t.Fatalf("scenario A: %d rows, want 3", len(res.Small))
+	if len(res.Small) != 1 {
+		t.Fatalf("scenario A: %d rows, want 1", len(res.Small))
 	}
 	for _, row := range res.Small {
 		for _, r := range []WrkRun{row.Direct, row.Pico} {
@@ -165,9 +177,44 @@ func TestHarness(t *testing.T) {
 		if row.ReqRatioPct <= 0 || row.Pico.CPUPer1kReq["edge"] <= 0 || row.Pico.CPUPer1kReq["agent"] <= 0 {
 			t.Errorf("A c=%d: ratio %v, CPU per 1k %v", row.Conns, row.ReqRatioPct, row.Pico.CPUPer1kReq)
 		}
+		if p := row.Pico; p.Result.P999Us < p.Result.P99Us || p.PeakRSSKiB["edge"] <= 0 || p.PeakRSSKiB["agent"] <= 0 {
+			t.Errorf("A c=%d: p99.9 %v (p99 %v), peak RSS %v", row.Conns, p.Result.P999Us, p.Result.P99Us, p.PeakRSSKiB)
+		}
 	}
 	if b := res.Bulk; b == nil || b.DirectMiBps <= 0 || b.PicoMiBps <= 0 || b.RatioPct <= 0 {
 		t.Errorf("scenario B: %+v", b)
+	}
+	// B's second agent, with --connections 2 (against one edge node it
+	// keeps one link; the row says how many the edge listed).
+	if len(res.BulkLinks) != 1 || res.BulkLinks[0].MiBps <= 0 || res.BulkLinks[0].LinksSeen < 1 || len(res.LinkNotes) != 2 {
+		t.Errorf("scenario B with 2 agent links: %+v", res.BulkLinks)
+	}
+	if g := res.Upload; g == nil || g.Bytes != 8<<20 || g.Direct.Result.MiBps <= 0 || g.Pico.Result.MiBps <= 0 ||
+		g.RatioPct <= 0 || g.Pico.CPUPerGiB["edge"] <= 0 || g.Pico.PeakRSSKiB["agent"] <= 0 {
+		t.Errorf("scenario G: %+v", g)
+	}
+	if h := res.TCP; h == nil || len(h.Bulk) != 2 || len(h.RR) != 1 || len(h.Links) != 2 || h.BulkVsQUICPct <= 0 {
+		t.Errorf("scenario H: %+v", h)
+	} else {
+		for _, row := range append(append(h.Bulk, h.Links...), h.RR...) {
+			d, p := row.Direct.Result, row.Pico.Result
+			if row.RatioPct <= 0 || d.Bytes <= 0 || p.Bytes <= 0 || row.Pico.CPUSeconds["fwd-agent"] <= 0 {
+				t.Errorf("H %s c=%d: %+v", row.Mode, row.Conns, row)
+			}
+			if row.Mode == "rr" && (p.P50Us <= 0 || p.P999Us < p.P50Us || row.Pico.CPUPer1kReq["edge"] <= 0) {
+				t.Errorf("H rr c=%d pico: %+v", row.Conns, p)
+			}
+		}
+	}
+	if len(res.WebSocket) != 1 {
+		t.Errorf("scenario I: %d rows, want 1", len(res.WebSocket))
+	}
+	for _, row := range res.WebSocket {
+		for _, r := range []LoadRun{row.Direct, row.Pico} {
+			if l := r.Result; l.Requests <= 0 || l.P50Us <= 0 || l.P99Us < l.P50Us || l.Errors != 0 {
+				t.Errorf("I %s c=%d: %+v", r.Target, row.Conns, l)
+			}
+		}
 	}
 	if c := res.QUICCopy; c == nil || c.MiBps <= 0 || c.Bytes <= 0 {
 		t.Errorf("scenario C: %+v", c)
@@ -182,6 +229,9 @@ func TestHarness(t *testing.T) {
 	_, errH2load := exec.LookPath("h2load")
 	if len(res.TLS) != 2 {
 		t.Fatalf("scenario E: %d rows, want 2 (notes %q)", len(res.TLS), res.TLSNotes)
+	}
+	if res.TLS[0].Conns != 64 || res.TLS[0].Streams != 4 {
+		t.Errorf("scenario E at %d conns x %d streams, want 64 x 4 (256 in flight)", res.TLS[0].Conns, res.TLS[0].Streams)
 	}
 	for i, proto := range []string{"h2", "h3"} {
 		row := res.TLS[i]
@@ -220,14 +270,15 @@ func TestHarness(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatalf("results JSON: %v", err)
 	}
-	if len(back.Small) != 3 || back.Bulk == nil || back.QUICCopy == nil || back.Idle == nil || len(back.TLS) != 2 {
+	if len(back.Small) != 1 || back.Bulk == nil || back.Upload == nil || back.TCP == nil || len(back.WebSocket) != 1 || back.QUICCopy == nil || back.Idle == nil || len(back.TLS) != 2 {
 		t.Errorf("results JSON lacks scenarios: %s", b)
 	}
 	entries, _ := os.ReadDir(filepath.Dir(jsonPath))
 	if len(entries) != 1 {
 		t.Errorf("%d files next to the results (history off), want 1", len(entries))
 	}
-	for _, want := range []string{"A. small requests", "B. 1 MiB responses", "C. quic-go one-stream copy", "D. idle agent links", "E. small requests"} {
+	for _, want := range []string{"A. small requests", "B. 1 MiB responses", "C. quic-go one-stream copy", "D. idle agent links", "E. small requests",
+		"B'. 1 MiB responses", "G. one 8 MiB POST", "H. TCP forward", "I. WebSocket echo"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}
@@ -242,3 +293,48 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = testWriter{}
+
+func TestCompare(t *testing.T) {
+	last := &Results{Schema: 1, Small: []SmallRow{{Conns: 16, ReqRatioPct: 20,
+		Pico: WrkRun{Result: WrkResult{RequestsPerSec: 1000, P50Us: 400}}}},
+		Upload: &UploadRow{RatioPct: 10, Pico: UploadRun{Result: UploadResult{MiBps: 100}}}}
+	now := &Results{Schema: 1, Small: []SmallRow{{Conns: 16, ReqRatioPct: 25,
+		Pico: WrkRun{Result: WrkResult{RequestsPerSec: 1250, P50Us: 800}}}, {Conns: 256, ReqRatioPct: 5}}}
+	got := map[string]Change{}
+	for _, c := range compare(last, now) {
+		got[c.Figure] = c
+	}
+	if len(got) != 3 {
+		t.Fatalf("compare: %d figures in common, want 3 (A c=16 req/s, ratio, p50): %+v", len(got), got)
+	}
+	if c := got["A c=16 pico req/s"]; c.Last != 1000 || c.Now != 1250 || c.ChangePct != 25 || !c.Better {
+		t.Errorf("req/s: %+v", c)
+	}
+	if c := got["A c=16 pico p50"]; c.ChangePct != 100 || c.Better {
+		t.Errorf("p50 (higher is worse): %+v", c)
+	}
+	var out strings.Builder
+	printComparison(&out, last, compare(last, now))
+	if !strings.Contains(out.String(), "WORSE") || !strings.Contains(out.String(), "better") {
+		t.Errorf("comparison report:\n%s", out.String())
+	}
+	dir := t.TempDir()
+	if loadResults(filepath.Join(dir, "none.json")) != nil {
+		t.Error("loadResults of a missing file")
+	}
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte("{not json"), 0o644)
+	if loadResults(bad) != nil {
+		t.Error("loadResults of a broken file")
+	}
+}
+
+func TestPatternReader(t *testing.T) {
+	for _, n := range []int64{0, 1, 7, 64 << 10, 64<<10 + 3, 1 << 20} {
+		r := &patternReader{buf: []byte("abcdefg"), left: n}
+		got, err := io.Copy(io.Discard, r)
+		if err != nil || got != n {
+			t.Errorf("patternReader(%d) gave %d bytes, %v", n, got, err)
+		}
+	}
+}

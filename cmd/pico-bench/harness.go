@@ -35,6 +35,7 @@ type harness struct {
 	upTLS    string // the upstream's HTTPS (TCP) and HTTP/3 (UDP) addresses, with scenario E
 	upH3     string
 	upCA     string // CA file of the upstream's certificate
+	wrkLua   string // wrk script that prints p99.9 (peak.go)
 }
 
 // Run runs the selected scenarios and returns their results, after
@@ -87,14 +88,32 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	if opts.Scenarios["f"] && ctx.Err() == nil {
 		h.record("F", h.runF(ctx))
 	}
+	if opts.Scenarios["g"] && ctx.Err() == nil {
+		h.record("G", h.runG(ctx))
+	}
+	if opts.Scenarios["h"] && ctx.Err() == nil {
+		h.record("H", h.runH(ctx))
+	}
+	if opts.Scenarios["i"] && ctx.Err() == nil {
+		h.record("I", h.runI(ctx))
+	}
 	if h.res.Bulk != nil && h.res.QUICCopy != nil {
 		h.res.PicoVsQUICPct = pct(h.res.Bulk.PicoMiBps, h.res.QUICCopy.MiBps)
+	}
+	if t := h.res.TCP; t != nil && len(t.Bulk) > 0 && h.res.QUICCopy != nil {
+		t.BulkVsQUICPct = pct(t.Bulk[0].Pico.Result.MiBps, h.res.QUICCopy.MiBps)
 	}
 	h.res.Seconds = time.Since(start).Seconds()
 	h.res.Host.LoadAvgEnd = loadAvg()
 	h.procs.killAll()
 
+	last := loadResults(opts.JSON)
+	if last != nil {
+		h.res.VsLast = compare(last, h.res)
+		h.res.LastStartedAt = last.StartedAt
+	}
 	printReport(opts.Out, h.res)
+	printComparison(opts.Out, last, h.res.VsLast)
 	werr := writeJSON(opts.JSON, opts.History, h.res)
 	if werr != nil {
 		h.res.Errors = append(h.res.Errors, werr.Error())
@@ -157,6 +176,10 @@ func (h *harness) setup(ctx context.Context) error {
 		return err
 	}
 	h.bin = filepath.Join(h.tmp, "bin")
+	h.wrkLua = filepath.Join(h.tmp, "p999.lua")
+	if err := os.WriteFile(h.wrkLua, []byte(wrkLua), 0o644); err != nil {
+		return err
+	}
 	h.logf("building pico-edge, pico-agent and pico-bench into %s", h.bin)
 	bctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
@@ -416,7 +439,7 @@ type cpuWatch struct {
 func (h *harness) wrk(ctx context.Context, target, url string, conns int, d time.Duration, watch []cpuWatch, measured bool) (WrkRun, error) {
 	threads := min(2, conns)
 	args := []string{"-t" + strconv.Itoa(threads), "-c" + strconv.Itoa(conns),
-		"-d" + strconv.Itoa(int(d/time.Second)) + "s", "--latency", "--timeout", "5s"}
+		"-d" + strconv.Itoa(int(d/time.Second)) + "s", "--latency", "--timeout", "5s", "-s", h.wrkLua}
 	if !strings.HasPrefix(url, "http://"+h.upAddr+"/") { // an edge, not the upstream itself
 		args = append(args, "-H", "x-pico-endpoint: bench")
 	}
@@ -427,6 +450,7 @@ func (h *harness) wrk(ctx context.Context, target, url string, conns int, d time
 	for _, w := range watch {
 		before[w.role], _ = procCPU(w.p.pid())
 	}
+	resetPeaks(watch)
 	host0, _ := hostBusy()
 	start := time.Now()
 	p, err := h.procs.start("wrk", true, "wrk", args...)
@@ -446,6 +470,7 @@ func (h *harness) wrk(ctx context.Context, target, url string, conns int, d time
 		run.CPUSeconds[w.role] = math.Round((after-before[w.role])*1000) / 1000 // ticks are 10ms
 	}
 	run.CPUSeconds["wrk"] = math.Round(p.rusageCPU()*1e6) / 1e6
+	run.PeakRSSKiB = readPeaks(watch)
 	res, err := parseWrk(p.output())
 	if err != nil {
 		return run, fmt.Errorf("%w; wrk said:\n%s", err, p.output())
@@ -670,7 +695,7 @@ func (h *harness) runAB(ctx context.Context) error {
 		if err := warm("/small", 16); err != nil {
 			return err
 		}
-		for _, conns := range []int{1, 16, 64} {
+		for _, conns := range h.opts.SmallConns {
 			dr, pr, pairs, err := h.pair(ctx, direct, pico, "/small", conns, watch, rps)
 			if err != nil {
 				return err
@@ -704,13 +729,28 @@ func (h *harness) runAB(ctx context.Context) error {
 		}
 		h.res.Bulk = b
 	}
+	// Each run resets VmHWM (peak.go): the peak of A and B is the largest
+	// of their runs' peaks.
 	h.res.PeakRSSKiB = map[string]int64{}
-	for _, w := range []cpuWatch{{"edge", e.proc}, {"agent", ag}} {
-		if _, hwm, err := procMem(w.p.pid()); err == nil {
-			h.res.PeakRSSKiB[w.role] = hwm
+	runs := []WrkRun{}
+	for _, row := range h.res.Small {
+		runs = append(runs, row.Pico)
+	}
+	if h.res.Bulk != nil {
+		runs = append(runs, h.res.Bulk.Pico)
+	}
+	for _, r := range runs {
+		for role, k := range r.PeakRSSKiB {
+			h.res.PeakRSSKiB[role] = max(h.res.PeakRSSKiB[role], k)
 		}
 	}
-	e.kill()
+	defer e.kill()
+	if h.res.Bulk != nil && h.opts.AgentConns > 1 && ctx.Err() == nil {
+		if err := h.stopAgent(ctx, e, ag, "bench"); err != nil {
+			return err
+		}
+		return h.runBLinks(ctx, e, direct, pico)
+	}
 	ag.kill()
 	return nil
 }

@@ -5,24 +5,40 @@
 // on 127.0.0.1 ephemeral ports, and measures, always in the same run as the
 // direct baseline each figure is divided by:
 //
-//	A  small requests (wrk, 12-byte body) direct vs through Pico, at 1, 16 and 64 connections
-//	B  1 MiB responses at 4 connections, direct vs through Pico
+//	A  small requests (wrk, 12-byte body) direct vs through Pico, at 1, 16, 64 and 256 connections (--conns)
+//	B  1 MiB responses at 4 connections, direct vs through Pico; then again with an agent started with
+//	   pico-agent --connections N (--agent-connections; against one edge node it keeps one link)
 //	C  a plain quic-go one-stream copy between two processes, the QUIC stack's bulk limit,
 //	   and the ratio of B's Pico throughput to it
 //	D  edge RSS per idle agent link, and per endpoint
 //	E  small requests over HTTPS: HTTP/2 (h2load) and HTTP/3 (the h3load subcommand) through the
-//	   edge's TLS front door, each against the upstream's own TLS listener speaking the same protocol
+//	   edge's TLS front door, each against the upstream's own TLS listener speaking the same protocol,
+//	   at the connection counts of A, 10 streams each (fewer at 64 and 256, to stay within the
+//	   edge's 256 in-flight requests per endpoint)
 //	F  cross-node relay: small requests through the node the agent is linked to, and through
 //	   another node of the cluster that relays them, at 1, 16 and 64 connections
+//	G  one 1 GiB POST (--upload-mib), which the upstream reads and answers with its length
+//	H  TCP forward: pico-agent forward -> edge -> an agent serving a tcp endpoint -> a TCP sink/echo
+//	   upstream; bulk at 1 and 4 connections (--tcp-bulk-mib per run; its ratio to C), request/response
+//	   (64-byte ping-pong) at 1, 16 and 64 connections; bulk again with agents of --agent-connections links
+//	I  WebSocket echo (64-byte messages) at 1, 16 and 64 connections
 //
-// It prints tables to stdout and writes the raw figures as JSON (--json).
+// Every Pico run records the CPU seconds of the edge and agent(s) per 1000
+// requests or per GiB, their peak RSS during that run alone (VmHWM, reset
+// before it), and p50/p99/p99.9 where the client gives them (wrk through a
+// Lua done hook). It prints tables to stdout and writes the raw figures as
+// JSON (--json); when that file exists already, the run first compares
+// each figure with it and prints the changes ("vs last").
 //
 // Usage:
 //
-//	pico-bench [--duration 10s] [--quick] [--scenarios a,b,c,d,e] [--idle-agents 200] [--json bench-results/latest.json]
+//	pico-bench [--duration 10s] [--quick] [--scenarios a,b,c,d,e,g,h,i] [--conns 1,16,64,256]
+//	           [--agent-connections 2] [--upload-mib 1024] [--tcp-bulk-mib 1024]
+//	           [--idle-agents 200] [--json bench-results/latest.json]
 //
-// The subcommands upstream, quic-sink, quic-source, idle-agents and h3load
-// are the harness's own helper processes.
+// The subcommands upstream, quic-sink, quic-source, idle-agents, h3load,
+// upload, tcp-upstream, tcpload and wsload are the harness's own helper
+// processes.
 package main
 
 import (
@@ -33,6 +49,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -42,7 +60,12 @@ import (
 type Options struct {
 	Duration      time.Duration   // per wrk run (and the QUIC copy)
 	Warmup        time.Duration   // wrk warm-up run before the measurements
-	Scenarios     map[string]bool // "a", "b", "c", "d", "e"
+	Scenarios     map[string]bool // "a" to "i"
+	SmallConns    []int           // connection counts of A and E (default 1, 16, 64, 256)
+	RRConns       []int           // connection counts of H's request/response and of I (default 1, 16, 64)
+	AgentConns    int             // links of the second agent of B and H (1: none)
+	UploadBytes   int64           // body of G's upload
+	TCPBulkBytes  int64           // H's bulk copy, per connection, per run
 	IdleAgents    int             // K of scenario D
 	Repeat        int             // direct/pico pairs per measurement; the median ratio is reported
 	QuietWait     time.Duration   // before each measurement, wait up to this long for other processes to go idle
@@ -85,27 +108,36 @@ func main() {
 }
 
 var subcommands = map[string]func(ctx context.Context, args []string) error{
-	"upstream":    runUpstream,
-	"quic-sink":   runQUICSink,
-	"quic-source": runQUICSource,
-	"idle-agents": runIdleAgents,
-	"h3load":      runH3Load,
+	"upstream":     runUpstream,
+	"quic-sink":    runQUICSink,
+	"quic-source":  runQUICSource,
+	"idle-agents":  runIdleAgents,
+	"h3load":       runH3Load,
+	"upload":       runUpload,
+	"tcp-upstream": runTCPUpstream,
+	"tcpload":      runTCPLoad,
+	"wsload":       runWSLoad,
 }
 
-var allScenarios = []string{"a", "b", "c", "d", "e", "f"}
+var allScenarios = []string{"a", "b", "c", "d", "e", "f", "g", "h", "i"}
 
 func parseFlags(args []string) (Options, error) {
 	fs := flag.NewFlagSet("pico-bench", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: pico-bench [flags]\n\n"+
-			"Load harness: builds pico-edge and pico-agent, runs wrk and a quic-go copy against them\n"+
+			"Load harness: builds pico-edge and pico-agent, runs wrk, h2load and its own load clients against them\n"+
 			"on 127.0.0.1, and reports every Pico figure as a ratio of a baseline measured in the same run.\n\n"+
-			"Helper subcommands (started by the harness): upstream, quic-sink, quic-source, idle-agents, h3load.\n\nFlags:\n")
+			"Helper subcommands (started by the harness): upstream, quic-sink, quic-source, idle-agents, h3load,\n"+
+			"upload, tcp-upstream, tcpload, wsload.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	duration := fs.Duration("duration", 10*time.Second, "length of each wrk run and of the QUIC copy (whole seconds, at least 1s)")
 	quick := fs.Bool("quick", false, "smoke mode: 3s runs (unless --duration is given), shorter warm-up and settle")
-	scenarios := fs.String("scenarios", "a,b,c,d,e", "scenarios to run, comma separated: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory), e (small requests over HTTP/2 and HTTP/3), f (cross-node relay)")
+	scenarios := fs.String("scenarios", "a,b,c,d,e,g,h,i", "scenarios to run, comma separated, or all: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory), e (small requests over HTTP/2 and HTTP/3), f (cross-node relay), g (1 GiB upload), h (TCP forward), i (WebSocket echo)")
+	conns := fs.String("conns", "1,16,64,256", "connection counts of scenarios A (HTTP/1.1) and E (HTTP/2, HTTP/3), comma separated")
+	agentConns := fs.Int("agent-connections", 2, "B and H also measure an agent started with pico-agent --connections N (links to the one edge node), beside the one-link agent; 1: don't")
+	upload := fs.Int64("upload-mib", 1024, "size of scenario G's upload in MiB (--quick: 256 unless given)")
+	tcpBulk := fs.Int64("tcp-bulk-mib", 1024, "bytes each connection of scenario H's bulk copy sends, in MiB (--quick: 256 unless given)")
 	idle := fs.Int("idle-agents", 200, "idle agent links K in scenario D")
 	quietWait := fs.Duration("quiet-wait", 30*time.Second, "before each measurement, wait up to this long for other processes' CPU use to drop below 0.15 cores (0: don't wait); the run proceeds, flagged, if it does not")
 	repeat := fs.Int("repeat", 1, "run each direct/pico pair (and the QUIC copy) this many times, interleaved, and report the median ratio; use 3 on a busy machine")
@@ -115,11 +147,15 @@ func parseFlags(args []string) (Options, error) {
 		return Options{}, err
 	}
 	if fs.NArg() > 0 {
-		return Options{}, fmt.Errorf("unexpected argument %q (subcommands: upstream, quic-sink, quic-source, idle-agents, h3load)", fs.Arg(0))
+		return Options{}, fmt.Errorf("unexpected argument %q (subcommands: upstream, quic-sink, quic-source, idle-agents, h3load, upload, tcp-upstream, tcpload, wsload)", fs.Arg(0))
 	}
 	durationSet := isSet(fs, "duration")
+	var err error
 
 	o := Options{
+		AgentConns:    *agentConns,
+		UploadBytes:   *upload << 20,
+		TCPBulkBytes:  *tcpBulk << 20,
 		Duration:      *duration,
 		Warmup:        2 * time.Second,
 		IdleAgents:    *idle,
@@ -142,6 +178,18 @@ func parseFlags(args []string) (Options, error) {
 		if !isSet(fs, "quiet-wait") {
 			o.QuietWait = 5 * time.Second
 		}
+		if !isSet(fs, "upload-mib") {
+			o.UploadBytes = 256 << 20
+		}
+		if !isSet(fs, "tcp-bulk-mib") {
+			o.TCPBulkBytes = 256 << 20
+		}
+	}
+	if *upload < 1 || *tcpBulk < 1 {
+		return Options{}, fmt.Errorf("--upload-mib %d, --tcp-bulk-mib %d: want at least 1", *upload, *tcpBulk)
+	}
+	if o.SmallConns, err = parseInts(*conns); err != nil {
+		return Options{}, fmt.Errorf("--conns: %w", err)
 	}
 	sc, err := parseScenarios(*scenarios)
 	if err != nil {
@@ -149,6 +197,25 @@ func parseFlags(args []string) (Options, error) {
 	}
 	o.Scenarios = sc
 	return o, o.validate()
+}
+
+// parseInts parses a comma-separated list of integers.
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("empty list")
+	}
+	return out, nil
 }
 
 func isSet(fs *flag.FlagSet, name string) bool {
@@ -167,10 +234,11 @@ func parseScenarios(s string) (map[string]bool, error) {
 			for _, k := range allScenarios {
 				out[k] = true
 			}
-		case "a", "b", "c", "d", "e", "f":
-			out[p] = true
 		default:
-			return nil, fmt.Errorf("--scenarios: unknown scenario %q (want a, b, c, d, e, f or all)", p)
+			if !slices.Contains(allScenarios, p) {
+				return nil, fmt.Errorf("--scenarios: unknown scenario %q (want a to i, or all)", p)
+			}
+			out[p] = true
 		}
 	}
 	if len(out) == 0 {
@@ -191,6 +259,32 @@ func (o *Options) validate() error {
 	}
 	if o.Repeat == 0 {
 		o.Repeat = 1
+	}
+	if len(o.SmallConns) == 0 {
+		o.SmallConns = []int{1, 16, 64, 256}
+	}
+	if len(o.RRConns) == 0 {
+		o.RRConns = []int{1, 16, 64}
+	}
+	for _, n := range o.SmallConns {
+		if n < 1 || n > 1000 {
+			return fmt.Errorf("--conns %d: want 1 to 1000", n)
+		}
+	}
+	if o.AgentConns == 0 {
+		o.AgentConns = 1
+	}
+	if o.AgentConns < 1 || o.AgentConns > 8 {
+		return fmt.Errorf("--agent-connections %d: want 1 to 8 (pico-agent's limit)", o.AgentConns)
+	}
+	if o.UploadBytes == 0 {
+		o.UploadBytes = 1 << 30
+	}
+	if o.TCPBulkBytes == 0 {
+		o.TCPBulkBytes = 1 << 30
+	}
+	if o.UploadBytes < 1<<20 || o.UploadBytes > 64<<30 || o.TCPBulkBytes < 1<<20 || o.TCPBulkBytes > 64<<30 {
+		return fmt.Errorf("--upload-mib %d, --tcp-bulk-mib %d: want 1 to 65536", o.UploadBytes>>20, o.TCPBulkBytes>>20)
 	}
 	if o.Repeat < 1 || o.Repeat > 20 {
 		return fmt.Errorf("--repeat %d: want 1 to 20", o.Repeat)

@@ -32,15 +32,15 @@ func printReport(w io.Writer, r *Results) {
 		r.Options.DurationS, r.Options.WarmupS, rep, orDash(h.LoadAvgStart), orDash(h.LoadAvgEnd))
 
 	if len(r.Small) > 0 {
-		fmt.Fprintf(w, "\nA. small requests (12-byte body), wrk -t2 (-t1 at 1 conn) --latency; CPU = seconds per 1000 requests\n")
+		fmt.Fprintf(w, "\nA. small requests (12-byte body), wrk -t2 (-t1 at 1 conn) --latency; CPU = seconds per 1000 requests; peak RSS = VmHWM during the pico run\n")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "scenario\tconns\tdirect req/s\tpico req/s\tratio\tdirect p50/p99\tpico p50/p99\tedge cpu\tagent cpu\tupstr cpu d/p\twrk cpu d/p\tcores d/p\tother d/p\t")
+		fmt.Fprintln(tw, "scenario\tconns\tdirect req/s\tpico req/s\tratio\tdirect p50/p99/p99.9\tpico p50/p99/p99.9\tedge cpu\tagent cpu\tpeak RSS e/a\tupstr cpu d/p\twrk cpu d/p\tcores d/p\tother d/p\t")
 		for _, row := range r.Small {
-			fmt.Fprintf(tw, "small\t%d\t%.0f\t%.0f\t%s\t%s / %s\t%s / %s\t%.3f\t%.3f\t%.3f / %.3f\t%.3f / %.3f\t%.2f / %.2f\t%.2f / %.2f\t%s\n",
+			fmt.Fprintf(tw, "small\t%d\t%.0f\t%.0f\t%s\t%s / %s / %s\t%s / %s / %s\t%.3f\t%.3f\t%s\t%.3f / %.3f\t%.3f / %.3f\t%.2f / %.2f\t%.2f / %.2f\t%s\n",
 				row.Conns, row.Direct.Result.RequestsPerSec, row.Pico.Result.RequestsPerSec, fmtRatio(row.ReqRatioPct, row.Pairs),
-				fmtUs(row.Direct.Result.P50Us), fmtUs(row.Direct.Result.P99Us),
-				fmtUs(row.Pico.Result.P50Us), fmtUs(row.Pico.Result.P99Us),
-				row.Pico.CPUPer1kReq["edge"], row.Pico.CPUPer1kReq["agent"],
+				fmtUs(row.Direct.Result.P50Us), fmtUs(row.Direct.Result.P99Us), fmtUs(row.Direct.Result.P999Us),
+				fmtUs(row.Pico.Result.P50Us), fmtUs(row.Pico.Result.P99Us), fmtUs(row.Pico.Result.P999Us),
+				row.Pico.CPUPer1kReq["edge"], row.Pico.CPUPer1kReq["agent"], fmtPeak(row.Pico.PeakRSSKiB, "edge", "agent"),
 				row.Direct.CPUPer1kReq["upstream"], row.Pico.CPUPer1kReq["upstream"],
 				row.Direct.CPUPer1kReq["wrk"], row.Pico.CPUPer1kReq["wrk"],
 				row.Direct.CoresBusy, row.Pico.CoresBusy, row.Direct.OtherCores, row.Pico.OtherCores, errNote(row.Direct, row.Pico))
@@ -107,23 +107,24 @@ func printReport(w io.Writer, r *Results) {
 		}
 	}
 	if len(r.TLS) > 0 || len(r.TLSNotes) > 0 {
-		fmt.Fprintf(w, "\nE. small requests (12-byte body) over TLS, %d conns x %d streams: direct = the client against the upstream's own TLS listener\n"+
+		fmt.Fprintf(w, "\nE. small requests (12-byte body) over TLS, conns x streams (%d, fewer where more would pass the edge's %d in-flight requests per endpoint):\n"+
+			"   direct = the client against the upstream's own TLS listener\n"+
 			"   in the same protocol; pico = client -> edge HTTPS door (h2 over TCP, h3 over UDP) -> agent -> upstream HTTP/1.1.\n"+
 			"   clients: h2load -t2 for h2, pico-bench h3load (quic-go http3, a process of its own) for h3; p50/p99 from every request's latency;\n"+
-			"   CPU = seconds per 1000 requests; p50x/p99x = pico latency / direct latency\n", eConns, eStreams)
+			"   CPU = seconds per 1000 requests; p50x/p99x = pico latency / direct latency; peak RSS = VmHWM during the pico run\n", eStreams, eMaxInFlight)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "proto\tclient\tdirect req/s\tpico req/s\tratio\tdirect p50/p99\tpico p50/p99\tp50x / p99x\tedge cpu\tagent cpu\tupstr cpu d/p\tclient cpu d/p\tcores d/p\tother d/p\t")
+		fmt.Fprintln(tw, "proto\tconns x streams\tclient\tdirect req/s\tpico req/s\tratio\tdirect p50/p99/p99.9\tpico p50/p99/p99.9\tp50x / p99x\tedge cpu\tagent cpu\tpeak RSS e/a\tupstr cpu d/p\tclient cpu d/p\tcores d/p\tother d/p\t")
 		for _, row := range r.TLS {
 			d, p := row.Direct, row.Pico
 			note := ""
 			if n := d.Result.Errors + p.Result.Errors; n > 0 {
 				note = fmt.Sprintf("SUSPECT (errors: direct %d, pico %d)", d.Result.Errors, p.Result.Errors)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%s\t%s / %s\t%s / %s\t%.2fx / %.2fx\t%.3f\t%.3f\t%.3f / %.3f\t%.3f / %.3f\t%.2f / %.2f\t%.2f / %.2f\t%s\n",
-				row.Proto, row.Client, d.Result.RequestsPerSec, p.Result.RequestsPerSec, fmtRatio(row.ReqRatioPct, row.Pairs),
-				fmtUs(d.Result.P50Us), fmtUs(d.Result.P99Us), fmtUs(p.Result.P50Us), fmtUs(p.Result.P99Us),
+			fmt.Fprintf(tw, "%s\t%d x %d\t%s\t%.0f\t%.0f\t%s\t%s / %s / %s\t%s / %s / %s\t%.2fx / %.2fx\t%.3f\t%.3f\t%s\t%.3f / %.3f\t%.3f / %.3f\t%.2f / %.2f\t%.2f / %.2f\t%s\n",
+				row.Proto, row.Conns, row.Streams, row.Client, d.Result.RequestsPerSec, p.Result.RequestsPerSec, fmtRatio(row.ReqRatioPct, row.Pairs),
+				fmtUs(d.Result.P50Us), fmtUs(d.Result.P99Us), fmtUs(d.Result.P999Us), fmtUs(p.Result.P50Us), fmtUs(p.Result.P99Us), fmtUs(p.Result.P999Us),
 				row.P50RatioTimes, row.P99RatioTimes,
-				p.CPUPer1kReq["edge"], p.CPUPer1kReq["agent"], d.CPUPer1kReq["upstream"], p.CPUPer1kReq["upstream"],
+				p.CPUPer1kReq["edge"], p.CPUPer1kReq["agent"], fmtPeak(p.PeakRSSKiB, "edge", "agent"), d.CPUPer1kReq["upstream"], p.CPUPer1kReq["upstream"],
 				d.CPUPer1kReq["client"], p.CPUPer1kReq["client"], d.CoresBusy, p.CoresBusy, d.OtherCores, p.OtherCores, note)
 		}
 		tw.Flush()
@@ -131,6 +132,7 @@ func printReport(w io.Writer, r *Results) {
 			fmt.Fprintf(w, "   note: %s\n", n)
 		}
 	}
+	printMoreReport(w, r)
 	if len(r.PeakRSSKiB) > 0 {
 		fmt.Fprintf(w, "\npeak RSS (VmHWM) during A/B: edge %s, agent %s\n", fmtKiB(r.PeakRSSKiB["edge"]), fmtKiB(r.PeakRSSKiB["agent"]))
 	}
@@ -184,6 +186,14 @@ func fmtUs(us float64) string {
 	default:
 		return fmt.Sprintf("%.0fus", us)
 	}
+}
+
+// fmtPeak is the peak RSS of two roles of a run, in MiB.
+func fmtPeak(m map[string]int64, a, b string) string {
+	if m[a] == 0 && m[b] == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f/%.0f MiB", float64(m[a])/1024, float64(m[b])/1024)
 }
 
 func fmtKiB(k int64) string { return fmt.Sprintf("%.1f MiB", float64(k)/1024) }

@@ -25,12 +25,25 @@ type Results struct {
 	// baseline) and through another node that relays them.
 	Relay []RelayRow `json:"scenario_f_relay,omitempty"`
 
+	// Upload is scenario G, TCP scenario H, WebSocket scenario I.
+	Upload    *UploadRow    `json:"scenario_g_upload,omitempty"`
+	TCP       *TCPResult    `json:"scenario_h_tcp_forward,omitempty"`
+	WebSocket []WSRow       `json:"scenario_i_websocket,omitempty"`
+	BulkLinks []BulkLinkRow `json:"scenario_b_agent_links,omitempty"`
+	// LinkNotes say what --agent-connections did.
+	LinkNotes []string `json:"agent_links_notes,omitempty"`
+
 	// PicoVsQUICPct is scenario B's Pico MiB/s over scenario C's quic-go
 	// copy MiB/s, in percent (target >= 70).
 	PicoVsQUICPct float64 `json:"pico_1mib_c4_vs_quic_copy_pct,omitempty"`
 
 	// PeakRSSKiB is VmHWM of the edge and agent of scenarios A and B.
 	PeakRSSKiB map[string]int64 `json:"peak_rss_kib,omitempty"`
+
+	// VsLast compares this run with the results file it replaced
+	// (--json), started at LastStartedAt.
+	VsLast        []Change  `json:"vs_last,omitempty"`
+	LastStartedAt time.Time `json:"last_started_at,omitzero"`
 
 	Warnings []string `json:"warnings,omitempty"`
 	Errors   []string `json:"errors,omitempty"`
@@ -78,6 +91,9 @@ type WrkRun struct {
 	// not the benchmark's, i.e. noise from other processes.
 	HostCoresBusy float64 `json:"host_cores_busy"`
 	OtherCores    float64 `json:"other_cores"`
+	// PeakRSSKiB is the VmHWM of each Pico process (edge, agent, relay)
+	// during this run alone.
+	PeakRSSKiB map[string]int64 `json:"peak_rss_kib,omitempty"`
 }
 
 // PairRatio is one direct/pico pair of runs of a repeated measurement.
@@ -172,6 +188,7 @@ type LoadRun struct {
 	CoresBusy     float64            `json:"cores_busy"`
 	HostCoresBusy float64            `json:"host_cores_busy"`
 	OtherCores    float64            `json:"other_cores"`
+	PeakRSSKiB    map[string]int64   `json:"peak_rss_kib,omitempty"` // as WrkRun's
 }
 
 // TLSRow is scenario E for one protocol: the same client and protocol

@@ -22,11 +22,19 @@ import (
 	"github.com/pico-edge/pico/certs"
 )
 
-// Scenario E's load shape: connections and requests in flight on each.
+// Scenario E's load shape: requests in flight on each connection, and the
+// connections of the warm-up (the measured counts are Options.SmallConns).
 const (
 	eConns   = 16
 	eStreams = 10
+	// eMaxInFlight is the edge's limit of in-flight requests per endpoint
+	// (LIMITS.md; beyond it the edge answers 503 at once): at high
+	// connection counts E opens fewer streams per connection to stay at it.
+	eMaxInFlight = 256
 )
+
+// eStreamsAt is the streams per connection of E at conns connections.
+func eStreamsAt(conns int) int { return max(1, min(eStreams, eMaxInFlight/conns)) }
 
 // eTarget is one side of a scenario E pair.
 type eTarget struct {
@@ -85,50 +93,61 @@ func (h *harness) runE(ctx context.Context) error {
 		}
 	}
 	watch := []cpuWatch{{"edge", e.proc}, {"agent", ag}, {"upstream", h.upstream}}
-	rps := func(r LoadRun) float64 { return r.Result.RequestsPerSec }
 	for _, p := range protos {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		h.logf("E: warm-up %s (%s), %s each direct and through pico", p.proto, p.client, h.opts.Warmup)
 		for _, t := range []eTarget{p.s.direct, p.s.pico} {
-			if _, err := h.load(ctx, p.proto, p.client, t, h.opts.Warmup, watch, false); err != nil {
+			if _, err := h.load(ctx, p.proto, p.client, t, eConns, h.opts.Warmup, watch, false); err != nil {
 				return fmt.Errorf("warm-up: %w", err)
 			}
 		}
-		type runs struct{ d, p LoadRun }
-		var all []runs
-		var ratios []PairRatio
-		for i := 0; i < h.opts.Repeat; i++ {
-			what := fmt.Sprintf("%s small requests, %d conns x %d streams", p.proto, eConns, eStreams)
-			h.waitQuiet(ctx, what)
-			h.logf("E: %s (%s), %s direct then through pico (%d/%d)", what, p.client, h.opts.Duration, i+1, h.opts.Repeat)
-			dr, err := h.load(ctx, p.proto, p.client, p.s.direct, h.opts.Duration, watch, true)
-			if err != nil {
+		for _, conns := range h.opts.SmallConns {
+			if err := h.runERow(ctx, p.proto, p.client, p.s.direct, p.s.pico, conns, watch); err != nil {
 				return err
 			}
-			pr, err := h.load(ctx, p.proto, p.client, p.s.pico, h.opts.Duration, watch, true)
-			if err != nil {
-				return err
-			}
-			all = append(all, runs{dr, pr})
-			ratios = append(ratios, PairRatio{Direct: rps(dr), Pico: rps(pr), RatioPct: pct(rps(pr), rps(dr))})
 		}
-		idx := make([]int, len(all))
-		for i := range idx {
-			idx[i] = i
-		}
-		slices.SortFunc(idx, func(a, b int) int { return cmpFloat(ratios[a].RatioPct, ratios[b].RatioPct) })
-		m := all[idx[(len(idx)-1)/2]]
-		h.res.TLS = append(h.res.TLS, TLSRow{
-			Proto: p.proto, Client: m.d.Result.Client, Conns: eConns, Streams: eStreams,
-			Direct: m.d, Pico: m.p,
-			ReqRatioPct:   pct(rps(m.p), rps(m.d)),
-			P50RatioTimes: ratio(m.p.Result.P50Us, m.d.Result.P50Us),
-			P99RatioTimes: ratio(m.p.Result.P99Us, m.d.Result.P99Us),
-			Pairs:         ratios,
-		})
 	}
+	return nil
+}
+
+// runERow measures one protocol at one connection count, --repeat times
+// interleaved, and records the pair with the median ratio.
+func (h *harness) runERow(ctx context.Context, proto, client string, direct, pico eTarget, conns int, watch []cpuWatch) error {
+	rps := func(r LoadRun) float64 { return r.Result.RequestsPerSec }
+	type runs struct{ d, p LoadRun }
+	var all []runs
+	var ratios []PairRatio
+	for i := 0; i < h.opts.Repeat; i++ {
+		what := fmt.Sprintf("%s small requests, %d conns x %d streams", proto, conns, eStreamsAt(conns))
+		h.waitQuiet(ctx, what)
+		h.logf("E: %s (%s), %s direct then through pico (%d/%d)", what, client, h.opts.Duration, i+1, h.opts.Repeat)
+		dr, err := h.load(ctx, proto, client, direct, conns, h.opts.Duration, watch, true)
+		if err != nil {
+			return err
+		}
+		pr, err := h.load(ctx, proto, client, pico, conns, h.opts.Duration, watch, true)
+		if err != nil {
+			return err
+		}
+		all = append(all, runs{dr, pr})
+		ratios = append(ratios, PairRatio{Direct: rps(dr), Pico: rps(pr), RatioPct: pct(rps(pr), rps(dr))})
+	}
+	idx := make([]int, len(all))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return cmpFloat(ratios[a].RatioPct, ratios[b].RatioPct) })
+	m := all[idx[(len(idx)-1)/2]]
+	h.res.TLS = append(h.res.TLS, TLSRow{
+		Proto: proto, Client: m.d.Result.Client, Conns: conns, Streams: eStreamsAt(conns),
+		Direct: m.d, Pico: m.p,
+		ReqRatioPct:   pct(rps(m.p), rps(m.d)),
+		P50RatioTimes: ratio(m.p.Result.P50Us, m.d.Result.P50Us),
+		P99RatioTimes: ratio(m.p.Result.P99Us, m.d.Result.P99Us),
+		Pairs:         ratios,
+	})
 	return nil
 }
 
@@ -181,7 +200,7 @@ func (h *harness) verifyTLS(ctx context.Context, proto string, t eTarget) error 
 
 // load runs one scenario E load client and the CPU accounting around it.
 // Warm-up runs (measured false) raise no warnings.
-func (h *harness) load(ctx context.Context, proto, client string, t eTarget, d time.Duration, watch []cpuWatch, measured bool) (LoadRun, error) {
+func (h *harness) load(ctx context.Context, proto, client string, t eTarget, conns int, d time.Duration, watch []cpuWatch, measured bool) (LoadRun, error) {
 	run := LoadRun{Target: t.name, URL: t.url, CPUSeconds: map[string]float64{}, CPUPer1kReq: map[string]float64{}}
 	var name string
 	var args []string
@@ -190,7 +209,7 @@ func (h *harness) load(ctx context.Context, proto, client string, t eTarget, d t
 		logFile = filepath.Join(h.tmp, "h2load.log")
 		os.Remove(logFile)
 		name = "h2load"
-		args = []string{"-t2", "-c" + strconv.Itoa(eConns), "-m" + strconv.Itoa(eStreams),
+		args = []string{"-t" + strconv.Itoa(min(2, conns)), "-c" + strconv.Itoa(conns), "-m" + strconv.Itoa(eStreamsAt(conns)),
 			"-D", strconv.Itoa(int(d / time.Second)), "--log-file", logFile}
 		if t.name == "pico" {
 			args = append(args, "-H", "x-pico-endpoint: bench")
@@ -199,7 +218,7 @@ func (h *harness) load(ctx context.Context, proto, client string, t eTarget, d t
 	} else {
 		name = h.binary("pico-bench")
 		args = []string{"h3load", "--proto", proto, "--url", t.url, "--ca", t.ca,
-			"--conns", strconv.Itoa(eConns), "--streams", strconv.Itoa(eStreams),
+			"--conns", strconv.Itoa(conns), "--streams", strconv.Itoa(eStreamsAt(conns)),
 			"--duration", d.String(), "--expect-bytes", strconv.Itoa(len(smallBody))}
 		if t.name == "pico" {
 			args = append(args, "--header", "x-pico-endpoint: bench")
@@ -209,6 +228,7 @@ func (h *harness) load(ctx context.Context, proto, client string, t eTarget, d t
 	for _, w := range watch {
 		before[w.role], _ = procCPU(w.p.pid())
 	}
+	resetPeaks(watch)
 	host0, _ := hostBusy()
 	start := time.Now()
 	p, err := h.procs.start(filepath.Base(name), true, name, args...)
@@ -228,6 +248,7 @@ func (h *harness) load(ctx context.Context, proto, client string, t eTarget, d t
 		run.CPUSeconds[w.role] = math.Round((after-before[w.role])*1000) / 1000 // ticks are 10ms
 	}
 	run.CPUSeconds["client"] = math.Round(p.rusageCPU()*1e6) / 1e6
+	run.PeakRSSKiB = readPeaks(watch)
 	var res LoadResult
 	if client == "h2load" {
 		f, err := os.Open(logFile)
@@ -240,7 +261,7 @@ func (h *harness) load(ctx context.Context, proto, client string, t eTarget, d t
 		if err != nil {
 			return run, fmt.Errorf("%w; h2load said:\n%s", err, p.output())
 		}
-		res.Conns, res.Streams = eConns, eStreams
+		res.Conns, res.Streams = conns, eStreamsAt(conns)
 	} else if err := json.Unmarshal([]byte(strings.TrimSpace(p.output())), &res); err != nil {
 		return run, fmt.Errorf("h3load output %q: %w", p.output(), err)
 	}

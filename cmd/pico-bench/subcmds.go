@@ -87,6 +87,8 @@ func runUpstream(ctx context.Context, args []string) error {
 		h["Content-Length"] = []string{bigLen}
 		w.Write(bigBody)
 	})
+	mux.HandleFunc("/upload", uploadHandler)
+	mux.HandleFunc("/ws", wsEchoHandler)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
 	ctx, cancel := context.WithTimeout(ctx, maxLife)
 	defer cancel()

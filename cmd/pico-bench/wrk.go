@@ -20,6 +20,7 @@ type WrkResult struct {
 	P75Us          float64 `json:"p75_us"`
 	P90Us          float64 `json:"p90_us"`
 	P99Us          float64 `json:"p99_us"`
+	P999Us         float64 `json:"p999_us,omitempty"` // from the harness's wrk script
 	Non2xx         int64   `json:"non_2xx_3xx"`
 	ErrConnect     int64   `json:"socket_errors_connect"`
 	ErrRead        int64   `json:"socket_errors_read"`
@@ -83,6 +84,8 @@ func parseWrk(out string) (WrkResult, error) {
 		}
 		inDist = false
 		switch {
+		case f[0] == "p99.9_us:" && len(f) == 2:
+			r.P999Us, _ = strconv.ParseFloat(f[1], 64)
 		case f[0] == "Latency" && len(f) >= 4:
 			r.LatencyAvgUs, _ = parseDuration(f[1])
 			r.LatencyMaxUs, _ = parseDuration(f[3])
