@@ -11,6 +11,7 @@ import (
 	"net/textproto"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pico-edge/pico/quicutil"
@@ -50,7 +51,41 @@ type h1Conn struct {
 	br     *bufio.Reader
 	idleAt time.Time
 	reused bool
+
+	// headTimer aborts the stream when a response head takes longer than
+	// the timeout; made once per stream, rearmed for each request (a read
+	// deadline on the stream would cost quic-go a timer per Read).
+	headTimer *time.Timer
+	timedOut  atomic.Bool
 }
+
+// armHead starts the wait for a response head.
+func (hc *h1Conn) armHead(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	if hc.headTimer == nil {
+		hc.headTimer = time.AfterFunc(d, func() {
+			hc.timedOut.Store(true)
+			hc.c.Abort(quicutil.StreamCodeCanceled)
+		})
+		return
+	}
+	hc.headTimer.Reset(d)
+}
+
+// disarmHead ends the wait; it reports false when the timer fired first
+// (the stream is aborted).
+func (hc *h1Conn) disarmHead() bool {
+	return hc.headTimer == nil || hc.headTimer.Stop()
+}
+
+// errHeadTimeout is a response head that did not come in time.
+type errHeadTimeout struct{}
+
+func (errHeadTimeout) Error() string   { return "upstream did not send a response head in time" }
+func (errHeadTimeout) Timeout() bool   { return true }
+func (errHeadTimeout) Temporary() bool { return false }
 
 // limitedReader reads from a stream, failing once more than n bytes were
 // read while n >= 0: it bounds a response head. It counts what it read.
@@ -94,6 +129,9 @@ func newH1Conn(c *quicutil.Conn) *h1Conn {
 
 // close ends the stream and lends its buffer back.
 func (hc *h1Conn) close() {
+	if hc.headTimer != nil {
+		hc.headTimer.Stop()
+	}
 	hc.c.Close()
 	if hc.br != nil {
 		hc.br.Reset(nil)
@@ -254,19 +292,12 @@ type streamOpener interface {
 	openStream(context.Context, *quicutil.StreamHeader, bool) (*quicutil.Conn, error)
 }
 
-// exchange writes req on hc and reads the response head. The returned
-// response's body gives hc back to the pool once read to its end.
-func (s *Server) exchange(hc *h1Conn, pool *streamPool, req *http.Request) (*http.Response, error) {
-	ctx := req.Context()
-	hc.lr.read = 0
-	canceled := context.AfterFunc(ctx, func() { hc.c.Abort(quicutil.StreamCodeCanceled) })
-	fail := func(err error) (*http.Response, error) {
-		canceled()
-		if ctx.Err() != nil {
-			return nil, context.Cause(ctx)
-		}
-		return nil, err
-	}
+// cancel ends the stream of a request whose client went away.
+func (hc *h1Conn) cancel() { hc.c.Abort(quicutil.StreamCodeCanceled) }
+
+// readResponse writes req on hc and reads the response head, passing 1xx
+// responses to ReverseProxy's trace hook.
+func (s *Server) readResponse(hc *h1Conn, req *http.Request) (*http.Response, error) {
 	head := h1Heads.Get().(*bytes.Buffer)
 	head.Reset()
 	err := req.Write(head)
@@ -275,33 +306,55 @@ func (s *Server) exchange(hc *h1Conn, pool *streamPool, req *http.Request) (*htt
 	}
 	h1Heads.Put(head)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
-	if t := s.cfg.ResponseHeaderTimeout; t > 0 {
-		hc.c.SetReadDeadline(time.Now().Add(t))
-	}
-	var resp *http.Response
+	hc.timedOut.Store(false)
+	hc.armHead(s.cfg.ResponseHeaderTimeout)
 	for n := 0; ; n++ {
 		hc.lr.n = maxResponseHeaderBytes + int64(hc.br.Buffered())
-		resp, err = http.ReadResponse(hc.br, req)
+		resp, err := http.ReadResponse(hc.br, req)
 		if err != nil {
-			return fail(err)
+			hc.disarmHead()
+			return nil, err
 		}
 		code := resp.StatusCode
 		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
-			break
+			hc.lr.n = -1
+			if !hc.disarmHead() {
+				return nil, errHeadTimeout{}
+			}
+			return resp, nil
 		}
 		if n == max1xx {
-			return fail(errors.New("upstream sent too many informational (1xx) responses"))
+			hc.disarmHead()
+			return nil, errors.New("upstream sent too many informational (1xx) responses")
 		}
-		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
+		if trace := httptrace.ContextClientTrace(req.Context()); trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
-				return fail(err)
+				hc.disarmHead()
+				return nil, err
 			}
 		}
 	}
-	hc.lr.n = -1
-	hc.c.SetReadDeadline(time.Time{})
+}
+
+// exchange writes req on hc and reads the response head. The returned
+// response's body gives hc back to the pool once read to its end.
+func (s *Server) exchange(hc *h1Conn, pool *streamPool, req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	hc.lr.read = 0
+	canceled := context.AfterFunc(ctx, hc.cancel)
+	resp, err := s.readResponse(hc, req)
+	if err != nil {
+		canceled()
+		switch {
+		case ctx.Err() != nil:
+			err = context.Cause(ctx)
+		case hc.timedOut.Load():
+			err = errHeadTimeout{}
+		}
+		return nil, err
+	}
 	b := &h1Body{
 		src:      resp.Body,
 		hc:       hc,
