@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/alecthomas/kong"
@@ -347,22 +348,31 @@ func (c *CLI) listen() (edge.Listeners, error) {
 }
 
 // listenTCPAndUDP listens on addr with TCP and then on the same port with
-// UDP (HTTP/3 lives on the port number of HTTPS).
+// UDP (HTTP/3 lives on the port number of HTTPS). With port 0 the kernel
+// picks a free TCP port whose UDP twin may be taken: then it tries again
+// with another, up to 20 times.
 func listenTCPAndUDP(addr string) (net.Listener, *net.UDPConn, error) {
-	tcp, err := net.Listen("tcp", addr)
+	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, nil, err
 	}
-	host, _, _ := net.SplitHostPort(addr)
-	udpAddr, err := net.ResolveUDPAddr("udp", net.JoinHostPort(host, fmt.Sprint(tcp.Addr().(*net.TCPAddr).Port)))
-	if err == nil {
-		var udp *net.UDPConn
-		if udp, err = net.ListenUDP("udp", udpAddr); err == nil {
-			return tcp, udp, nil
+	for try := 1; ; try++ {
+		tcp, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		udpAddr, err := net.ResolveUDPAddr("udp", net.JoinHostPort(host, fmt.Sprint(tcp.Addr().(*net.TCPAddr).Port)))
+		if err == nil {
+			var udp *net.UDPConn
+			if udp, err = net.ListenUDP("udp", udpAddr); err == nil {
+				return tcp, udp, nil
+			}
+		}
+		tcp.Close()
+		if port != "0" || try == 20 || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, nil, fmt.Errorf("HTTP/3 on UDP: %w", err)
 		}
 	}
-	tcp.Close()
-	return nil, nil, fmt.Errorf("HTTP/3 on UDP: %w", err)
 }
 
 // printAgentHint tells the user how to connect an agent and send a request.
