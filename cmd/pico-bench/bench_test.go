@@ -153,7 +153,7 @@ func TestHarness(t *testing.T) {
 		IdleAgents: 20, JSON: jsonPath, Settle: 300 * time.Millisecond, SettleSamples: 2,
 		// One connection count keeps the smoke short; the new scenarios'
 		// bulk runs are tiny, and H measures an agent of 2 links too.
-		SmallConns: []int{64}, RRConns: []int{16}, UploadBytes: 8 << 20, TCPBulkBytes: 8 << 20, AgentConns: 2,
+		SmallConns: []int{16}, RRConns: []int{16}, UploadBytes: 8 << 20, TCPBulkBytes: 8 << 20, AgentConns: 2,
 		Out: &out, Log: testWriter{t},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -230,8 +230,8 @@ func TestHarness(t *testing.T) {
 	if len(res.TLS) != 2 {
 		t.Fatalf("scenario E: %d rows, want 2 (notes %q)", len(res.TLS), res.TLSNotes)
 	}
-	if res.TLS[0].Conns != 64 || res.TLS[0].Streams != 4 {
-		t.Errorf("scenario E at %d conns x %d streams, want 64 x 4 (256 in flight)", res.TLS[0].Conns, res.TLS[0].Streams)
+	if res.TLS[0].Conns != 16 || res.TLS[0].Streams != 10 {
+		t.Errorf("scenario E at %d conns x %d streams, want 16 x 10", res.TLS[0].Conns, res.TLS[0].Streams)
 	}
 	for i, proto := range []string{"h2", "h3"} {
 		row := res.TLS[i]

@@ -163,7 +163,7 @@ func (p *proc) wait(ctx context.Context, timeout time.Duration) error {
 	case <-p.done:
 	case <-t.C:
 		p.kill()
-		return fmt.Errorf("%s still running after %s; killed:\n%s", p.name, timeout, p.tail(10))
+		return fmt.Errorf("%s %w after %s; killed:\n%s", p.name, errStillRunning, timeout, p.tail(10))
 	case <-ctx.Done():
 		p.kill()
 		return ctx.Err()
@@ -205,6 +205,9 @@ func (p *proc) kill() {
 	case <-time.After(5 * time.Second):
 	}
 }
+
+// errStillRunning is a load client that outlived its run.
+var errStillRunning = errors.New("still running")
 
 // killAll kills every child still running, newest first.
 func (ps *procs) killAll() {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -235,7 +236,23 @@ func (h *harness) load(ctx context.Context, proto, client string, t eTarget, con
 	if err != nil {
 		return run, err
 	}
-	if err := p.wait(ctx, d+60*time.Second); err != nil {
+	err = p.wait(ctx, d+60*time.Second)
+	if errors.Is(err, errStillRunning) && client == "h2load" {
+		// h2load now and then never ends a thread's clients after -D on a
+		// busy machine; one more try, measured the same way.
+		h.warn("%v; running it once more", err)
+		for _, w := range watch {
+			before[w.role], _ = procCPU(w.p.pid())
+		}
+		resetPeaks(watch)
+		host0, _ = hostBusy()
+		start = time.Now()
+		if p, err = h.procs.start(filepath.Base(name), true, name, args...); err != nil {
+			return run, err
+		}
+		err = p.wait(ctx, d+60*time.Second)
+	}
+	if err != nil {
 		return run, err
 	}
 	wall := time.Since(start).Seconds()
