@@ -87,6 +87,7 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	if opts.Scenarios["f"] && ctx.Err() == nil {
 		h.record("F", h.runF(ctx))
 	}
+	h.runScale(ctx)
 	if h.res.Bulk != nil && h.res.QUICCopy != nil {
 		h.res.PicoVsQUICPct = pct(h.res.Bulk.PicoMiBps, h.res.QUICCopy.MiBps)
 	}

@@ -14,6 +14,10 @@
 //	   edge's TLS front door, each against the upstream's own TLS listener speaking the same protocol
 //	F  cross-node relay: small requests through the node the agent is linked to, and through
 //	   another node of the cluster that relays them, at 1, 16 and 64 connections
+//	S  scale: 1,000 idle agent links × 10 endpoints on one edge and on one node of three:
+//	   RSS and live heap per agent and per endpoint, gossip state size, time until routable everywhere
+//	R  registrations per second from one agent link and from ten
+//	W  10,000 concurrent idle WebSockets through the edge vs straight to the upstream
 //
 // It prints tables to stdout and writes the raw figures as JSON (--json).
 //
@@ -50,6 +54,10 @@ type Options struct {
 	History       bool            // also keep a timestamped copy next to JSON
 	Settle        time.Duration   // interval between RSS samples in D
 	SettleSamples int             // RSS samples in D (the last one counts)
+	ScaleAgents   int             // links in S
+	ScalePerAgent int             // endpoints per link in S
+	RegEndpoints  int             // endpoints registered in R
+	WSConns       int             // WebSockets in W
 	Out           io.Writer       // tables
 	Log           io.Writer       // progress
 }
@@ -90,9 +98,12 @@ var subcommands = map[string]func(ctx context.Context, args []string) error{
 	"quic-source": runQUICSource,
 	"idle-agents": runIdleAgents,
 	"h3load":      runH3Load,
+	"reg-agents":  runRegAgents,
+	"ws-upstream": runWSUpstream,
+	"ws-clients":  runWSClients,
 }
 
-var allScenarios = []string{"a", "b", "c", "d", "e", "f"}
+var allScenarios = []string{"a", "b", "c", "d", "e", "f", "s", "r", "w"}
 
 func parseFlags(args []string) (Options, error) {
 	fs := flag.NewFlagSet("pico-bench", flag.ContinueOnError)
@@ -105,8 +116,12 @@ func parseFlags(args []string) (Options, error) {
 	}
 	duration := fs.Duration("duration", 10*time.Second, "length of each wrk run and of the QUIC copy (whole seconds, at least 1s)")
 	quick := fs.Bool("quick", false, "smoke mode: 3s runs (unless --duration is given), shorter warm-up and settle")
-	scenarios := fs.String("scenarios", "a,b,c,d,e", "scenarios to run, comma separated: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory), e (small requests over HTTP/2 and HTTP/3), f (cross-node relay)")
+	scenarios := fs.String("scenarios", "a,b,c,d,e", "scenarios to run, comma separated: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory), e (small requests over HTTP/2 and HTTP/3), f (cross-node relay), s (scale: 10,000 endpoints), r (registrations per second), w (10,000 idle WebSockets)")
 	idle := fs.Int("idle-agents", 200, "idle agent links K in scenario D")
+	scaleAgents := fs.Int("scale-agents", 1000, "idle agent links in scenario S")
+	scalePer := fs.Int("scale-endpoints-per-agent", 10, "endpoints per agent link in scenario S")
+	regEPs := fs.Int("reg-endpoints", 10000, "endpoints registered at once in scenario R")
+	wsConns := fs.Int("ws-conns", 10000, "concurrent idle WebSockets in scenario W")
 	quietWait := fs.Duration("quiet-wait", 30*time.Second, "before each measurement, wait up to this long for other processes' CPU use to drop below 0.15 cores (0: don't wait); the run proceeds, flagged, if it does not")
 	repeat := fs.Int("repeat", 1, "run each direct/pico pair (and the QUIC copy) this many times, interleaved, and report the median ratio; use 3 on a busy machine")
 	jsonPath := fs.String("json", "bench-results/latest.json", "file the JSON results are written to (its directory is created)")
@@ -123,6 +138,10 @@ func parseFlags(args []string) (Options, error) {
 		Duration:      *duration,
 		Warmup:        2 * time.Second,
 		IdleAgents:    *idle,
+		ScaleAgents:   *scaleAgents,
+		ScalePerAgent: *scalePer,
+		RegEndpoints:  *regEPs,
+		WSConns:       *wsConns,
 		Repeat:        *repeat,
 		QuietWait:     *quietWait,
 		JSON:          *jsonPath,
@@ -167,10 +186,10 @@ func parseScenarios(s string) (map[string]bool, error) {
 			for _, k := range allScenarios {
 				out[k] = true
 			}
-		case "a", "b", "c", "d", "e", "f":
+		case "a", "b", "c", "d", "e", "f", "s", "r", "w":
 			out[p] = true
 		default:
-			return nil, fmt.Errorf("--scenarios: unknown scenario %q (want a, b, c, d, e, f or all)", p)
+			return nil, fmt.Errorf("--scenarios: unknown scenario %q (want a, b, c, d, e, f, s, r, w or all)", p)
 		}
 	}
 	if len(out) == 0 {
@@ -188,6 +207,9 @@ func (o *Options) validate() error {
 	}
 	if o.Scenarios["d"] && (o.IdleAgents < 1 || o.IdleAgents > 5000) {
 		return fmt.Errorf("--idle-agents %d: want 1 to 5000", o.IdleAgents)
+	}
+	if err := o.validateScale(); err != nil {
+		return err
 	}
 	if o.Repeat == 0 {
 		o.Repeat = 1

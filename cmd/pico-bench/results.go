@@ -25,6 +25,11 @@ type Results struct {
 	// baseline) and through another node that relays them.
 	Relay []RelayRow `json:"scenario_f_relay,omitempty"`
 
+	// Scale, Regs and WS are scenarios S, R and W (scenario_scale.go, scenario_ws.go).
+	Scale *ScaleResult `json:"scenario_s_scale,omitempty"`
+	Regs  *RegResult   `json:"scenario_r_registrations,omitempty"`
+	WS    *WSResult    `json:"scenario_w_websockets,omitempty"`
+
 	// PicoVsQUICPct is scenario B's Pico MiB/s over scenario C's quic-go
 	// copy MiB/s, in percent (target >= 70).
 	PicoVsQUICPct float64 `json:"pico_1mib_c4_vs_quic_copy_pct,omitempty"`
