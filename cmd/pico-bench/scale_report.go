@@ -60,6 +60,8 @@ func printScale(w io.Writer, r *Results) {
 			tw.Flush()
 			fmt.Fprintf(w, "   cluster: the owner routed all %.2fs after the agents started; the others %.2fs later; gossip state %.0f bytes\n",
 				s.RegisterSeconds, s.PropagationSeconds, s.ClusterGossipB)
+			fmt.Fprintf(w, "   %d reconnects during it; a burst of %d more endpoints over %d links: routed by node-1 after %.2fs, by every node after %.2fs\n",
+				s.Reconnects, s.BurstEndpoints, s.BurstLinks, s.BurstOwnerSeconds, s.BurstAllSeconds)
 		}
 	}
 	if g := r.Regs; g != nil {

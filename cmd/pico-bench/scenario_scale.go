@@ -64,6 +64,18 @@ type ScaleResult struct {
 	RegisterSeconds    float64 `json:"register_seconds,omitempty"`
 	RoutableSeconds    float64 `json:"routable_everywhere_seconds,omitempty"`
 	PropagationSeconds float64 `json:"propagation_after_owner_seconds,omitempty"`
+	// Reconnects are agent connections node-1 accepted beyond one per
+	// link (pico_agent_connections_total - agents): links that dropped
+	// and came back, which slow registration down.
+	Reconnects int `json:"reconnects"`
+	// Burst: BurstEndpoints more endpoints over BurstLinks links,
+	// registered at once on node-1 (registration limits raised); the time
+	// from starting them until node-1 routes them all, and until every
+	// node does.
+	BurstLinks        int     `json:"burst_links,omitempty"`
+	BurstEndpoints    int     `json:"burst_endpoints,omitempty"`
+	BurstOwnerSeconds float64 `json:"burst_owner_seconds,omitempty"`
+	BurstAllSeconds   float64 `json:"burst_everywhere_seconds,omitempty"`
 }
 
 // ScaleNode is one edge process before and after the agents came.
@@ -298,7 +310,10 @@ func (h *harness) scaleCluster(ctx context.Context, r *ScaleResult) error {
 	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(secret)+"\n"), 0o600); err != nil {
 		return err
 	}
-	common := []string{"--cluster-secret-file", keyFile, "--admin-token-file", tokFile, "--admin-pprof"}
+	burstLinks, burstPer := 10, (eps+9)/10
+	common := []string{"--cluster-secret-file", keyFile, "--admin-token-file", tokFile, "--admin-pprof",
+		// for the burst only; the idle links serve per (at most 100) each
+		"--max-endpoints-per-agent=" + strconv.Itoa(max(100, burstPer+1)), "--registrations-per-second=1000000"}
 	h.logf("S: three-node cluster, %d links × %d endpoints on node-1", n, per)
 	var nodes []*edgeProc
 	join := ""
@@ -349,13 +364,64 @@ func (h *harness) scaleCluster(ctx context.Context, r *ScaleResult) error {
 		return err
 	}
 	defer ia.kill()
-	// Poll all three nodes together every 50 ms; note when each first
-	// routes every endpoint.
+	routed, err := h.routedEverywhere(ctx, nodes, eps, start, ia)
+	if err != nil {
+		return err
+	}
+	r.RegisterSeconds = routed[0]
+	for i := range nodes {
+		snaps[i].RoutedSeconds = routed[i]
+		r.RoutableSeconds = max(r.RoutableSeconds, routed[i])
+	}
+	r.PropagationSeconds = r.RoutableSeconds - r.RegisterSeconds
+	for i, e := range nodes {
+		rss, m, err := h.snapshot(ctx, e, tok)
+		if err != nil {
+			return err
+		}
+		snaps[i].after(rss, m, eps)
+		if i == 0 {
+			r.ClusterGossipB = m["pico_gossip_state_bytes"]
+			r.Reconnects = int(m["pico_agent_connections_total"]) - n
+			if int(m["pico_agents"]) != n {
+				return fmt.Errorf("node-1: %v of %d agents still linked after the settle", m["pico_agents"], n)
+			}
+		}
+	}
+	r.Cluster = snaps
+	if r.Reconnects > 0 {
+		h.warn("S: node-1 accepted %d agent connections more than the %d links: links dropped and reconnected (a loaded host: agent links time out after %s of silence)", r.Reconnects, n, quicutil.AgentIdleTimeout)
+	}
+
+	h.logf("S: burst of %d more endpoints over %d links on node-1", burstLinks*burstPer, burstLinks)
+	start = time.Now()
+	ra, err := h.procs.start("reg-agents", false, h.binary("pico-bench"), "reg-agents",
+		"--n", strconv.Itoa(burstLinks), "--endpoints", strconv.Itoa(burstPer+1), "--edge", nodes[0].agentAddr, "--ca", nodes[0].caFile())
+	if err != nil {
+		return err
+	}
+	defer ra.kill()
+	routed, err = h.routedEverywhere(ctx, nodes, eps+burstLinks*(burstPer+1), start, ra)
+	if err != nil {
+		return err
+	}
+	r.BurstLinks, r.BurstEndpoints = burstLinks, burstLinks*burstPer
+	r.BurstOwnerSeconds = routed[0]
+	for _, t := range routed {
+		r.BurstAllSeconds = max(r.BurstAllSeconds, t)
+	}
+	return nil
+}
+
+// routedEverywhere polls pico_endpoints of every node together every 50 ms
+// until each routes eps endpoints, and returns when each first did, in
+// seconds since start. helper is the process adding them; its exit fails.
+func (h *harness) routedEverywhere(ctx context.Context, nodes []*edgeProc, eps int, start time.Time, helper *proc) ([]float64, error) {
 	routed := make([]float64, len(nodes))
 	left := len(nodes)
-	if err := poll(ctx, 5*time.Minute, fmt.Sprintf("%d endpoints routable from every node", eps), func() (bool, error) {
-		if ia.exited() {
-			return false, fmt.Errorf("idle-agents exited:\n%s", ia.tail(10))
+	err := poll(ctx, 5*time.Minute, fmt.Sprintf("%d endpoints routable from every node", eps), func() (bool, error) {
+		if helper.exited() {
+			return false, fmt.Errorf("%s exited:\n%s", helper.name, helper.tail(10))
 		}
 		var wg sync.WaitGroup
 		got := make([]float64, len(nodes))
@@ -377,30 +443,8 @@ func (h *harness) scaleCluster(ctx context.Context, r *ScaleResult) error {
 			}
 		}
 		return left == 0, nil
-	}); err != nil {
-		return err
-	}
-	r.RegisterSeconds = routed[0]
-	for i := range nodes {
-		snaps[i].RoutedSeconds = routed[i]
-		r.RoutableSeconds = max(r.RoutableSeconds, routed[i])
-	}
-	r.PropagationSeconds = r.RoutableSeconds - r.RegisterSeconds
-	for i, e := range nodes {
-		rss, m, err := h.snapshot(ctx, e, tok)
-		if err != nil {
-			return err
-		}
-		snaps[i].after(rss, m, eps)
-		if i == 0 {
-			r.ClusterGossipB = m["pico_gossip_state_bytes"]
-			if int(m["pico_agents"]) != n {
-				return fmt.Errorf("node-1: %v of %d agents still linked after the settle", m["pico_agents"], n)
-			}
-		}
-	}
-	r.Cluster = snaps
-	return nil
+	})
+	return routed, err
 }
 
 // runR is scenario R.
