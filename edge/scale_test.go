@@ -53,18 +53,16 @@ func openLink(ctx context.Context, node *edgetest.Node, agentName string, ids []
 		return fail(err)
 	}
 	br := bufio.NewReader(str)
-	if _, err := quicutil.ReadMessage(br); err != nil {
-		return fail(fmt.Errorf("welcome: %w", err))
-	}
-	for range batches {
+	for results := 0; results < batches; {
 		m, err := quicutil.ReadMessage(br)
 		if err != nil {
-			return fail(fmt.Errorf("result: %w", err))
+			return fail(fmt.Errorf("after %d of %d results: %w", results, batches, err))
 		}
 		res, ok := m.(*quicutil.Result)
 		if !ok {
-			return fail(fmt.Errorf("got %T, want a Result", m))
+			continue // the Welcome
 		}
+		results++
 		for _, r := range res.Results {
 			if r.Code != quicutil.StatusOK {
 				return fail(fmt.Errorf("endpoint %s refused: %s", r.ID, r.Message))
@@ -72,6 +70,14 @@ func openLink(ctx context.Context, node *edgetest.Node, agentName string, ids []
 		}
 	}
 	return conn, nil
+}
+
+// noRebalance keeps a cluster node from asking agents to move to other
+// nodes: the scale tests' links all stay on the first node.
+func noRebalance(c *edge.Config) {
+	if c.Cluster != nil {
+		c.Cluster.RebalanceInterval = time.Hour
+	}
 }
 
 // openLinks opens n bare agent links to node, each registering per
@@ -122,13 +128,18 @@ func openLinks(tb testing.TB, node *edgetest.Node, prefix string, n, per int) []
 // TestClusterRoutes10000EndpointsOf1000Links registers 10,000 endpoints
 // over 1,000 agent links, 10 each, on one node of three, and checks that
 // every node routes all of them, then none once the links close. The time
-// is logged, not asserted.
+// is logged, not asserted. Under the race detector, which slows 1,000
+// links in one process past their 5 s idle timeout on a small machine, the
+// same 10,000 endpoints come over 100 links.
 func TestClusterRoutes10000EndpointsOf1000Links(t *testing.T) {
 	if testing.Short() {
 		t.Skip("1,000 QUIC connections")
 	}
-	const links, per = 1000, 10
-	cl := edgetest.NewCluster(t, 3)
+	links, per := 1000, 10
+	if raceEnabled {
+		links, per = 100, 100
+	}
+	cl := edgetest.NewCluster(t, 3, noRebalance)
 	start := time.Now()
 	conns := openLinks(t, cl.Nodes[0], "scale", links, per)
 	acked := time.Now()
@@ -194,7 +205,7 @@ func BenchmarkEndpointHeap(b *testing.B) {
 	var two, three float64
 	for i := 0; b.Loop(); i++ {
 		for _, n := range []int{2, 3} {
-			cl := edgetest.NewCluster(b, n, limit)
+			cl := edgetest.NewCluster(b, n, limit, noRebalance)
 			got := endpointHeap(b, cl.Nodes, links, per, fmt.Sprintf("c%d-%d", n, i))
 			if n == 2 {
 				two += got
