@@ -488,7 +488,7 @@ func registerRaw(t *testing.T, n *edgetest.Node, ids []string) *quic.Conn {
 }
 
 // waitRoutes waits until n routes want endpoints.
-func waitRoutes(t *testing.T, n *edgetest.Node, want int) {
+func waitRoutes(t testing.TB, n *edgetest.Node, want int) {
 	t.Helper()
 	tab := n.Server.Table()
 	deadline := time.After(20 * time.Second)

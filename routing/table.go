@@ -109,17 +109,26 @@ func (t *Table) removeLocked(id EndpointID, tg Target) bool {
 }
 
 // addRemoteLocked routes id to the other node tg too. It reports false
-// when id is served here with another protocol.
-func (t *Table) addRemoteLocked(id EndpointID, proto string, tg Target) bool {
+// when id is served here with another protocol. one, if not nil, is
+// []Target{tg}: entries that tg alone serves share it instead of each
+// allocating its own (entries' slices are never written, only replaced).
+func (t *Table) addRemoteLocked(id EndpointID, proto string, tg Target, one []Target) bool {
+	if len(one) != 1 || one[0] != tg {
+		one = []Target{tg}
+	}
+	one = slices.Clip(one)
 	e := t.eps[id]
 	if e == nil {
-		t.eps[id] = &entry{proto: proto, remote: []Target{tg}}
+		t.eps[id] = &entry{proto: proto, remote: one}
 		return true
 	}
 	if e.proto != proto {
 		return false
 	}
-	if !slices.Contains(e.remote, tg) {
+	switch {
+	case len(e.remote) == 0:
+		t.eps[id] = &entry{proto: e.proto, targets: e.targets, remote: one}
+	case !slices.Contains(e.remote, tg):
 		t.eps[id] = &entry{proto: e.proto, targets: e.targets, remote: append(slices.Clip(e.remote), tg)}
 	}
 	return true

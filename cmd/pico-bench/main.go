@@ -22,6 +22,10 @@
 //	   upstream; bulk at 1 and 4 connections (--tcp-bulk-mib per run; its ratio to C), request/response
 //	   (64-byte ping-pong) at 1, 16 and 64 connections; bulk again with agents of --agent-connections links
 //	I  WebSocket echo (64-byte messages) at 1, 16 and 64 connections
+//	S  scale: 1,000 idle agent links × 10 endpoints on one edge and on one node of three:
+//	   RSS and live heap per agent and per endpoint, gossip state size, time until routable everywhere
+//	R  registrations per second from one agent link and from ten
+//	W  10,000 concurrent idle WebSockets through the edge vs straight to the upstream
 //
 // Every Pico run records the CPU seconds of the edge and agent(s) per 1000
 // requests or per GiB, their peak RSS during that run alone (VmHWM, reset
@@ -73,6 +77,10 @@ type Options struct {
 	History       bool            // also keep a timestamped copy next to JSON
 	Settle        time.Duration   // interval between RSS samples in D
 	SettleSamples int             // RSS samples in D (the last one counts)
+	ScaleAgents   int             // links in S
+	ScalePerAgent int             // endpoints per link in S
+	RegEndpoints  int             // endpoints registered in R
+	WSConns       int             // WebSockets in W
 	Out           io.Writer       // tables
 	Log           io.Writer       // progress
 }
@@ -117,9 +125,12 @@ var subcommands = map[string]func(ctx context.Context, args []string) error{
 	"tcp-upstream": runTCPUpstream,
 	"tcpload":      runTCPLoad,
 	"wsload":       runWSLoad,
+	"reg-agents":   runRegAgents,
+	"ws-upstream":  runWSUpstream,
+	"ws-clients":   runWSClients,
 }
 
-var allScenarios = []string{"a", "b", "c", "d", "e", "f", "g", "h", "i"}
+var allScenarios = []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "s", "r", "w"}
 
 func parseFlags(args []string) (Options, error) {
 	fs := flag.NewFlagSet("pico-bench", flag.ContinueOnError)
@@ -128,17 +139,21 @@ func parseFlags(args []string) (Options, error) {
 			"Load harness: builds pico-edge and pico-agent, runs wrk, h2load and its own load clients against them\n"+
 			"on 127.0.0.1, and reports every Pico figure as a ratio of a baseline measured in the same run.\n\n"+
 			"Helper subcommands (started by the harness): upstream, quic-sink, quic-source, idle-agents, h3load,\n"+
-			"upload, tcp-upstream, tcpload, wsload.\n\nFlags:\n")
+			"upload, tcp-upstream, tcpload, wsload, reg-agents, ws-upstream, ws-clients.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	duration := fs.Duration("duration", 10*time.Second, "length of each wrk run and of the QUIC copy (whole seconds, at least 1s)")
 	quick := fs.Bool("quick", false, "smoke mode: 3s runs (unless --duration is given), shorter warm-up and settle")
-	scenarios := fs.String("scenarios", "a,b,c,d,e,g,h,i", "scenarios to run, comma separated, or all: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory), e (small requests over HTTP/2 and HTTP/3), f (cross-node relay), g (1 GiB upload), h (TCP forward), i (WebSocket echo)")
+	scenarios := fs.String("scenarios", "a,b,c,d,e,g,h,i", "scenarios to run, comma separated, or all: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory), e (small requests over HTTP/2 and HTTP/3), f (cross-node relay), g (1 GiB upload), h (TCP forward), i (WebSocket echo), s (scale: 10,000 endpoints), r (registrations per second), w (10,000 idle WebSockets)")
 	conns := fs.String("conns", "1,16,64,256", "connection counts of scenarios A (HTTP/1.1) and E (HTTP/2, HTTP/3), comma separated")
 	agentConns := fs.Int("agent-connections", 2, "B and H also measure an agent started with pico-agent --connections N (links to the one edge node), beside the one-link agent; 1: don't")
 	upload := fs.Int64("upload-mib", 1024, "size of scenario G's upload in MiB (--quick: 256 unless given)")
 	tcpBulk := fs.Int64("tcp-bulk-mib", 1024, "bytes each connection of scenario H's bulk copy sends, in MiB (--quick: 256 unless given)")
 	idle := fs.Int("idle-agents", 200, "idle agent links K in scenario D")
+	scaleAgents := fs.Int("scale-agents", 1000, "idle agent links in scenario S")
+	scalePer := fs.Int("scale-endpoints-per-agent", 10, "endpoints per agent link in scenario S")
+	regEPs := fs.Int("reg-endpoints", 10000, "endpoints registered at once in scenario R")
+	wsConns := fs.Int("ws-conns", 10000, "concurrent idle WebSockets in scenario W")
 	quietWait := fs.Duration("quiet-wait", 30*time.Second, "before each measurement, wait up to this long for other processes' CPU use to drop below 0.15 cores (0: don't wait); the run proceeds, flagged, if it does not")
 	repeat := fs.Int("repeat", 1, "run each direct/pico pair (and the QUIC copy) this many times, interleaved, and report the median ratio; use 3 on a busy machine")
 	jsonPath := fs.String("json", "bench-results/latest.json", "file the JSON results are written to (its directory is created)")
@@ -147,7 +162,7 @@ func parseFlags(args []string) (Options, error) {
 		return Options{}, err
 	}
 	if fs.NArg() > 0 {
-		return Options{}, fmt.Errorf("unexpected argument %q (subcommands: upstream, quic-sink, quic-source, idle-agents, h3load, upload, tcp-upstream, tcpload, wsload)", fs.Arg(0))
+		return Options{}, fmt.Errorf("unexpected argument %q (subcommands: upstream, quic-sink, quic-source, idle-agents, h3load, upload, tcp-upstream, tcpload, wsload, reg-agents, ws-upstream, ws-clients)", fs.Arg(0))
 	}
 	durationSet := isSet(fs, "duration")
 	var err error
@@ -159,6 +174,10 @@ func parseFlags(args []string) (Options, error) {
 		Duration:      *duration,
 		Warmup:        2 * time.Second,
 		IdleAgents:    *idle,
+		ScaleAgents:   *scaleAgents,
+		ScalePerAgent: *scalePer,
+		RegEndpoints:  *regEPs,
+		WSConns:       *wsConns,
 		Repeat:        *repeat,
 		QuietWait:     *quietWait,
 		JSON:          *jsonPath,
@@ -236,7 +255,7 @@ func parseScenarios(s string) (map[string]bool, error) {
 			}
 		default:
 			if !slices.Contains(allScenarios, p) {
-				return nil, fmt.Errorf("--scenarios: unknown scenario %q (want a to i, or all)", p)
+				return nil, fmt.Errorf("--scenarios: unknown scenario %q (want one of %s, or all)", p, strings.Join(allScenarios, ", "))
 			}
 			out[p] = true
 		}
@@ -256,6 +275,9 @@ func (o *Options) validate() error {
 	}
 	if o.Scenarios["d"] && (o.IdleAgents < 1 || o.IdleAgents > 5000) {
 		return fmt.Errorf("--idle-agents %d: want 1 to 5000", o.IdleAgents)
+	}
+	if err := o.validateScale(); err != nil {
+		return err
 	}
 	if o.Repeat == 0 {
 		o.Repeat = 1

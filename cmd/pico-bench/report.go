@@ -136,6 +136,7 @@ func printReport(w io.Writer, r *Results) {
 	if len(r.PeakRSSKiB) > 0 {
 		fmt.Fprintf(w, "\npeak RSS (VmHWM) during A/B: edge %s, agent %s\n", fmtKiB(r.PeakRSSKiB["edge"]), fmtKiB(r.PeakRSSKiB["agent"]))
 	}
+	printScale(w, r)
 	for _, s := range r.Warnings {
 		fmt.Fprintf(w, "WARNING: %s\n", s)
 	}

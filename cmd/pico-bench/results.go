@@ -32,6 +32,10 @@ type Results struct {
 	BulkLinks []BulkLinkRow `json:"scenario_b_agent_links,omitempty"`
 	// LinkNotes say what --agent-connections did.
 	LinkNotes []string `json:"agent_links_notes,omitempty"`
+	// Scale, Regs and WS are scenarios S, R and W (scenario_scale.go, scenario_ws.go).
+	Scale *ScaleResult `json:"scenario_s_scale,omitempty"`
+	Regs  *RegResult   `json:"scenario_r_registrations,omitempty"`
+	WS    *WSResult    `json:"scenario_w_websockets,omitempty"`
 
 	// PicoVsQUICPct is scenario B's Pico MiB/s over scenario C's quic-go
 	// copy MiB/s, in percent (target >= 70).

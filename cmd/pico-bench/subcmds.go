@@ -405,6 +405,7 @@ func runIdleAgents(ctx context.Context, args []string) error {
 	prefix := fs.String("prefix", "idle", "endpoint ID prefix")
 	parallel := fs.Int("parallel", 16, "agents connecting at once (the edge's accept queue holds 32)")
 	timeout := fs.Duration("connect-timeout", 2*time.Minute, "time all agents have to register")
+	links := fs.Int("connections", 0, "links each agent keeps (agent.Config.Connections; 0: the agent's default, 2 when the edge has peers)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -432,7 +433,7 @@ func runIdleAgents(ctx context.Context, args []string) error {
 		agents  []*agent.Agent
 	)
 	for i := 0; i < *n; i++ {
-		a, err := agent.New(agent.Config{Edges: []string{*edgeAddr}, RootCAs: pool, Name: "pico-bench/idle"})
+		a, err := agent.New(agent.Config{Edges: []string{*edgeAddr}, RootCAs: pool, Name: "pico-bench/idle", Connections: *links})
 		if err != nil {
 			return err
 		}
