@@ -46,7 +46,7 @@ const (
 	// anywhere between the live heap and the next GC goal, a few MiB
 	// apart), which tilts the fit of a short run; the slope part is what a
 	// long run may drift. A leak of 100 bytes per request at the soak's
-	// ~400 requests/s is 2.3 MiB/min and breaks the bound in a 10-minute
+	// ~500 requests/s is 2.9 MiB/min and breaks the bound in a 10-minute
 	// run; a leaked 4 KiB buffer per request breaks it in any run.
 	soakHeapNoise     = 8 << 20
 	soakHeapPerMinute = 2 << 20
