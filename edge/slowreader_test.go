@@ -29,8 +29,11 @@ import (
 // slows them several times, but they keep moving), and slowTestCeiling
 // only bounds a test that goes wrong.
 const (
-	slowBody        = 64 << 20 // what each slow consumer asks for
-	fastBody        = 16 << 20 // the full-speed transfer: more than any window
+	slowBody = 64 << 20 // what each slow consumer asks for
+	// The full-speed transfer: more than the connection credit 64 stalled
+	// streams leave (176 - 128 MiB), so the link must grant more while
+	// they stay stalled.
+	fastBody        = 64 << 20
 	stallAfter      = 20 * time.Second
 	slowTestCeiling = 5 * time.Minute
 )
@@ -204,7 +207,7 @@ func stallErr(ctx context.Context, err error) error {
 
 // TestSlowConsumerHTTP: slow HTTP/1.1 clients download 64 MiB each from an
 // endpoint and read 1 KiB a second; meanwhile, on the same agent link,
-// small requests to another endpoint and a full-speed 16 MiB download
+// small requests to another endpoint and a full-speed 64 MiB download
 // must complete. Via relay, the clients use node 1 of a cluster and the
 // agent is linked to node 0 only: the relay connection between the nodes
 // carries the stalled streams too.
@@ -315,7 +318,7 @@ func testSlowConsumerHTTP(t *testing.T, slow int, relay bool) {
 
 // TestSlowConsumerTCP is TestSlowConsumerHTTP for TCP forwards: slow
 // readers dial a TCP endpoint through a forwarding agent and ask for 64
-// MiB each; on the same forwarding agent's link, a full-speed 16 MiB
+// MiB each; on the same forwarding agent's link, a full-speed 64 MiB
 // connection and small exchanges must complete. The bytes cross two agent
 // links (serving agent to edge, edge to forwarding agent) and both carry
 // the stalled streams.
