@@ -18,14 +18,29 @@ const (
 	MaxStreamsToEdge  = 1000 // streams an agent may have open to the edge (control + Dial)
 )
 
-// Flow-control windows of agent links, sized so that stalled readers on a few
-// streams never exhaust the connection window (QUIC.md pitfall 2):
-// the initial connection window covers 60 stalled streams.
+// Flow-control windows of agent and relay links. A stream whose reader
+// stalls (a client that stops reading a download) pins, of its link's
+// connection window, what it was sent and has not read: up to its stream
+// window. quic-go grants the sender more connection credit only once the
+// application has read a quarter of the connection window since the last
+// grant (WindowUpdateThreshold), so once stalled streams pin more than
+// three quarters of it the other streams of the link stop too (QUIC.md
+// 1.1 states the rule without that quarter). The connection window is
+// therefore, from the first byte, 4/3 of StalledStreams+2 stream windows:
+// StalledStreams stalled streams leave two windows for the others.
+//
+// The stream window does not auto-tune (initial = max): the connection
+// window is sized for every stream at its largest window anyway, and a
+// fixed window makes that worst case the only case, which the tests then
+// exercise. Credit costs no memory until data arrives, but the connection
+// window is also the most a link can make its receiver buffer, so the
+// stream window is small: one stream moves at most streamWindow per round
+// trip (168 Mbit/s at 100 ms, 670 Mbit/s at 25 ms); a link carries many
+// streams.
 const (
-	streamWindowInitial = 512 << 10
-	streamWindowMax     = 6 << 20
-	connWindowInitial   = 32 << 20
-	connWindowMax       = 64 << 20
+	StalledStreams = 64
+	streamWindow   = 2 << 20
+	connWindow     = (StalledStreams + 2) * streamWindow * 4 / 3 // 176 MiB
 )
 
 // LinkConfig is the quic.Config shared by both ends of an agent link.
@@ -37,10 +52,10 @@ func LinkConfig(maxIncoming int64) *quic.Config {
 		KeepAlivePeriod:                AgentKeepAlive,
 		MaxIncomingStreams:             maxIncoming,
 		MaxIncomingUniStreams:          -1,
-		InitialStreamReceiveWindow:     streamWindowInitial,
-		MaxStreamReceiveWindow:         streamWindowMax,
-		InitialConnectionReceiveWindow: connWindowInitial,
-		MaxConnectionReceiveWindow:     connWindowMax,
+		InitialStreamReceiveWindow:     streamWindow,
+		MaxStreamReceiveWindow:         streamWindow,
+		InitialConnectionReceiveWindow: connWindow,
+		MaxConnectionReceiveWindow:     connWindow,
 		Allow0RTT:                      false,
 	}
 }
