@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -77,10 +76,6 @@ func (s *Server) giveTokenConn(key [sha256.Size]byte) {
 // maxBadStreams is how many malformed streams an agent connection may open
 // before the edge closes it: a bug is reported, a flood is cut.
 const maxBadStreams = 10
-
-// controlReadBuffer sizes the control stream's reader: control messages are
-// rare and small, and an idle agent link should cost little memory.
-const controlReadBuffer = 512
 
 // session is one agent connection: its control stream, the endpoints it
 // serves, and an HTTP transport whose connections are streams to it.
@@ -210,7 +205,9 @@ func (s *Server) serveAgentConn(conn *quic.Conn) {
 }
 
 // readHello accepts the control stream and reads the agent's Hello.
-func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (quicutil.Hello, *quic.Stream, *bufio.Reader, error) {
+// The control stream is read without a buffer: control messages are rare
+// and small, and a buffer would stay allocated on every idle link.
+func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (quicutil.Hello, *quic.Stream, quicutil.MessageReader, error) {
 	str, err := conn.AcceptStream(ctx)
 	if err != nil {
 		return quicutil.Hello{}, nil, nil, fmt.Errorf("wait for control stream: %w", err)
@@ -225,7 +222,7 @@ func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (quicutil.Hello
 	if h.Kind != quicutil.KindControl {
 		return quicutil.Hello{}, nil, nil, fmt.Errorf("first stream is %s, want control", h.Kind)
 	}
-	br := bufio.NewReaderSize(str, controlReadBuffer)
+	br := quicutil.NewUnbufferedReader(str)
 	msg, err := quicutil.ReadMessage(br)
 	if err != nil {
 		return quicutil.Hello{}, nil, nil, fmt.Errorf("read hello: %w", err)
@@ -246,7 +243,7 @@ func (sess *session) writeControl(m quicutil.Message) error {
 
 // controlLoop serves registration messages until the control stream or the
 // connection ends. It returns nil when the agent closed on purpose.
-func (sess *session) controlLoop(br *bufio.Reader) error {
+func (sess *session) controlLoop(br quicutil.MessageReader) error {
 	for {
 		msg, err := quicutil.ReadMessage(br)
 		if err != nil {
