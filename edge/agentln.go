@@ -86,9 +86,11 @@ type session struct {
 	log     *slog.Logger
 	hello   quicutil.Hello
 	started time.Time
-	rt      *http.Transport // HTTP/1.1 over streams
-	rt2     *http.Transport // HTTP/2 over streams, made on first use
-	rt2Once sync.Once
+	// HTTP transports whose connections are streams to the agent, made on
+	// first use: an idle link never needs one (an http.Transport is about
+	// 0.5 KiB before its first request).
+	rt  atomic.Pointer[http.Transport] // HTTP/1.1, one request at a time per stream
+	rt2 atomic.Pointer[http.Transport] // HTTP/2, many requests on one stream
 
 	inflight   atomic.Int64  // streams in flight, for the balancer
 	movedAt    atomic.Int64  // when rebalancing asked it to move (unix ns)
@@ -120,10 +122,10 @@ func (sess *session) isLeaving() bool     { return sess.leaving.Load() }
 
 // closeIdle closes the idle keep-alive streams to the agent.
 func (sess *session) closeIdle() {
-	sess.rt.CloseIdleConnections()
-	sess.rt2Once.Do(func() { sess.rt2 = sess.srv.newAgentTransport(sess, quicutil.KindHTTP2) })
-	if sess.rt2 != nil { // nil once the session is torn down
-		sess.rt2.CloseIdleConnections()
+	for _, rt := range [...]*http.Transport{sess.rt.Load(), sess.rt2.Load()} {
+		if rt != nil {
+			rt.CloseIdleConnections()
+		}
 	}
 }
 func (sess *session) name() string                                   { return sess.hello.AgentID }
@@ -172,7 +174,6 @@ func (s *Server) serveAgentConn(conn *quic.Conn) {
 		endpoints: make(map[routing.EndpointID]quicutil.Kind),
 		regLimit:  rate.NewLimiter(rate.Limit(s.cfg.RegistrationsPerSecond), 2*s.cfg.RegistrationsPerSecond),
 	}
-	sess.rt = s.newAgentTransport(sess, quicutil.KindHTTP)
 	s.mu.Lock()
 	s.nextID++
 	sess.id = s.nextID
@@ -373,13 +374,19 @@ func (sess *session) endpointKind(id routing.EndpointID) quicutil.Kind {
 }
 
 // transport returns the HTTP transport for streams of kind k: HTTP/1.1
-// (one stream per connection) or HTTP/2 (many requests on one stream).
+// (one stream per connection) or HTTP/2 (many requests on one stream). It
+// makes it on first use, also after teardown: then its streams fail to open
+// on the closed connection, so it never holds an idle one.
 func (sess *session) transport(k quicutil.Kind) *http.Transport {
-	if k != quicutil.KindHTTP2 {
-		return sess.rt
+	p, kind := &sess.rt, quicutil.KindHTTP
+	if k == quicutil.KindHTTP2 {
+		p, kind = &sess.rt2, quicutil.KindHTTP2
 	}
-	sess.rt2Once.Do(func() { sess.rt2 = sess.srv.newAgentTransport(sess, quicutil.KindHTTP2) })
-	return sess.rt2
+	if rt := p.Load(); rt != nil {
+		return rt
+	}
+	p.CompareAndSwap(nil, sess.srv.newAgentTransport(sess, kind))
+	return p.Load()
 }
 
 func (sess *session) deregister(m *quicutil.Deregister) *quicutil.Result {
@@ -468,11 +475,7 @@ func (sess *session) teardown(cause error) {
 	s.mu.Unlock()
 	s.local.SetLinks(links)
 	sess.conn.CloseWithError(quicutil.ConnCodeNormal, "")
-	sess.rt.CloseIdleConnections()
-	sess.rt2Once.Do(func() {}) // no HTTP/2 transport from now on
-	if sess.rt2 != nil {
-		sess.rt2.CloseIdleConnections()
-	}
+	sess.closeIdle()
 	sess.wg.Wait()
 	sess.log.Info("agent disconnected", "endpoints", len(ids), "reason", disconnectReason(cause),
 		"connected_for", time.Since(sess.started).Round(time.Millisecond).String())
