@@ -29,7 +29,7 @@ import (
 	"github.com/pico-edge/pico/quicutil"
 )
 
-var idleHeapProfile = flag.String("idle-heapprofile", "", "BenchmarkIdleAgentLinks: write a heap profile here while the links are up (use with -memprofilerate=1)")
+var idleHeapProfile = flag.String("idle-heapprofile", "", "BenchmarkIdleAgentLinks: write heap profiles taken while the links are up to this path, its name prefixed with agents- (the edge) or bare- (bare quic-go); use with -memprofilerate=1")
 
 // BenchmarkIdleAgentLinks measures what one idle agent link costs the edge:
 // heap, goroutine stacks and goroutines per link. The agents run in a
