@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -39,7 +38,7 @@ type link struct {
 
 	ctrlMu sync.Mutex // serializes writes to ctrl
 	ctrl   *quic.Stream
-	br     *bufio.Reader
+	br     quicutil.MessageReader // unbuffered: control messages are rare
 
 	seq     atomic.Uint64
 	mu      sync.Mutex // guards pending
@@ -135,7 +134,7 @@ func (l *link) hello(ctx context.Context, token string) (*quicutil.Welcome, erro
 	if d, ok := ctx.Deadline(); ok {
 		str.SetReadDeadline(d)
 	}
-	l.br = bufio.NewReader(str)
+	l.br = quicutil.NewUnbufferedReader(str)
 	m, err := quicutil.ReadMessage(l.br)
 	str.SetReadDeadline(time.Time{})
 	if err != nil {

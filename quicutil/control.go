@@ -1,7 +1,6 @@
 package quicutil
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -386,8 +385,36 @@ func ParseMessage(b []byte) (Message, int, error) {
 	return m, end, nil
 }
 
+// MessageReader is what ReadMessage reads from: a *bufio.Reader, or the
+// reader of NewUnbufferedReader.
+type MessageReader interface {
+	io.Reader
+	io.ByteReader
+}
+
+// NewUnbufferedReader returns a MessageReader that reads r a byte at a time
+// for a frame's type and length and straight into the frame's body, without
+// a buffer: the reader for a control stream that stays idle most of its
+// life, where a bufio.Reader would hold its buffer on every link. It never
+// reads beyond the frame it is asked for.
+func NewUnbufferedReader(r io.Reader) MessageReader { return &unbufferedReader{r: r} }
+
+type unbufferedReader struct {
+	r io.Reader
+	b [1]byte
+}
+
+func (u *unbufferedReader) Read(p []byte) (int, error) { return u.r.Read(p) }
+
+func (u *unbufferedReader) ReadByte() (byte, error) {
+	if _, err := io.ReadFull(u.r, u.b[:]); err != nil {
+		return 0, err
+	}
+	return u.b[0], nil
+}
+
 // ReadMessage reads one control frame from r.
-func ReadMessage(r *bufio.Reader) (Message, error) {
+func ReadMessage(r MessageReader) (Message, error) {
 	typ, err := r.ReadByte()
 	if err != nil {
 		return nil, err

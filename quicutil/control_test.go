@@ -142,16 +142,24 @@ func TestMessageRoundTrip(t *testing.T) {
 			if !bytes.Equal(buf.Bytes(), enc) {
 				t.Fatalf("WriteMessage wrote %d bytes, want the %d of AppendMessage", buf.Len(), len(enc))
 			}
-			got, err = quicutil.ReadMessage(bufio.NewReader(iotest.HalfReader(&buf)))
-			if err != nil || !reflect.DeepEqual(got, m) {
-				t.Fatalf("ReadMessage = %#v, %v; want %#v, nil", got, err, m)
+			for rname, newReader := range messageReaders {
+				got, err = quicutil.ReadMessage(newReader(iotest.HalfReader(bytes.NewReader(enc))))
+				if err != nil || !reflect.DeepEqual(got, m) {
+					t.Fatalf("ReadMessage(%s) = %#v, %v; want %#v, nil", rname, got, err, m)
+				}
 			}
 		})
 	}
 }
 
+// messageReaders are the MessageReaders ReadMessage is tested with.
+var messageReaders = map[string]func(io.Reader) quicutil.MessageReader{
+	"bufio":      func(r io.Reader) quicutil.MessageReader { return bufio.NewReader(r) },
+	"unbuffered": quicutil.NewUnbufferedReader,
+}
+
 // TestReadMessageStream reads several frames from one stream, then a
-// clean EOF.
+// clean EOF; the unbuffered reader leaves the bytes after them unread.
 func TestReadMessageStream(t *testing.T) {
 	msgs := []quicutil.Message{
 		&quicutil.Hello{Token: "tok", Agent: "a", AgentID: "id"},
@@ -165,15 +173,30 @@ func TestReadMessageStream(t *testing.T) {
 			t.Fatalf("WriteMessage(%T): %v", m, err)
 		}
 	}
-	r := bufio.NewReader(iotest.OneByteReader(&buf))
-	for i, want := range msgs {
-		got, err := quicutil.ReadMessage(r)
-		if err != nil || !reflect.DeepEqual(got, want) {
-			t.Fatalf("message %d: got %#v, %v; want %#v, nil", i, got, err, want)
+	enc := buf.Bytes()
+	for name, newReader := range messageReaders {
+		t.Run(name, func(t *testing.T) {
+			r := newReader(iotest.OneByteReader(bytes.NewReader(enc)))
+			for i, want := range msgs {
+				got, err := quicutil.ReadMessage(r)
+				if err != nil || !reflect.DeepEqual(got, want) {
+					t.Fatalf("message %d: got %#v, %v; want %#v, nil", i, got, err, want)
+				}
+			}
+			if m, err := quicutil.ReadMessage(r); err != io.EOF {
+				t.Fatalf("after the last frame: got %#v, %v; want io.EOF", m, err)
+			}
+		})
+	}
+	// Unbuffered, reading one frame consumes that frame and nothing more.
+	rest := bytes.NewReader(append(bytes.Clone(enc), "after"...))
+	for range msgs {
+		if _, err := quicutil.ReadMessage(quicutil.NewUnbufferedReader(rest)); err != nil {
+			t.Fatalf("unbuffered ReadMessage: %v", err)
 		}
 	}
-	if m, err := quicutil.ReadMessage(r); err != io.EOF {
-		t.Fatalf("after the last frame: got %#v, %v; want io.EOF", m, err)
+	if b, _ := io.ReadAll(rest); string(b) != "after" {
+		t.Fatalf("left after the frames: %q, want %q", b, "after")
 	}
 }
 
@@ -221,13 +244,15 @@ func TestReadMessageTruncated(t *testing.T) {
 				if k >= len(enc) {
 					continue
 				}
-				got, err := quicutil.ReadMessage(bufio.NewReader(bytes.NewReader(enc[:k])))
 				want := io.ErrUnexpectedEOF
 				if k == 0 {
 					want = io.EOF
 				}
-				if !errors.Is(err, want) {
-					t.Fatalf("ReadMessage(%d of %d bytes) = %#v, %v; want an error wrapping %v", k, len(enc), got, err, want)
+				for rname, newReader := range messageReaders {
+					got, err := quicutil.ReadMessage(newReader(bytes.NewReader(enc[:k])))
+					if !errors.Is(err, want) {
+						t.Fatalf("ReadMessage(%s, %d of %d bytes) = %#v, %v; want an error wrapping %v", rname, k, len(enc), got, err, want)
+					}
 				}
 			}
 		})
