@@ -273,16 +273,6 @@ func (a *Agent) Close() error {
 	return nil
 }
 
-// goBg runs f in the background unless the agent is closed; Close waits
-// for it.
-func (a *Agent) goBg(f func()) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !a.closed {
-		a.bg.Go(f)
-	}
-}
-
 // serve registers endpoint id with kind and serves its streams with h. It
 // asks every live link (and every link that comes up later) to register
 // the endpoint, waits until one accepted it or all refused it (or ctx

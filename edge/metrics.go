@@ -13,7 +13,6 @@ import (
 type serverMetrics struct {
 	requests               [3][6]*metrics.Counter // by client protocol (HTTP/1, /2, /3) and status class; class 0 is "error" (no response)
 	duration               *metrics.PrometheusHistogram
-	activeStreams          *metrics.Gauge // via func
 	tcpConns               *metrics.Counter
 	tcpBytesIn             *metrics.Counter
 	tcpBytesOut            *metrics.Counter

@@ -39,7 +39,8 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 		slog.String("node_id", s.cfg.NodeID),
 	}
 	if err != nil {
-		code, msg := quicutil.StatusInternal, err.Error()
+		var code quicutil.Status
+		var msg string
 		var se *quicutil.StatusError
 		switch {
 		case errors.Is(err, routing.ErrNoRoute):
