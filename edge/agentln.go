@@ -91,7 +91,7 @@ type session struct {
 	// 0.5 KiB before its first request).
 	rt  atomic.Pointer[http.Transport] // HTTP/1.1, one request at a time per stream
 	rt2 atomic.Pointer[http.Transport] // HTTP/2, many requests on one stream
-	h1  streamPool                     // idle HTTP/1.1 streams of the stream path
+	h1  streamPools                    // idle HTTP/1.1 streams of the stream path
 
 	inflight   atomic.Int64  // streams in flight, for the balancer
 	movedAt    atomic.Int64  // when rebalancing asked it to move (unix ns)
@@ -130,7 +130,7 @@ func (sess *session) closeIdle() {
 		}
 	}
 }
-func (sess *session) h1pool() *streamPool                            { return &sess.h1 }
+func (sess *session) h1pools() *streamPools                          { return &sess.h1 }
 func (sess *session) name() string                                   { return sess.hello.AgentID }
 func (sess *session) streamKind(id routing.EndpointID) quicutil.Kind { return sess.endpointKind(id) }
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pico-edge/pico/quicutil"
+	"github.com/pico-edge/pico/routing"
 )
 
 // The HTTP/1.1 stream path: a request without a body to an agent that
@@ -36,8 +37,69 @@ const maxResponseHeaderBytes = 64 << 10
 // max1xx is how many informational responses may precede the final one.
 const max1xx = 5
 
-// streamPool keeps the idle keep-alive streams to one target, newest last.
+// streamPools keeps a target's idle keep-alive streams, one pool per
+// endpoint: a stream's header names the endpoint it reaches (a peer relays
+// to every endpoint of its node, an agent may serve several), so a stream
+// is only ever reused for the endpoint it was opened to.
+type streamPools struct {
+	mu     sync.Mutex
+	m      map[routing.EndpointID]*streamPool
+	closed bool
+}
+
+// get returns the pool of endpoint ep.
+func (ps *streamPools) get(ep routing.EndpointID) *streamPool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	p := ps.m[ep]
+	if p == nil {
+		if ps.m == nil {
+			ps.m = make(map[routing.EndpointID]*streamPool)
+		}
+		p = &streamPool{parent: ps, ep: ep, closed: ps.closed}
+		ps.m[ep] = p
+	}
+	return p
+}
+
+// closeIdle closes the idle streams of every pool; with final, later ones
+// too.
+func (ps *streamPools) closeIdle(final bool) {
+	ps.mu.Lock()
+	pools := make([]*streamPool, 0, len(ps.m))
+	for _, p := range ps.m {
+		pools = append(pools, p)
+	}
+	ps.m = nil // a request holding one of them may still put a stream in: its sweep closes it
+	if final {
+		ps.closed = true
+	}
+	ps.mu.Unlock()
+	for _, p := range pools {
+		p.closeIdle(final)
+	}
+}
+
+// forget drops p from its parent once it is empty, so that endpoints that
+// come and go leave no pools behind. A request holding p may still put a
+// stream into it: p's own sweep closes that one.
+func (ps *streamPools) forget(p *streamPool) {
+	ps.mu.Lock()
+	if ps.m[p.ep] == p {
+		p.mu.Lock()
+		if len(p.idle) == 0 {
+			delete(ps.m, p.ep)
+		}
+		p.mu.Unlock()
+	}
+	ps.mu.Unlock()
+}
+
+// streamPool keeps the idle keep-alive streams to one endpoint of a
+// target, newest last.
 type streamPool struct {
+	parent *streamPools
+	ep     routing.EndpointID
 	mu     sync.Mutex
 	idle   []*h1Conn
 	sweep  *time.Timer // closes streams idle for longer than the timeout
@@ -199,7 +261,8 @@ func (p *streamPool) expire(maxIdle time.Duration) {
 	}
 	old := append([]*h1Conn(nil), p.idle[:i]...)
 	p.idle = append(p.idle[:0], p.idle[i:]...)
-	if len(p.idle) > 0 && !p.closed {
+	empty := len(p.idle) == 0
+	if !empty && !p.closed {
 		p.sweep.Reset(maxIdle - now.Sub(p.idle[0].idleAt))
 	} else {
 		p.sweep = nil
@@ -207,6 +270,9 @@ func (p *streamPool) expire(maxIdle time.Duration) {
 	p.mu.Unlock()
 	for _, hc := range old {
 		hc.close()
+	}
+	if empty && p.parent != nil {
+		p.parent.forget(p)
 	}
 }
 

@@ -151,3 +151,31 @@ func TestStreamPathClientGoneMidBody(t *testing.T) {
 		}
 	}
 }
+
+// A keep-alive stream reaches the endpoint it was opened to, never another
+// one of the same target: two endpoints of one agent, and through a relay,
+// where the target is the other node with all its endpoints.
+func TestStreamPathKeepsEndpointsApart(t *testing.T) {
+	named := func(name string) string {
+		return edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name) }))
+	}
+	cl := edgetest.NewCluster(t, 2)
+	n0, n1 := cl.Nodes[0], cl.Nodes[1]
+	a := n0.NewAgent(t, singleLink)
+	for _, ep := range []string{"one", "two", "three"} {
+		if err := a.ServeUpstream(t.Context(), ep, quicutil.KindHTTP, named(ep)); err != nil {
+			t.Fatal(err)
+		}
+		n1.WaitRemote(t, ep, 1)
+	}
+	c := edgetest.Client(t)
+	for k, n := range []*edgetest.Node{n0, n1} {
+		for i := range 60 {
+			ep := []string{"one", "two", "three"}[i%3]
+			resp, body := do(t, c, n.Request(t, "GET", ep, "/", nil))
+			if resp.StatusCode != 200 || body != ep {
+				t.Fatalf("node %d: GET %s (request %d): %d %q", k, ep, i, resp.StatusCode, body)
+			}
+		}
+	}
+}

@@ -69,7 +69,7 @@ type peer struct {
 	closed   bool
 	rt       *http.Transport
 	rt2      *http.Transport
-	h1       streamPool // idle HTTP/1.1 streams of the stream path
+	h1       streamPools // idle HTTP/1.1 streams of the stream path
 }
 
 func newPeer(c *cluster, name string, epoch uint64) *peer {

@@ -18,8 +18,8 @@ func (p *peer) closeIdle() {
 	p.rt.CloseIdleConnections()
 	p.rt2.CloseIdleConnections()
 }
-func (p *peer) h1pool() *streamPool { return &p.h1 }
-func (p *peer) name() string        { return "node:" + p.node }
+func (p *peer) h1pools() *streamPools { return &p.h1 }
+func (p *peer) name() string          { return "node:" + p.node }
 
 // streamKind is the kind the peer's agents speak for id: HTTP/1.1 when any
 // of them does, else HTTP/2, as the peer announced.

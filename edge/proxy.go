@@ -288,7 +288,7 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 		start := time.Now()
 		var resp *http.Response
 		if k := tg.streamKind(info.endpoint); k == quicutil.KindHTTP && onStreamPath(req) {
-			resp, err = s.roundTripStream(tg, tg.h1pool(), req)
+			resp, err = s.roundTripStream(tg, tg.h1pools().get(info.endpoint), req)
 		} else {
 			resp, err = tg.transport(k).RoundTrip(req)
 		}
@@ -327,9 +327,9 @@ type target interface {
 	openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error)
 	// transport is the HTTP transport over streams of kind k.
 	transport(k quicutil.Kind) *http.Transport
-	// h1pool is the pool of idle HTTP/1.1 keep-alive streams of the
-	// stream path (h1stream.go).
-	h1pool() *streamPool
+	// h1pools are the idle HTTP/1.1 keep-alive streams of the stream
+	// path (h1stream.go), by endpoint.
+	h1pools() *streamPools
 	// streamKind is the kind of stream endpoint id's upstream speaks.
 	streamKind(id routing.EndpointID) quicutil.Kind
 	inflightAdd(d int64)
