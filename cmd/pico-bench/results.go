@@ -38,7 +38,7 @@ type Results struct {
 	WS    *WSResult    `json:"scenario_w_websockets,omitempty"`
 
 	// PicoVsQUICPct is scenario B's Pico MiB/s over scenario C's quic-go
-	// copy MiB/s, in percent (target >= 70).
+	// copy MiB/s, in percent (target >= 100).
 	PicoVsQUICPct float64 `json:"pico_1mib_c4_vs_quic_copy_pct,omitempty"`
 
 	// PeakRSSKiB is VmHWM of the edge and agent of scenarios A and B.
