@@ -149,6 +149,16 @@ func TestClusterRelaysTCPAndUpgrades(t *testing.T) {
 
 // echoServer is a TCP echo server that answers EOF with EOF.
 func echoServer(t *testing.T) string {
+	return tcpServer(t, func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
+}
+
+// tcpServer serves each TCP connection to the address it returns with
+// serve, and closes it when serve returns; the test's end stops it.
+func tcpServer(t *testing.T, serve func(c net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -163,8 +173,7 @@ func echoServer(t *testing.T) string {
 			}
 			wg.Go(func() {
 				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
+				serve(c)
 			})
 		}
 	})

@@ -9,7 +9,6 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/pico-edge/pico/edge/edgetest"
@@ -17,29 +16,10 @@ import (
 )
 
 // rawUpstream serves each TCP connection with answer, which reads requests
-// from br and writes responses to c; the connection is closed when answer
-// returns.
+// from br and writes responses to c.
 func rawUpstream(t *testing.T, answer func(br *bufio.Reader, c net.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				answer(bufio.NewReader(c), c)
-			})
-		}
-	})
-	return ln.Addr().String()
+	return tcpServer(t, func(c net.Conn) { answer(bufio.NewReader(c), c) })
 }
 
 // readHead reads one request head.
