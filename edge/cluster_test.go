@@ -163,6 +163,13 @@ func tcpServer(t *testing.T, serve func(c net.Conn)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveConns(t, ln, serve)
+	return ln.Addr().String()
+}
+
+// serveConns serves each connection ln accepts with serve, and closes it
+// when serve returns; the test's end closes ln and waits for them.
+func serveConns(t *testing.T, ln net.Listener, serve func(c net.Conn)) {
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Go(func() {
@@ -177,7 +184,6 @@ func tcpServer(t *testing.T, serve func(c net.Conn)) string {
 			})
 		}
 	})
-	return ln.Addr().String()
 }
 
 func TestClusterNodeLossRoutesElsewhere(t *testing.T) {

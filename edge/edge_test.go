@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -472,17 +471,7 @@ func TestSDKListenAndDial(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { tln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := tln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { io.Copy(c, c); c.(interface{ CloseWrite() error }).CloseWrite(); c.Close() })
-		}
-	})
+	serveConns(t, tln, func(c net.Conn) { io.Copy(c, c); c.(interface{ CloseWrite() error }).CloseWrite() })
 	fwd := n.NewAgent(t)
 	c, err := fwd.Dial(t.Context(), "echo")
 	if err != nil {
