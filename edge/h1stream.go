@@ -20,7 +20,7 @@ import (
 
 // The HTTP/1.1 stream path: a request without a body to an agent that
 // speaks HTTP/1.1 is written and its response read by the handler's own
-// goroutine, over a keep-alive stream taken from the target's pool. It does
+// goroutine, over a keep-alive stream pooled per target and endpoint. It does
 // what http.Transport does for such a request (pooling, response header
 // limits and timeout, 1xx, cancellation, retry of a stale reused stream)
 // without the Transport's two goroutines per connection and the handoffs
@@ -28,7 +28,8 @@ import (
 // with a body (written while the response is read) and upgrades still go
 // through http.Transport.
 
-// maxIdleStreams is how many idle keep-alive streams a target keeps.
+// maxIdleStreams is how many idle keep-alive streams a target keeps for one
+// endpoint (http.Transport's MaxIdleConnsPerHost before).
 const maxIdleStreams = 256
 
 // maxResponseHeaderBytes bounds an upstream's response head.
