@@ -114,7 +114,7 @@ func TestParseProc(t *testing.T) {
 
 func TestParseFlags(t *testing.T) {
 	o, err := parseFlags([]string{"--quick"})
-	if err != nil || o.Duration != 3*time.Second || len(o.Scenarios) != 8 || o.UploadBytes != 256<<20 ||
+	if err != nil || o.Duration != 3*time.Second || len(o.Scenarios) != 9 || o.UploadBytes != 256<<20 ||
 		!slices.Equal(o.SmallConns, []int{1, 16, 64, 256}) || o.AgentConns != 2 {
 		t.Errorf("--quick: %+v, %v", o, err)
 	}
@@ -149,7 +149,7 @@ func TestHarness(t *testing.T) {
 	var out strings.Builder
 	opts := Options{
 		Duration: time.Second, Warmup: time.Second, Repeat: 1,
-		Scenarios:  map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true, "g": true, "h": true, "i": true},
+		Scenarios:  map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true, "g": true, "h": true, "i": true, "t": true},
 		IdleAgents: 20, JSON: jsonPath, Settle: 300 * time.Millisecond, SettleSamples: 2,
 		// One connection count keeps the smoke short; the new scenarios'
 		// bulk runs are tiny, and H measures an agent of 2 links too.
@@ -258,6 +258,21 @@ func TestHarness(t *testing.T) {
 	if res.PeakRSSKiB["edge"] <= 0 || res.PeakRSSKiB["agent"] <= 0 {
 		t.Errorf("peak RSS: %v", res.PeakRSSKiB)
 	}
+	// T: /small at 16 conns and /1m at 4, each direct, through the floor
+	// and through Pico.
+	if len(res.Floor) != 2 || res.Floor[0].Path != "/small" || res.Floor[1].Path != "/1m" {
+		t.Errorf("scenario T: %+v", res.Floor)
+	}
+	for _, row := range res.Floor {
+		for _, r := range []WrkRun{row.Direct, row.Floor, row.Pico} {
+			if w := r.Result; w.Requests <= 0 || w.P50Us <= 0 || w.Errors() != 0 {
+				t.Errorf("T %s %s: %+v", row.Path, r.Target, w)
+			}
+		}
+		if row.FloorPct <= 0 || row.PicoVsFloorPct <= 0 || row.FloorCPUUs <= 0 || row.PicoCPUUs <= 0 || len(row.Pairs) != 1 {
+			t.Errorf("T %s: %+v", row.Path, row)
+		}
+	}
 	if res.Host.NProc <= 0 || res.Host.GoVersion == "" {
 		t.Errorf("host info: %+v", res.Host)
 	}
@@ -278,7 +293,7 @@ func TestHarness(t *testing.T) {
 		t.Errorf("%d files next to the results (history off), want 1", len(entries))
 	}
 	for _, want := range []string{"A. small requests", "B. 1 MiB responses", "C. quic-go one-stream copy", "D. idle agent links", "E. small requests",
-		"B'. 1 MiB responses", "G. one 8 MiB POST", "H. TCP forward", "I. WebSocket echo"} {
+		"B'. 1 MiB responses", "G. one 8 MiB POST", "H. TCP forward", "I. WebSocket echo", "T. the tunnel floor"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -97,6 +97,9 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	if opts.Scenarios["i"] && ctx.Err() == nil {
 		h.record("I", h.runI(ctx))
 	}
+	if opts.Scenarios["t"] && ctx.Err() == nil {
+		h.record("T", h.runT(ctx))
+	}
 	h.runScale(ctx)
 	if h.res.Bulk != nil && h.res.QUICCopy != nil {
 		h.res.PicoVsQUICPct = pct(h.res.Bulk.PicoMiBps, h.res.QUICCopy.MiBps)

@@ -36,6 +36,8 @@ type Results struct {
 	Scale *ScaleResult `json:"scenario_s_scale,omitempty"`
 	Regs  *RegResult   `json:"scenario_r_registrations,omitempty"`
 	WS    *WSResult    `json:"scenario_w_websockets,omitempty"`
+	// Floor is scenario T (floor.go).
+	Floor []FloorRow `json:"scenario_t_tunnel_floor,omitempty"`
 
 	// PicoVsQUICPct is scenario B's Pico MiB/s over scenario C's quic-go
 	// copy MiB/s, in percent (target >= 100).
