@@ -304,17 +304,17 @@ func onStreamPath(req *http.Request) bool {
 // stream of the pool or a new one. A reused stream that the agent ended
 // before answering (its upstream closed the idle connection) is retried
 // once on a new stream when req may be sent twice.
-func (s *Server) roundTripStream(tg target, pool *streamPool, req *http.Request) (*http.Response, error) {
+func (s *Server) roundTripStream(tg target, pool *streamPool, req *http.Request, d *direct) (*http.Response, error) {
 	hc := pool.get(s.cfg.IdleTimeout)
 	for {
 		if hc == nil {
-			c, err := s.dialStream(req.Context(), tg, quicutil.KindHTTP, req.URL.Host)
+			c, err := s.dialStream(req.Context(), tg, quicutil.KindHTTP, string(pool.ep))
 			if err != nil {
 				return nil, err
 			}
 			hc = newH1Conn(c)
 		}
-		resp, err := s.exchange(hc, pool, req)
+		resp, err := s.exchange(hc, pool, req, d)
 		if err == nil {
 			return resp, nil
 		}
@@ -363,11 +363,11 @@ type streamOpener interface {
 func (hc *h1Conn) cancel() { hc.c.Abort(quicutil.StreamCodeCanceled) }
 
 // readResponse writes req on hc and reads the response head, passing 1xx
-// responses to ReverseProxy's trace hook.
-func (s *Server) readResponse(hc *h1Conn, req *http.Request) (*http.Response, error) {
+// responses to the direct path or to ReverseProxy's trace hook.
+func (s *Server) readResponse(hc *h1Conn, req *http.Request, d *direct) (*http.Response, error) {
 	head := h1Heads.Get().(*bytes.Buffer)
 	head.Reset()
-	err := req.Write(head)
+	err := writeHead(head, req, d)
 	if err == nil {
 		_, err = hc.c.Write(head.Bytes())
 	}
@@ -396,7 +396,9 @@ func (s *Server) readResponse(hc *h1Conn, req *http.Request) (*http.Response, er
 			hc.disarmHead()
 			return nil, errors.New("upstream sent too many informational (1xx) responses")
 		}
-		if trace := httptrace.ContextClientTrace(req.Context()); trace != nil && trace.Got1xxResponse != nil {
+		if d != nil {
+			d.got1xx(code, textproto.MIMEHeader(resp.Header))
+		} else if trace := httptrace.ContextClientTrace(req.Context()); trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
 				hc.disarmHead()
 				return nil, err
@@ -407,11 +409,11 @@ func (s *Server) readResponse(hc *h1Conn, req *http.Request) (*http.Response, er
 
 // exchange writes req on hc and reads the response head. The returned
 // response's body gives hc back to the pool once read to its end.
-func (s *Server) exchange(hc *h1Conn, pool *streamPool, req *http.Request) (*http.Response, error) {
+func (s *Server) exchange(hc *h1Conn, pool *streamPool, req *http.Request, d *direct) (*http.Response, error) {
 	ctx := req.Context()
 	hc.lr.read = 0
 	canceled := context.AfterFunc(ctx, hc.cancel)
-	resp, err := s.readResponse(hc, req)
+	resp, err := s.readResponse(hc, req, d)
 	if err != nil {
 		canceled()
 		switch {
@@ -428,8 +430,10 @@ func (s *Server) exchange(hc *h1Conn, pool *streamPool, req *http.Request) (*htt
 		pool:     pool,
 		canceled: canceled,
 		idle:     s.cfg.IdleTimeout,
-		reuse:    !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols,
-		eof:      resp.Body == http.NoBody,
+		// On the direct path req is the client's: its Connection: close
+		// is for its own connection, not the stream.
+		reuse: !resp.Close && (d != nil || !req.Close) && resp.StatusCode != http.StatusSwitchingProtocols,
+		eof:   resp.Body == http.NoBody,
 	}
 	resp.Body = b
 	return resp, nil

@@ -134,8 +134,11 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		info.body = &countingBody{ReadCloser: r.Body}
 		r.Body = info.body
 	}
-	ctx := context.WithValue(r.Context(), requestInfoKey, info)
-	f.rp.ServeHTTP(rw, r.WithContext(ctx))
+	r = r.WithContext(context.WithValue(r.Context(), requestInfoKey, info))
+	if canDirect(r) && f.serveDirect(rw, r, info) {
+		return
+	}
+	f.rp.ServeHTTP(rw, r)
 }
 
 // endpointOf finds the endpoint a request names: the X-Pico-Endpoint
@@ -184,11 +187,26 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 }
 
 // setForwarded sets X-Forwarded-For, -Host and -Proto and Forwarded
-// (RFC 7239) from what the edge saw. What the client sent in them is
-// dropped, unless the client is a proxy in Config.TrustedProxies: then its
-// chains are kept and extended, and its -Host and -Proto stand.
+// (RFC 7239) from what the edge saw (forwardingOf).
 func (s *Server) setForwarded(pr *httputil.ProxyRequest) {
-	in, out := pr.In, pr.Out.Header
+	f := s.forwardingOf(pr.In)
+	out := pr.Out.Header
+	out.Set("X-Forwarded-For", f.xff)
+	out.Set("X-Forwarded-Host", f.host)
+	out.Set("X-Forwarded-Proto", f.proto)
+	out.Set("Forwarded", f.forwarded)
+}
+
+// forwarding is the values of the forwarding headers the edge sends.
+type forwarding struct {
+	xff, host, proto, forwarded string
+}
+
+// forwardingOf says what X-Forwarded-For, -Host and -Proto and Forwarded
+// (RFC 7239) carry for in, from what the edge saw. What the client sent in
+// them is dropped, unless the client is a proxy in Config.TrustedProxies:
+// then its chains are kept and extended, and its -Host and -Proto stand.
+func (s *Server) forwardingOf(in *http.Request) forwarding {
 	proto := "http"
 	if in.TLS != nil {
 		proto = "https"
@@ -197,26 +215,19 @@ func (s *Server) setForwarded(pr *httputil.ProxyRequest) {
 	if ap, err := netip.ParseAddrPort(in.RemoteAddr); err == nil {
 		clientIP = ap.Addr().Unmap().String()
 	}
-	trusted := s.trusted(clientIP)
-	out.Del("Forwarded")
-	if trusted {
-		if prior := in.Header["X-Forwarded-For"]; len(prior) > 0 {
-			out.Set("X-Forwarded-For", strings.Join(prior, ", ")+", "+clientIP)
-		} else {
-			out.Set("X-Forwarded-For", clientIP)
-		}
-		out.Set("X-Forwarded-Host", firstNonEmpty(in.Header.Get("X-Forwarded-Host"), in.Host))
-		out.Set("X-Forwarded-Proto", firstNonEmpty(in.Header.Get("X-Forwarded-Proto"), proto))
-		if prior := in.Header.Values("Forwarded"); len(prior) > 0 {
-			out.Set("Forwarded", strings.Join(prior, ", ")+", "+forwardedElement(clientIP, in.Host, proto))
-			return
-		}
-	} else {
-		out.Set("X-Forwarded-For", clientIP)
-		out.Set("X-Forwarded-Host", in.Host)
-		out.Set("X-Forwarded-Proto", proto)
+	f := forwarding{xff: clientIP, host: in.Host, proto: proto, forwarded: forwardedElement(clientIP, in.Host, proto)}
+	if !s.trusted(clientIP) {
+		return f
 	}
-	out.Set("Forwarded", forwardedElement(clientIP, in.Host, proto))
+	if prior := in.Header["X-Forwarded-For"]; len(prior) > 0 {
+		f.xff = strings.Join(prior, ", ") + ", " + clientIP
+	}
+	f.host = firstNonEmpty(in.Header.Get("X-Forwarded-Host"), in.Host)
+	f.proto = firstNonEmpty(in.Header.Get("X-Forwarded-Proto"), proto)
+	if prior := in.Header.Values("Forwarded"); len(prior) > 0 {
+		f.forwarded = strings.Join(prior, ", ") + ", " + f.forwarded
+	}
+	return f
 }
 
 func (s *Server) trusted(ip string) bool {
@@ -266,8 +277,15 @@ func firstNonEmpty(a, b string) string {
 type agentRoundTripper struct{ s *Server }
 
 func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
-	s := t.s
-	info := req.Context().Value(requestInfoKey).(*requestInfo)
+	return t.s.roundTrip(req, req.Context().Value(requestInfoKey).(*requestInfo), nil)
+}
+
+// roundTrip sends req to the agents of its endpoint, one after another
+// while retrying is safe. With d, req is the client's own request on the
+// direct stream path (h1direct.go): it goes only to agents that speak
+// HTTP/1.1, and errNotDirect, before any attempt, says the next target
+// speaks HTTP/2.
+func (s *Server) roundTrip(req *http.Request, info *requestInfo, d *direct) (*http.Response, error) {
 	var body *replayBody
 	if req.Body != nil && req.Body != http.NoBody {
 		body = newReplayBody(req.Body)
@@ -279,6 +297,10 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 		if err != nil {
 			return nil, err
 		}
+		k := tg.streamKind(info.endpoint)
+		if d != nil && k != quicutil.KindHTTP {
+			return nil, errNotDirect
+		}
 		info.agent, info.servedBy = tg.name(), s.cfg.NodeID
 		if p, ok := tg.(*peer); ok {
 			info.agent, info.servedBy = "", p.node
@@ -287,8 +309,8 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 		s.activeStreams.Add(1)
 		start := time.Now()
 		var resp *http.Response
-		if k := tg.streamKind(info.endpoint); k == quicutil.KindHTTP && onStreamPath(req) {
-			resp, err = s.roundTripStream(tg, tg.h1pools().get(info.endpoint), req)
+		if k == quicutil.KindHTTP && (d != nil || onStreamPath(req)) {
+			resp, err = s.roundTripStream(tg, tg.h1pools().get(info.endpoint), req, d)
 		} else {
 			resp, err = tg.transport(k).RoundTrip(req)
 		}
@@ -453,9 +475,12 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	var appErr *quic.ApplicationError
 	var idle *quic.IdleTimeoutError
 	var strErr *quic.StreamError
+	var badHeader errBadHeader
 	switch {
 	case errors.Is(err, routing.ErrNoRoute):
 		msg = fmt.Sprintf("no upstream for endpoint %q", ep)
+	case errors.As(err, &badHeader):
+		status, msg = http.StatusBadRequest, err.Error()
 	case errors.As(err, &se):
 		switch se.Code {
 		case quicutil.StatusUpstreamTimeout:
