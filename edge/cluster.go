@@ -52,6 +52,12 @@ type ClusterConfig struct {
 	// with the other nodes' and asks the excess to move; if zero, 5s;
 	// negative: never.
 	RebalanceInterval time.Duration
+	// RebalanceBackoff is how long the node stops asking an agent to move
+	// after a move that did not take: the agent's new link came back to
+	// this node (it can reach no other). It doubles with each such move in
+	// a row, up to 60 times itself; if zero or negative, 1m (so at most an
+	// hour).
+	RebalanceBackoff time.Duration
 	// Memberlist, if set, adjusts memberlist's configuration (tests use
 	// faster timers).
 	Memberlist func(*memberlist.Config)
@@ -66,6 +72,9 @@ func (c ClusterConfig) withDefaults() ClusterConfig {
 	}
 	if c.RebalanceInterval == 0 {
 		c.RebalanceInterval = 5 * time.Second
+	}
+	if c.RebalanceBackoff <= 0 {
+		c.RebalanceBackoff = time.Minute
 	}
 	return c
 }
@@ -106,7 +115,9 @@ type cluster struct {
 	joinedAt   time.Time // first successful join; zero before
 
 	stop chan struct{}  // closed by leave
-	wg   sync.WaitGroup // senders and the join loop
+	wg   sync.WaitGroup // senders, the join loop and the rebalance loop
+
+	moves moveMemory // used by the rebalance loop only
 }
 
 // startCluster joins memberlist; agentAddr is the QUIC listener's address.
@@ -124,6 +135,7 @@ func (s *Server) startCluster(agentAddr net.Addr) error {
 		startedAt: time.Now(),
 		senders:   make(map[string]*sender),
 		stop:      make(chan struct{}),
+		moves:     newMoveMemory(cfg.RebalanceBackoff),
 	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = s.cfg.NodeID
