@@ -17,7 +17,11 @@ import (
 // at avoiding the node (agent/slot.go, maxAvoidTries). The node notices
 // (moveMemory) and holds such an agent back, so that a cluster whose
 // agents can reach only one node settles instead of moving the same links
-// in circles, each move a full handshake and re-registration.
+// in circles, each move a full handshake and re-registration. The agent
+// does not tell the node it had nowhere else to go: the node sees it come
+// back, which needs no change to the protocol, works with agents of any
+// version, and also covers a load balancer that sends the agent back
+// although the agent itself believed it had another address to try.
 const (
 	rebalanceSlack = 1
 	rebalanceBatch = 16
