@@ -53,30 +53,26 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// Agents that can reach only node-0 of a two-node cluster (given node-0's
-// address alone; node-1 announces an address nobody listens on, as a node
-// in a network the agents cannot reach) come back to node-0 when it asks
-// them to move. Node-0 must notice and stop asking, while the agents that
-// can reach node-1 still move there.
-func TestClusterHoldsBackAgentsThatComeBack(t *testing.T) {
-	cl := edgetest.NewCluster(t, 1, func(c *edge.Config) {
-		// Longer than the test: an agent held back is not asked again.
-		c.Cluster.RebalanceBackoff = 10 * time.Minute
-	})
-	n0 := cl.Nodes[0]
+// stuckCluster starts two nodes; node-1 announces an address nobody
+// listens on, as a node in a network the agents cannot reach. It starts
+// stuck agents given node-0's address alone and mobile agents given both
+// nodes' addresses, all on node-0 and serving "foo", and returns the
+// nodes and the mobile agents. Node-0 holds agents back for longer than
+// a test lasts.
+func stuckCluster(t *testing.T, stuck, mobile int, opts ...func(*agent.Config)) (n0, n1 *edgetest.Node, movers []*agent.Agent) {
+	t.Helper()
+	cl := edgetest.NewCluster(t, 1, func(c *edge.Config) { c.Cluster.RebalanceBackoff = 10 * time.Minute })
+	n0 = cl.Nodes[0]
 	unreachable := freeUDPAddr(t)
-	n1 := cl.Add(t, "node-1", func(c *edge.Config) { c.Cluster.RelayAddr = unreachable })
+	n1 = cl.Add(t, "node-1", func(c *edge.Config) { c.Cluster.RelayAddr = unreachable })
 	cl.WaitMembers(t, 2)
-
-	const stuck, mobile = 6, 2
 	up := edgetest.Upstream(t, echoHeaders())
-	var movers []*agent.Agent
 	for i := range stuck + mobile {
 		edges := []string{n0.AgentAddr}
 		if i >= stuck {
 			edges = append(edges, n1.AgentAddr)
 		}
-		a := n0.NewAgent(t, singleLink, func(c *agent.Config) { c.Edges = edges })
+		a := n0.NewAgent(t, append(opts, func(c *agent.Config) { c.Edges = edges })...)
 		if i >= stuck {
 			movers = append(movers, a)
 		}
@@ -84,6 +80,15 @@ func TestClusterHoldsBackAgentsThatComeBack(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return n0, n1, movers
+}
+
+// Agents that can reach only node-0 of a two-node cluster come back to
+// node-0 when it asks them to move. Node-0 must notice and stop asking,
+// while the agents that can reach node-1 still move there.
+func TestClusterHoldsBackAgentsThatComeBack(t *testing.T) {
+	const stuck, mobile = 6, 2
+	n0, n1, movers := stuckCluster(t, stuck, mobile, singleLink)
 
 	// Eight links over two nodes: node-0 wants to keep four. The two
 	// agents that can reach node-1 move there; the six others come back
@@ -132,28 +137,8 @@ func TestClusterHoldsBackAgentsThatComeBack(t *testing.T) {
 // link has nowhere to go either, and every agent ends held back. An agent
 // is recognised by its ID across its links.
 func TestClusterHoldsBackAgentsWithTwoLinks(t *testing.T) {
-	cl := edgetest.NewCluster(t, 1, func(c *edge.Config) { c.Cluster.RebalanceBackoff = 10 * time.Minute })
-	n0 := cl.Nodes[0]
-	unreachable := freeUDPAddr(t)
-	n1 := cl.Add(t, "node-1", func(c *edge.Config) { c.Cluster.RelayAddr = unreachable })
-	cl.WaitMembers(t, 2)
-
 	const stuck, mobile = 6, 2
-	up := edgetest.Upstream(t, echoHeaders())
-	var movers []*agent.Agent
-	for i := range stuck + mobile {
-		edges := []string{n0.AgentAddr}
-		if i >= stuck {
-			edges = append(edges, n1.AgentAddr)
-		}
-		a := n0.NewAgent(t, func(c *agent.Config) { c.Edges = edges })
-		if i >= stuck {
-			movers = append(movers, a)
-		}
-		if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, up); err != nil {
-			t.Fatal(err)
-		}
-	}
+	n0, n1, movers := stuckCluster(t, stuck, mobile)
 	waitFor(t, "node-0 to hold back every agent", func() bool {
 		return metric(t, n0, "pico_rebalance_futile_total") == stuck+mobile
 	})
