@@ -67,7 +67,7 @@ type CLI struct {
 	AdvertiseAddr     string        `help:"Address other nodes reach this one at (host or host:port), for NAT and Kubernetes; default: the gossip bind address, or a private IP of the machine." group:"Cluster"`
 	ClusterSecretFile string        `help:"File with the cluster secret (base64 of 32 random bytes: openssl rand -base64 32); it encrypts gossip and authenticates relays. Default: cluster.key in --data-dir, created on first start; every node needs the same one." type:"path" group:"Cluster"`
 	ClusterLabel      string        `help:"Cluster name: nodes with another label ignore this one." default:"pico" group:"Cluster"`
-	RebalanceInterval time.Duration `help:"How often this node compares its agent links with the other nodes' and asks links beyond its share to move (the agent connects elsewhere first); an agent whose new link comes back to this node is not asked again for 1m, doubling up to 1h. 0 turns rebalancing off: agents stay on the node they connected to." default:"5s" group:"Cluster"`
+	RebalanceInterval time.Duration `help:"How often this node compares its agent links with the other nodes' and asks links beyond its share to move (the agent connects elsewhere first); an agent whose new link comes back to this node is not asked again for 1m, doubling up to 1h. 0 turns rebalancing off: agents stay on the node they connected to. At least 1s otherwise." default:"5s" group:"Cluster"`
 
 	AllowUnderscoresInHeaders bool     `help:"Pass request header names that contain '_' (rejected with 400 by default)." group:"Limits"`
 	TrustedProxies            []string `help:"CIDRs of proxies in front of the edge (load balancers) whose X-Forwarded-* and Forwarded headers are kept and extended; from anyone else they are replaced." sep:"," group:"Limits"`
@@ -257,8 +257,8 @@ func (c *CLI) cluster(log *slog.Logger) (*edge.ClusterConfig, error) {
 	}
 	rebalance := c.RebalanceInterval
 	switch {
-	case rebalance < 0:
-		return nil, fmt.Errorf("--rebalance-interval %s: must not be negative (0 turns rebalancing off)", rebalance)
+	case rebalance < 0 || rebalance > 0 && rebalance < time.Second:
+		return nil, fmt.Errorf("--rebalance-interval %s: want 0 (rebalancing off) or at least 1s", rebalance)
 	case rebalance == 0:
 		rebalance = -1 // edge.ClusterConfig: never
 	}

@@ -155,7 +155,7 @@ func TestAuthFlags(t *testing.T) {
 }
 
 // --rebalance-interval reaches the cluster's config: 0 turns rebalancing
-// off, a negative interval is an error that says so.
+// off; a negative interval or one under a second is an error that says so.
 func TestRebalanceIntervalFlag(t *testing.T) {
 	for name, tc := range map[string]struct {
 		args    []string
@@ -165,7 +165,8 @@ func TestRebalanceIntervalFlag(t *testing.T) {
 		"default":  {nil, 5 * time.Second, ""},
 		"set":      {[]string{"--rebalance-interval", "30s"}, 30 * time.Second, ""},
 		"off":      {[]string{"--rebalance-interval", "0"}, -1, ""},
-		"negative": {[]string{"--rebalance-interval=-1s"}, 0, "--rebalance-interval -1s: must not be negative (0 turns rebalancing off)"},
+		"negative": {[]string{"--rebalance-interval=-1s"}, 0, "--rebalance-interval -1s: want 0 (rebalancing off) or at least 1s"},
+		"too fast": {[]string{"--rebalance-interval", "10ms"}, 0, "--rebalance-interval 10ms: want 0 (rebalancing off) or at least 1s"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var c CLI
