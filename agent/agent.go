@@ -457,6 +457,25 @@ func (a *Agent) admit(l *link, avoid string, allowAvoid bool) error {
 	return nil
 }
 
+// registeredOn reports whether a live link to node has registered every
+// endpoint of the agent.
+func (a *Agent) registeredOn(node string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, l := range a.links {
+		if l.leaving || l.nodeID != node {
+			continue
+		}
+		for id := range a.endpoints {
+			if err, ok := l.answers[id]; !ok || err != nil {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
 // duplicateError refuses a new link to a node the agent is linked to, or
 // is leaving.
 type duplicateError struct {

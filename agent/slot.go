@@ -134,8 +134,34 @@ func (s *slot) serve(ctx context.Context, l *link) (ending, error) {
 // retires (it finishes its streams, up to retireGrace); a silent one
 // closes at once, unless packets came back meanwhile.
 func (s *slot) handOff(ctx context.Context) {
-	a := s.a
+	s.release(ctx, s.leaving)
+	s.leaving = nil
+}
+
+// handOffTo lets go the links this slot replaces that go to node, once
+// another slot's live link to node has registered every endpoint: that
+// link took their place (it reached the node while this slot was avoiding
+// it), and this slot, finding only nodes linked already, may never
+// register a link of its own to hand them off.
+func (s *slot) handOffTo(ctx context.Context, node string) {
+	var to []leavingLink
 	for _, lv := range s.leaving {
+		if lv.l.nodeID == node {
+			to = append(to, lv)
+		}
+	}
+	if len(to) == 0 || !s.a.registeredOn(node) {
+		return
+	}
+	s.leaving = slices.DeleteFunc(s.leaving, func(lv leavingLink) bool { return lv.l.nodeID == node })
+	s.a.log.Debug("another link to the node took the place of the links leaving it", "node_id", node, "links", len(to))
+	s.release(ctx, to)
+}
+
+// release lets the links in list go (see handOff).
+func (s *slot) release(ctx context.Context, list []leavingLink) {
+	a := s.a
+	for _, lv := range list {
 		l, silent := lv.l, lv.silent
 		a.retiring.Go(func() {
 			defer a.dropLink(l)
@@ -152,7 +178,6 @@ func (s *slot) handOff(ctx context.Context) {
 			l.retire(ctx, retireGrace)
 		})
 	}
-	s.leaving = nil
 }
 
 // reap closes the leaving links whose connections died meanwhile.
@@ -236,8 +261,11 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 				return nil, err
 			}
 			var dup *duplicateError
-			if errors.As(err, &dup) && dup.leaving {
+			switch {
+			case errors.As(err, &dup) && dup.leaving:
 				avoidTries++
+			case errors.As(err, &dup):
+				s.handOffTo(ctx, dup.node)
 			}
 			l.log.Debug("reached a node the agent does not want; trying again", "err", err)
 			lastErr = err

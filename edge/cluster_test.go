@@ -458,6 +458,13 @@ func TestClusterRebalancesWhenANodeJoins(t *testing.T) {
 	if f := l.failed.Load(); f != 0 {
 		t.Fatalf("%d of %d requests (POST) failed while agents moved", f, f+l.ok.Load())
 	}
+	// The agents reach node-1: no move came back, none is held back.
+	if got := metric(t, n0, "pico_rebalance_futile_total"); got != 0 {
+		t.Fatalf("node-0 counted %d moves that came back, want 0", got)
+	}
+	if got := metric(t, n0, "pico_rebalance_goaways_total"); got < 3 {
+		t.Fatalf("node-0 asked %d agents to move, want at least 3", got)
+	}
 }
 
 // registerRaw connects to n as a bare agent and registers ids in batches

@@ -28,6 +28,8 @@ type serverMetrics struct {
 	relayOut               *metrics.Counter
 	relayBytes             *metrics.Counter
 	rebalanced             *metrics.Counter
+	rebalanceFutile        *metrics.Counter
+	rebalanceSkipped       *metrics.Counter
 	overloaded             *metrics.Counter
 	endpoints              *endpointSeries
 	ttfb                   *metrics.PrometheusHistogram
@@ -90,6 +92,8 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	m.relayIn = set.NewCounter(`pico_relay_streams_total{direction="in"}`)
 	m.relayBytes = set.NewCounter("pico_relay_bytes_total")
 	m.rebalanced = set.NewCounter("pico_rebalance_goaways_total")
+	m.rebalanceFutile = set.NewCounter("pico_rebalance_futile_total")
+	m.rebalanceSkipped = set.NewCounter("pico_rebalance_skipped_total")
 	m.overloaded = set.NewCounter("pico_endpoint_overloaded_total")
 	m.registrationsThrottled = set.NewCounter("pico_registrations_throttled_total")
 	m.badStreams = set.NewCounter("pico_malformed_streams_total")

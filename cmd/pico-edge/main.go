@@ -62,11 +62,12 @@ type CLI struct {
 	GracePeriod            time.Duration `help:"Time requests, WebSockets and TCP streams in flight get to finish on SIGTERM." default:"30s" aliases:"shutdown-grace" group:"Drain"`
 	DrainDelay             time.Duration `help:"On SIGTERM, time to keep taking new client connections after /readyz turned 503, so load balancers notice first (Kubernetes: use a preStop sleep instead)." default:"0s" group:"Drain"`
 
-	GossipAddr        string   `help:"Address for cluster gossip (hashicorp/memberlist, TCP and UDP on one port); empty: a single node, no cluster." default:":8003" group:"Cluster"`
-	Join              []string `help:"Nodes to join: host:port or DNS names (a Kubernetes headless service), resolved again until joined and every 10s after." sep:"," group:"Cluster"`
-	AdvertiseAddr     string   `help:"Address other nodes reach this one at (host or host:port), for NAT and Kubernetes; default: the gossip bind address, or a private IP of the machine." group:"Cluster"`
-	ClusterSecretFile string   `help:"File with the cluster secret (base64 of 32 random bytes: openssl rand -base64 32); it encrypts gossip and authenticates relays. Default: cluster.key in --data-dir, created on first start; every node needs the same one." type:"path" group:"Cluster"`
-	ClusterLabel      string   `help:"Cluster name: nodes with another label ignore this one." default:"pico" group:"Cluster"`
+	GossipAddr        string        `help:"Address for cluster gossip (hashicorp/memberlist, TCP and UDP on one port); empty: a single node, no cluster." default:":8003" group:"Cluster"`
+	Join              []string      `help:"Nodes to join: host:port or DNS names (a Kubernetes headless service), resolved again until joined and every 10s after." sep:"," group:"Cluster"`
+	AdvertiseAddr     string        `help:"Address other nodes reach this one at (host or host:port), for NAT and Kubernetes; default: the gossip bind address, or a private IP of the machine." group:"Cluster"`
+	ClusterSecretFile string        `help:"File with the cluster secret (base64 of 32 random bytes: openssl rand -base64 32); it encrypts gossip and authenticates relays. Default: cluster.key in --data-dir, created on first start; every node needs the same one." type:"path" group:"Cluster"`
+	ClusterLabel      string        `help:"Cluster name: nodes with another label ignore this one." default:"pico" group:"Cluster"`
+	RebalanceInterval time.Duration `help:"How often this node compares its agent links with the other nodes' and asks links beyond its share to move (the agent connects elsewhere first); an agent whose new link comes back to this node is not asked again for 1m, doubling up to 1h. 0 turns rebalancing off: agents stay on the node they connected to. At least 1s otherwise." default:"5s" group:"Cluster"`
 
 	AllowUnderscoresInHeaders bool     `help:"Pass request header names that contain '_' (rejected with 400 by default)." group:"Limits"`
 	TrustedProxies            []string `help:"CIDRs of proxies in front of the edge (load balancers) whose X-Forwarded-* and Forwarded headers are kept and extended; from anyone else they are replaced." sep:"," group:"Limits"`
@@ -254,6 +255,13 @@ func (c *CLI) cluster(log *slog.Logger) (*edge.ClusterConfig, error) {
 		}
 		return nil, nil
 	}
+	rebalance := c.RebalanceInterval
+	switch {
+	case rebalance < 0 || rebalance > 0 && rebalance < time.Second:
+		return nil, fmt.Errorf("--rebalance-interval %s: want 0 (rebalancing off) or at least 1s", rebalance)
+	case rebalance == 0:
+		rebalance = -1 // edge.ClusterConfig: never
+	}
 	var secret []byte
 	var err error
 	if c.ClusterSecretFile != "" {
@@ -270,11 +278,12 @@ func (c *CLI) cluster(log *slog.Logger) (*edge.ClusterConfig, error) {
 		return nil, err
 	}
 	return &edge.ClusterConfig{
-		Secret:        secret,
-		Label:         c.ClusterLabel,
-		GossipAddr:    c.GossipAddr,
-		AdvertiseAddr: c.AdvertiseAddr,
-		Join:          c.Join,
+		Secret:            secret,
+		Label:             c.ClusterLabel,
+		GossipAddr:        c.GossipAddr,
+		AdvertiseAddr:     c.AdvertiseAddr,
+		Join:              c.Join,
+		RebalanceInterval: rebalance,
 	}, nil
 }
 

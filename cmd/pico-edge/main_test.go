@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -148,6 +149,46 @@ func TestAuthFlags(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if _, err := tc.flags.config(); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("config = %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// --rebalance-interval reaches the cluster's config: 0 turns rebalancing
+// off; a negative interval or one under a second is an error that says so.
+func TestRebalanceIntervalFlag(t *testing.T) {
+	for name, tc := range map[string]struct {
+		args    []string
+		want    time.Duration
+		wantErr string
+	}{
+		"default":  {nil, 5 * time.Second, ""},
+		"set":      {[]string{"--rebalance-interval", "30s"}, 30 * time.Second, ""},
+		"off":      {[]string{"--rebalance-interval", "0"}, -1, ""},
+		"negative": {[]string{"--rebalance-interval=-1s"}, 0, "--rebalance-interval -1s: want 0 (rebalancing off) or at least 1s"},
+		"too fast": {[]string{"--rebalance-interval", "10ms"}, 0, "--rebalance-interval 10ms: want 0 (rebalancing off) or at least 1s"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var c CLI
+			p, err := newParser(&c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.Parse(append([]string{"--data-dir", t.TempDir()}, tc.args...)); err != nil {
+				t.Fatalf("parse %q: %v", tc.args, err)
+			}
+			cc, err := c.cluster(slog.New(slog.DiscardHandler))
+			if tc.wantErr != "" {
+				if err == nil || err.Error() != tc.wantErr {
+					t.Fatalf("got error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cc.RebalanceInterval != tc.want {
+				t.Fatalf("got RebalanceInterval %s, want %s", cc.RebalanceInterval, tc.want)
 			}
 		})
 	}
