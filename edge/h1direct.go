@@ -3,12 +3,14 @@ package edge
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
 	"net/textproto"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -34,13 +36,32 @@ var errNotDirect = errors.New("edge: not for the direct stream path")
 type direct struct {
 	fwd    forwarding
 	got1xx func(code int, h textproto.MIMEHeader)
+	body   []byte // the whole request body, read before the request is sent
 }
 
-// canDirect reports whether r can be written as it is: a request the
-// stream path takes, with a query ReverseProxy would pass unchanged and a
-// Host that needs no conversion.
+// maxDirectBody is the largest request body the direct path takes: it
+// reads the body whole before it picks an agent, so that the request goes
+// out in one write and can be sent again to another agent. Larger bodies
+// stream through ReverseProxy.
+const maxDirectBody = maxReplay
+
+// canDirect reports whether r can be written as it is: a request without
+// a body, or with a small one of known length, that asks for no upgrade
+// and no 100-continue, with a query ReverseProxy would pass unchanged and
+// a Host that needs no conversion.
 func canDirect(r *http.Request) bool {
-	return onStreamPath(r) && plainQuery(r.URL.RawQuery) && plainHost(r.Host) && r.Method != "CONNECT"
+	if !onStreamPath(r) && !smallBody(r) {
+		return false
+	}
+	return plainQuery(r.URL.RawQuery) && plainHost(r.Host) && r.Method != "CONNECT"
+}
+
+// smallBody reports whether r has a body of known length the direct path
+// reads whole: at most maxDirectBody bytes, no upgrade, and no Expect
+// (the upstream decides on 100-continue, not the edge).
+func smallBody(r *http.Request) bool {
+	return r.ContentLength > 0 && r.ContentLength <= maxDirectBody && len(r.TransferEncoding) == 0 &&
+		r.Header["Expect"] == nil && r.Header.Get("Upgrade") == ""
 }
 
 // plainQuery reports whether ReverseProxy would forward the query as it is
@@ -75,10 +96,26 @@ func plainHost(host string) bool {
 }
 
 // serveDirect proxies r over the direct stream path. It reports false,
-// having written nothing, when r is for ReverseProxy.
+// having written nothing, when r is for ReverseProxy (r's body, if it
+// had one, is then a copy of what was read).
 func (f *frontDoor) serveDirect(rw *statusWriter, r *http.Request, info *requestInfo) bool {
 	s := f.s
 	d := &direct{fwd: s.forwardingOf(r)}
+	if r.ContentLength > 0 {
+		bp := directBodies.Get().(*[]byte)
+		defer directBodies.Put(bp)
+		d.body = (*bp)[:r.ContentLength]
+		if n, err := io.ReadFull(r.Body, d.body); err != nil {
+			info.err = err
+			if r.Context().Err() != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+				rw.WriteHeader(statusClientClosed) // gone: nobody reads an answer
+				return true
+			}
+			writeError(rw, r, http.StatusBadRequest, info.endpoint,
+				fmt.Sprintf("request body ended after %d of its %d bytes: %v", n, r.ContentLength, err))
+			return true
+		}
+	}
 	d.got1xx = func(code int, h textproto.MIMEHeader) {
 		dst := rw.Header()
 		for k, vv := range h {
@@ -89,6 +126,9 @@ func (f *frontDoor) serveDirect(rw *statusWriter, r *http.Request, info *request
 	}
 	resp, err := s.roundTrip(r, info, d)
 	if errors.Is(err, errNotDirect) {
+		if d.body != nil { // read already: ReverseProxy sends a copy
+			r.Body = io.NopCloser(bytes.NewReader(bytes.Clone(d.body)))
+		}
 		return false
 	}
 	if err != nil {
@@ -138,6 +178,9 @@ func (f *frontDoor) serveDirect(rw *statusWriter, r *http.Request, info *request
 	}
 	return true
 }
+
+// directBodies lends serveDirect the buffers it reads request bodies into.
+var directBodies = sync.Pool{New: func() any { b := make([]byte, maxDirectBody); return &b }}
 
 // copyBody copies resp's body to w, flushing after each write when the
 // body is streamed (no length, or server-sent events), as ReverseProxy
@@ -223,11 +266,12 @@ func (e errBadHeader) Error() string {
 	return "request header " + strconv.Quote(e.name) + " has an invalid name"
 }
 
-// writeHead writes the head of req, which has no body, as an HTTP/1.1
-// request to an agent, the way http.Request.Write would. With d, req is
-// the client's own request: its hop-by-hop headers, Pico's X-Pico-*
-// headers and its forwarding headers are left out and the edge's
-// forwarding headers written instead (what rewrite does for ReverseProxy).
+// writeHead writes req as an HTTP/1.1 request to an agent, the way
+// http.Request.Write would: its head, since req has no body, or with d
+// its head and d.body. With d, req is the client's own request: its
+// hop-by-hop headers, Pico's X-Pico-* headers and its forwarding headers
+// are left out and the edge's forwarding headers written instead (what
+// rewrite does for ReverseProxy).
 // Header values have their line breaks turned into spaces, as
 // http.Request.Write does.
 func writeHead(b *bytes.Buffer, req *http.Request, d *direct) error {
@@ -249,8 +293,12 @@ func writeHead(b *bytes.Buffer, req *http.Request, d *direct) error {
 	if ua := hdr["User-Agent"]; len(ua) > 0 && ua[0] != "" && (d == nil || !connectionListed(conn, "User-Agent")) {
 		writeField(b, "User-Agent", ua[0])
 	}
-	switch req.Method {
-	case "POST", "PUT", "PATCH":
+	switch {
+	case d != nil && d.body != nil:
+		b.WriteString("Content-Length: ")
+		b.WriteString(strconv.Itoa(len(d.body)))
+		b.WriteString("\r\n")
+	case req.Method == "POST" || req.Method == "PUT" || req.Method == "PATCH":
 		b.WriteString("Content-Length: 0\r\n") // what net/http sends for these without a body
 	}
 	for k, vv := range hdr {
@@ -285,6 +333,9 @@ func writeHead(b *bytes.Buffer, req *http.Request, d *direct) error {
 		writeField(b, "Forwarded", f.forwarded)
 	}
 	b.WriteString("\r\n")
+	if d != nil {
+		b.Write(d.body)
+	}
 	return nil
 }
 

@@ -2,11 +2,14 @@ package edge_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/pico-edge/pico/edge/edgetest"
@@ -143,5 +146,59 @@ func readHeadRest(br *bufio.Reader) error {
 		if line == "\r\n" || line == "\n" {
 			return nil
 		}
+	}
+}
+
+// Bodies up to 64 KiB of known length are read whole and sent with the
+// head; larger ones, and those whose client expects 100-continue, stream
+// through ReverseProxy. All arrive whole, with their length.
+func TestDirectPathBodies(t *testing.T) {
+	n := edgetest.NewNode(t)
+	serve(t, n, "b", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders()))
+	c := edgetest.Client(t)
+	for _, size := range []int{1, 1000, 64 << 10, 64<<10 + 1, 300 << 10} {
+		for _, expect := range []bool{false, true} {
+			payload := strings.Repeat("p", size-1) + "!"
+			req := n.Request(t, "PUT", "b", "/put", strings.NewReader(payload))
+			if expect {
+				req.Header.Set("Expect", "100-continue")
+			}
+			resp, body := do(t, c, req)
+			var e echoed
+			if err := json.Unmarshal([]byte(body), &e); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("%d bytes (expect %v): %d %.200q", size, expect, resp.StatusCode, body)
+			}
+			if e.Body != payload || e.Method != "PUT" || e.Header["Content-Length"] != nil && e.Header["Content-Length"][0] != strconv.Itoa(size) {
+				t.Errorf("%d bytes (expect %v): upstream got %s with %d bytes, Content-Length %q", size, expect, e.Method, len(e.Body), e.Header["Content-Length"])
+			}
+		}
+	}
+}
+
+// A client whose body ends before its Content-Length gets a 400 that says
+// so, and the upstream sees no request.
+func TestDirectPathShortBody(t *testing.T) {
+	var seen atomic.Int32
+	n := edgetest.NewNode(t)
+	serve(t, n, "s", quicutil.KindHTTP, edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+	})))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(n.ProxyURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "POST / HTTP/1.1\r\nHost: s.example.com\r\nContent-Length: 10\r\n\r\nabc")
+	conn.(*net.TCPConn).CloseWrite()
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "request body ended after 3 of its 10 bytes") {
+		t.Fatalf("got %d %q; want 400 naming the short body", resp.StatusCode, b)
+	}
+	if seen.Load() != 0 {
+		t.Fatal("the upstream saw the request")
 	}
 }

@@ -287,7 +287,7 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 // speaks HTTP/2.
 func (s *Server) roundTrip(req *http.Request, info *requestInfo, d *direct) (*http.Response, error) {
 	var body *replayBody
-	if req.Body != nil && req.Body != http.NoBody {
+	if d == nil && req.Body != nil && req.Body != http.NoBody {
 		body = newReplayBody(req.Body)
 		req.Body = body.reader()
 	}
