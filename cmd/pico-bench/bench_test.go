@@ -164,8 +164,9 @@ func TestHarness(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if len(res.Small) != 1 {
-		t.Fatalf("scenario A: %d rows, want 1", len(res.Small))
+	// A: /small, then /post, at 16 connections.
+	if len(res.Small) != 2 || res.Small[0].Path != "/small" || res.Small[1].Path != "/post" {
+		t.Fatalf("scenario A: %+v, want a /small row and a /post row", res.Small)
 	}
 	for _, row := range res.Small {
 		for _, r := range []WrkRun{row.Direct, row.Pico} {
@@ -285,7 +286,7 @@ func TestHarness(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatalf("results JSON: %v", err)
 	}
-	if len(back.Small) != 1 || back.Bulk == nil || back.Upload == nil || back.TCP == nil || len(back.WebSocket) != 1 || back.QUICCopy == nil || back.Idle == nil || len(back.TLS) != 2 {
+	if len(back.Small) != 2 || back.Bulk == nil || back.Upload == nil || back.TCP == nil || len(back.WebSocket) != 1 || back.QUICCopy == nil || back.Idle == nil || len(back.TLS) != 2 {
 		t.Errorf("results JSON lacks scenarios: %s", b)
 	}
 	entries, _ := os.ReadDir(filepath.Dir(jsonPath))

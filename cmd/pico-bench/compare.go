@@ -38,7 +38,17 @@ func figures(r *Results) []figure {
 		add(name+" edge peak RSS", float64(p.PeakRSSKiB["edge"]), "KiB", false)
 	}
 	for _, row := range r.Small {
-		wrkRow(fmt.Sprintf("A c=%d", row.Conns), row.Pico, row.ReqRatioPct)
+		name := fmt.Sprintf("A c=%d", row.Conns)
+		if row.Path == "/post" {
+			name = fmt.Sprintf("A POST c=%d", row.Conns)
+		}
+		wrkRow(name, row.Pico, row.ReqRatioPct)
+	}
+	for _, row := range r.Floor {
+		name := fmt.Sprintf("T %s c=%d", row.Path, row.Conns)
+		add(name+" floor/direct", row.FloorPct, "%", true)
+		add(name+" pico/floor", row.PicoVsFloorPct, "%", true)
+		add(name+" pico cpu/req", row.PicoCPUUs, "us", false)
 	}
 	if b := r.Bulk; b != nil {
 		add("B pico MiB/s", b.PicoMiBps, "MiB/s", true)

@@ -36,6 +36,7 @@ type harness struct {
 	upH3     string
 	upCA     string // CA file of the upstream's certificate
 	wrkLua   string // wrk script that prints p99.9 (peak.go)
+	wrkPost  string // the same, sending postBytes-byte POSTs
 }
 
 // Run runs the selected scenarios and returns their results, after
@@ -182,6 +183,10 @@ func (h *harness) setup(ctx context.Context) error {
 	h.bin = filepath.Join(h.tmp, "bin")
 	h.wrkLua = filepath.Join(h.tmp, "p999.lua")
 	if err := os.WriteFile(h.wrkLua, []byte(wrkLua), 0o644); err != nil {
+		return err
+	}
+	h.wrkPost = filepath.Join(h.tmp, "post.lua")
+	if err := os.WriteFile(h.wrkPost, []byte(wrkPostLua+wrkLua), 0o644); err != nil {
 		return err
 	}
 	h.logf("building pico-edge, pico-agent and pico-bench into %s", h.bin)
@@ -444,6 +449,9 @@ func (h *harness) wrk(ctx context.Context, target, url string, conns int, d time
 	threads := min(2, conns)
 	args := []string{"-t" + strconv.Itoa(threads), "-c" + strconv.Itoa(conns),
 		"-d" + strconv.Itoa(int(d/time.Second)) + "s", "--latency", "--timeout", "5s", "-s", h.wrkLua}
+	if strings.HasSuffix(url, "/post") {
+		args[len(args)-1] = h.wrkPost
+	}
 	if !strings.HasPrefix(url, "http://"+h.upAddr+"/") { // an edge, not the upstream itself
 		args = append(args, "-H", "x-pico-endpoint: bench")
 	}
@@ -705,7 +713,28 @@ func (h *harness) runAB(ctx context.Context) error {
 				return err
 			}
 			h.res.Small = append(h.res.Small, SmallRow{
-				Conns: conns, Direct: dr, Pico: pr,
+				Path: "/small", Conns: conns, Direct: dr, Pico: pr,
+				ReqRatioPct:   pct(rps(pr), rps(dr)),
+				P50RatioTimes: ratio(pr.Result.P50Us, dr.Result.P50Us),
+				P99RatioTimes: ratio(pr.Result.P99Us, dr.Result.P99Us),
+				Pairs:         pairs,
+			})
+		}
+		// Small POSTs, at 16 and 64 connections (or the first count).
+		postConns := slices.DeleteFunc(slices.Clone(h.opts.SmallConns), func(c int) bool { return c != 16 && c != 64 })
+		if len(postConns) == 0 {
+			postConns = h.opts.SmallConns[:1]
+		}
+		if err := warm("/post", postConns[0]); err != nil {
+			return err
+		}
+		for _, conns := range postConns {
+			dr, pr, pairs, err := h.pair(ctx, direct, pico, "/post", conns, watch, rps)
+			if err != nil {
+				return err
+			}
+			h.res.Small = append(h.res.Small, SmallRow{
+				Path: "/post", Conns: conns, Direct: dr, Pico: pr,
 				ReqRatioPct:   pct(rps(pr), rps(dr)),
 				P50RatioTimes: ratio(pr.Result.P50Us, dr.Result.P50Us),
 				P99RatioTimes: ratio(pr.Result.P99Us, dr.Result.P99Us),

@@ -35,6 +35,12 @@ func readPeaks(watch []cpuWatch) map[string]int64 {
 	return out
 }
 
+// postBytes is the body size of scenario A's POSTs.
+const postBytes = 1024
+
+// wrkPostLua makes wrk send POSTs of postBytes; it goes before wrkLua.
+var wrkPostLua = fmt.Sprintf("wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", %d)\nwrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n", postBytes)
+
 // wrkLua makes wrk print the 99.9th percentile latency, which its
 // --latency table lacks, in microseconds; parseWrk reads the line.
 const wrkLua = `done = function(summary, latency, requests)

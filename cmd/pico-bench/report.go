@@ -34,12 +34,16 @@ func printReport(w io.Writer, r *Results) {
 		r.Options.DurationS, r.Options.WarmupS, rep, orDash(h.LoadAvgStart), orDash(h.LoadAvgEnd))
 
 	if len(r.Small) > 0 {
-		fmt.Fprintf(w, "\nA. small requests (12-byte body), wrk -t2 (-t1 at 1 conn) --latency; CPU = seconds per 1000 requests; peak RSS = VmHWM during the pico run\n")
+		fmt.Fprintf(w, "\nA. small requests (12-byte response body; post: a %d-byte POST), wrk -t2 (-t1 at 1 conn) --latency; CPU = seconds per 1000 requests; peak RSS = VmHWM during the pico run\n", postBytes)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "scenario\tconns\tdirect req/s\tpico req/s\tratio\tdirect p50/p99/p99.9\tpico p50/p99/p99.9\tedge cpu\tagent cpu\tpeak RSS e/a\tupstr cpu d/p\twrk cpu d/p\tcores d/p\tother d/p\t")
 		for _, row := range r.Small {
-			fmt.Fprintf(tw, "small\t%d\t%.0f\t%.0f\t%s\t%s / %s / %s\t%s / %s / %s\t%.3f\t%.3f\t%s\t%.3f / %.3f\t%.3f / %.3f\t%.2f / %.2f\t%.2f / %.2f\t%s\n",
-				row.Conns, row.Direct.Result.RequestsPerSec, row.Pico.Result.RequestsPerSec, fmtRatio(row.ReqRatioPct, row.Pairs),
+			name := "small"
+			if row.Path == "/post" {
+				name = "post"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%s\t%s / %s / %s\t%s / %s / %s\t%.3f\t%.3f\t%s\t%.3f / %.3f\t%.3f / %.3f\t%.2f / %.2f\t%.2f / %.2f\t%s\n",
+				name, row.Conns, row.Direct.Result.RequestsPerSec, row.Pico.Result.RequestsPerSec, fmtRatio(row.ReqRatioPct, row.Pairs),
 				fmtUs(row.Direct.Result.P50Us), fmtUs(row.Direct.Result.P99Us), fmtUs(row.Direct.Result.P999Us),
 				fmtUs(row.Pico.Result.P50Us), fmtUs(row.Pico.Result.P99Us), fmtUs(row.Pico.Result.P999Us),
 				row.Pico.CPUPer1kReq["edge"], row.Pico.CPUPer1kReq["agent"], fmtPeak(row.Pico.PeakRSSKiB, "edge", "agent"),

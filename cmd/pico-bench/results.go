@@ -111,7 +111,10 @@ type PairRatio struct {
 
 // SmallRow is scenario A at one connection count.
 type SmallRow struct {
-	Conns int `json:"conns"`
+	// Path is /small (a GET) or /post (a POST of postBytes); empty in
+	// results written before POSTs were measured.
+	Path  string `json:"path,omitempty"`
+	Conns int    `json:"conns"`
 	// Direct and Pico are the pair whose ratio is the median of Pairs.
 	Direct        WrkRun  `json:"direct"`
 	Pico          WrkRun  `json:"pico"`

@@ -87,6 +87,18 @@ func runUpstream(ctx context.Context, args []string) error {
 		h["Content-Length"] = []string{bigLen}
 		w.Write(bigBody)
 	})
+	// /post reads a request body (scenario A's 1 KiB POSTs) and answers
+	// like /small.
+	mux.HandleFunc("/post", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		h := w.Header()
+		h["Content-Type"] = []string{"text/plain"}
+		h["Content-Length"] = []string{smallLen}
+		w.Write(smallBody)
+	})
 	mux.HandleFunc("/upload", uploadHandler)
 	mux.HandleFunc("/ws", wsEchoHandler)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
