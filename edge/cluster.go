@@ -267,8 +267,10 @@ func (c *cluster) joinLoop() {
 func (c *cluster) missingJoinAddrs() []string {
 	live := map[string]bool{c.gossip: true}
 	c.mu.Lock()
-	for _, m := range c.members {
-		live[m.gossip] = true
+	for name, m := range c.members {
+		if p := c.peers[name]; p == nil || !p.doubted.Load() {
+			live[m.gossip] = true // a doubted node is joined again
+		}
 	}
 	c.mu.Unlock()
 	_, defPort, _ := net.SplitHostPort(c.gossip)
