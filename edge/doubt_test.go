@@ -27,8 +27,10 @@ type gossipGate struct {
 	cut     atomic.Bool
 	packets chan *memberlist.Packet
 	streams chan net.Conn
-	done    chan struct{}
-	wg      sync.WaitGroup
+	// stopping: forwarders drop what comes in, so the inner transport's
+	// listeners never block handing it over; done: forwarders return.
+	stopping, done chan struct{}
+	wg             sync.WaitGroup
 }
 
 var errGossipCut = errors.New("gossip cut by the test")
@@ -50,7 +52,7 @@ func gateGossip(tb testing.TB, g *gossipGate) func(*edge.Config) {
 			g.inner = inner
 			g.packets = make(chan *memberlist.Packet)
 			g.streams = make(chan net.Conn)
-			g.done = make(chan struct{})
+			g.stopping, g.done = make(chan struct{}), make(chan struct{})
 			g.wg.Go(g.forwardPackets)
 			g.wg.Go(g.forwardStreams)
 			mc.Transport = g
@@ -83,8 +85,9 @@ func (g *gossipGate) DialTimeout(addr string, timeout time.Duration) (net.Conn, 
 func (g *gossipGate) StreamCh() <-chan net.Conn { return g.streams }
 
 func (g *gossipGate) Shutdown() error {
+	close(g.stopping)
+	err := g.inner.Shutdown() // waits for its listeners
 	close(g.done)
-	err := g.inner.Shutdown()
 	g.wg.Wait()
 	return err
 }
@@ -98,8 +101,7 @@ func (g *gossipGate) forwardPackets() {
 			}
 			select {
 			case g.packets <- p:
-			case <-g.done:
-				return
+			case <-g.stopping:
 			}
 		case <-g.done:
 			return
@@ -117,9 +119,8 @@ func (g *gossipGate) forwardStreams() {
 			}
 			select {
 			case g.streams <- c:
-			case <-g.done:
+			case <-g.stopping:
 				c.Close()
-				return
 			}
 		case <-g.done:
 			return
