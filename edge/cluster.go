@@ -508,12 +508,11 @@ func (c *cluster) nodeUp(n *memberlist.Node, what string) {
 // declared dead. memberlist declares a node dead when it misses probes for
 // a few hundred milliseconds (FastGossip) to a few seconds: a node starved
 // of CPU, alive and serving, gets declared dead too, and comes back as soon
-// as it refutes. So while this node's relay connection to it still
-// answers (its keep-alives are acknowledged), the verdict is doubted: the
-// node's routes stay, tried after other owners, and its streams in flight
-// go on. It is gone once the connection stops answering (closed, by it
-// when it leaves or by watch when it is silent), unless membership sees it
-// alive again first.
+// as it refutes. So while this node's relay connection to it is still
+// open, the verdict is doubted: the node's routes stay, tried after other
+// owners, and its streams in flight go on. It is gone once the connection
+// closes (closed by the node when it leaves, or by watch after
+// PeerDeadAfter of silence), unless membership sees it alive again first.
 func (c *cluster) NotifyLeave(n *memberlist.Node) {
 	if n.Name == c.s.cfg.NodeID {
 		return
@@ -525,7 +524,7 @@ func (c *cluster) NotifyLeave(n *memberlist.Node) {
 			c.wg.Go(func() { c.confirmGone(n.Name, p) })
 		}
 		c.mu.Unlock()
-		c.log.Warn("membership lost a node whose relay connection still answers; keeping its routes until it does not",
+		c.log.Warn("membership lost a node whose relay connection is open; keeping its routes until it closes",
 			"node", n.Name)
 		return
 	}
@@ -533,8 +532,9 @@ func (c *cluster) NotifyLeave(n *memberlist.Node) {
 	c.gone(n.Name, nil, "membership")
 }
 
-// confirmGone waits until the doubted peer p of node stops answering,
-// then drops it, unless membership saw it alive again meanwhile.
+// confirmGone waits until the relay connection to the doubted peer p of
+// node closes, then drops it, unless membership saw it alive again
+// meanwhile.
 func (c *cluster) confirmGone(node string, p *peer) {
 	t := time.NewTicker(quicutil.PeerKeepAlive)
 	defer t.Stop()
@@ -549,7 +549,7 @@ func (c *cluster) confirmGone(node string, p *peer) {
 		case <-c.stop:
 			return
 		case <-conn.Context().Done():
-		case <-t.C: // watch may find it silent
+		case <-t.C:
 		}
 	}
 	c.gone(node, p, "relay connection")

@@ -153,12 +153,12 @@ func memberState(t *testing.T, n *edgetest.Node, node string) (state, relay stri
 	return "", "", false
 }
 
-// TestClusterDoubtsDeadVerdictWhileRelayAnswers: memberlist declares a
+// TestClusterDoubtsDeadVerdictWhileRelayIsOpen: memberlist declares a
 // node dead when its gossip goes unanswered, as on a host starved of CPU,
 // while the node still serves. Its routes stay as long as the relay
-// connection to it answers, so no request fails; once the node is really
+// connection to it is open, so no request fails; once the node is really
 // gone (its relay connection closes), they go.
-func TestClusterDoubtsDeadVerdictWhileRelayAnswers(t *testing.T) {
+func TestClusterDoubtsDeadVerdictWhileRelayIsOpen(t *testing.T) {
 	gate := &gossipGate{}
 	var logs logBuffer
 	cl := edgetest.NewCluster(t, 1, gateGossip(t, gate))
@@ -185,7 +185,7 @@ func TestClusterDoubtsDeadVerdictWhileRelayAnswers(t *testing.T) {
 	}
 
 	gate.cut.Store(true)
-	const doubted = "membership lost a node whose relay connection still answers"
+	const doubted = "membership lost a node whose relay connection is open"
 	for deadline := time.Now().Add(20 * time.Second); !logs.contains(doubted); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("memberlist on node-1 never declared node-0 dead")

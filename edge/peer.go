@@ -310,13 +310,15 @@ func (p *peer) close() {
 	p.rt2.CloseIdleConnections()
 }
 
-// answering reports whether the peer's relay connection is up and heard
-// from lately (within two keep-alives, as watch checks).
+// answering reports whether the peer's relay connection is up: watch
+// closes it once the peer has been silent for PeerDeadAfter. A peer silent
+// for less (suspect) still counts: under CPU load both its gossip and its
+// keep-alives come late, and its streams in flight may still complete.
 func (p *peer) answering() bool {
 	p.mu.Lock()
 	conn, closed := p.conn, p.closed
 	p.mu.Unlock()
-	return !closed && conn != nil && conn.Context().Err() == nil && !p.suspect.Load()
+	return !closed && conn != nil && conn.Context().Err() == nil
 }
 
 // openStream opens a relayed stream to the peer: it waits for the
