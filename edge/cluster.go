@@ -114,8 +114,11 @@ type cluster struct {
 	startedAt  time.Time
 	joinedAt   time.Time // first successful join; zero before
 
-	stop chan struct{}  // closed by leave
-	wg   sync.WaitGroup // senders, the join loop and the rebalance loop
+	stop chan struct{} // closed by leave
+	// ctx ends with stop: it cancels peers' dials.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // senders, the join loop, the rebalance loop, predials and confirmGone
 
 	moves moveMemory // used by the rebalance loop only
 }
@@ -137,6 +140,7 @@ func (s *Server) startCluster(agentAddr net.Addr) error {
 		stop:      make(chan struct{}),
 		moves:     newMoveMemory(cfg.RebalanceBackoff),
 	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = s.cfg.NodeID
 	host, port, _ := net.SplitHostPort(cfg.GossipAddr)
@@ -275,8 +279,10 @@ func (c *cluster) joinLoop() {
 func (c *cluster) missingJoinAddrs() []string {
 	live := map[string]bool{c.gossip: true}
 	c.mu.Lock()
-	for _, m := range c.members {
-		live[m.gossip] = true
+	for name, m := range c.members {
+		if p := c.peers[name]; p == nil || !p.doubted.Load() {
+			live[m.gossip] = true // a doubted node is joined again
+		}
 	}
 	c.mu.Unlock()
 	_, defPort, _ := net.SplitHostPort(c.gossip)
@@ -362,6 +368,7 @@ func (c *cluster) leave(timeout time.Duration) {
 	}
 	c.left = true
 	close(c.stop)
+	c.cancel()
 	c.mu.Unlock()
 	if timeout > 0 {
 		if err := c.ml.Leave(timeout); err != nil {
@@ -480,7 +487,14 @@ func (c *cluster) nodeUp(n *memberlist.Node, what string) {
 		}
 		p = newPeer(c, n.Name, meta.Epoch)
 		c.peers[n.Name] = p
+		if meta.RelayAddr != "" && !meta.Draining {
+			// Dial now, not on the first relayed request: that request
+			// would wait for the handshake, and the connection is also
+			// this node's own check that the peer is alive (NotifyLeave).
+			c.wg.Go(func() { p.predial() })
+		}
 	}
+	p.doubted.Store(false) // membership sees it alive
 	p.update(meta.RelayAddr, meta.Draining)
 	c.members[n.Name] = member{gossip: addr.Addr, meta: meta, state: n.State}
 	c.lastChange = time.Now()
@@ -502,19 +516,73 @@ func (c *cluster) nodeUp(n *memberlist.Node, what string) {
 	c.log.Info("cluster member "+what, "node", n.Name, "addr", addr.Addr, "relay_addr", meta.RelayAddr, "draining", meta.Draining)
 }
 
-// NotifyLeave implements memberlist.EventDelegate: the node left or is dead.
+// NotifyLeave implements memberlist.EventDelegate: the node left or is
+// declared dead. memberlist declares a node dead when it misses probes for
+// a few hundred milliseconds (FastGossip) to a few seconds: a node starved
+// of CPU, alive and serving, gets declared dead too, and comes back as soon
+// as it refutes. So while this node's relay connection to it is still
+// open, the verdict is doubted: the node's routes stay, tried after other
+// owners, and its streams in flight go on. It is gone once the connection
+// closes (closed by the node when it leaves, or by watch after
+// PeerDeadAfter of silence), unless membership sees it alive again first.
 func (c *cluster) NotifyLeave(n *memberlist.Node) {
 	if n.Name == c.s.cfg.NodeID {
 		return
 	}
-	c.remote.Gone(n.Name)
 	c.mu.Lock()
 	p := c.peers[n.Name]
-	delete(c.peers, n.Name)
-	delete(c.members, n.Name)
+	if p != nil && !c.left && p.answering() {
+		if !p.doubted.Swap(true) {
+			c.wg.Go(func() { c.confirmGone(n.Name, p) })
+		}
+		c.mu.Unlock()
+		c.log.Warn("membership lost a node whose relay connection is open; keeping its routes until it closes",
+			"node", n.Name)
+		return
+	}
+	c.mu.Unlock()
+	c.gone(n.Name, nil, "membership")
+}
+
+// confirmGone waits until the relay connection to the doubted peer p of
+// node closes, then drops it, unless membership saw it alive again
+// meanwhile.
+func (c *cluster) confirmGone(node string, p *peer) {
+	t := time.NewTicker(quicutil.PeerKeepAlive)
+	defer t.Stop()
+	for p.doubted.Load() && p.answering() {
+		p.mu.Lock()
+		conn := p.conn
+		p.mu.Unlock()
+		if conn == nil {
+			break
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-conn.Context().Done():
+		case <-t.C:
+		}
+	}
+	c.gone(node, p, "relay connection")
+}
+
+// gone drops node: its routes, its relay connection and its sender. With
+// p set, only if p is still its peer and still doubted (confirmGone).
+func (c *cluster) gone(node string, p *peer, by string) {
+	c.mu.Lock()
+	if p != nil && (c.peers[node] != p || !p.doubted.Load() || c.left) {
+		c.mu.Unlock()
+		return
+	}
+	// Under c.mu, so that nodeUp cannot bring the node back in between.
+	c.remote.Gone(node)
+	p = c.peers[node]
+	delete(c.peers, node)
+	delete(c.members, node)
 	c.lastChange = time.Now()
-	snd := c.senders[n.Name]
-	delete(c.senders, n.Name)
+	snd := c.senders[node]
+	delete(c.senders, node)
 	c.mu.Unlock()
 	if snd != nil {
 		snd.stop()
@@ -523,7 +591,7 @@ func (c *cluster) NotifyLeave(n *memberlist.Node) {
 		go p.close()
 	}
 	c.s.notifyMembers()
-	c.log.Info("cluster member gone", "node", n.Name, "state", stateName(n.State))
+	c.log.Info("cluster member gone", "node", node, "confirmed_by", by)
 }
 
 func stateName(s memberlist.NodeStateType) string {

@@ -327,7 +327,11 @@ func TestClusterRestartedNodeDoesNotResurrect(t *testing.T) {
 }
 
 func TestClusterDrainMovesAgentsWithoutFailures(t *testing.T) {
-	cl := edgetest.NewCluster(t, 3, func(c *edge.Config) { c.ShutdownGrace = 5 * time.Second })
+	var logs logBuffer
+	cl := edgetest.NewCluster(t, 3, func(c *edge.Config) {
+		c.ShutdownGrace = 5 * time.Second
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
 	n0, n1, n2 := cl.Nodes[0], cl.Nodes[1], cl.Nodes[2]
 	a := n0.NewAgent(t, singleLink, func(c *agent.Config) { c.Edges = []string{n0.AgentAddr, n1.AgentAddr} })
 	if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders())); err != nil {
@@ -345,6 +349,14 @@ func TestClusterDrainMovesAgentsWithoutFailures(t *testing.T) {
 	}
 	if r := n2.Server.Table().Remote("foo"); len(r) != 1 {
 		t.Fatalf("after the drain, %d owners of foo", len(r))
+	}
+	// Make before break: node-0 stayed in the cluster until the agent had
+	// closed its old link itself, once its new one was registered and the
+	// old one quiet; it did not close it under the streams other nodes
+	// were still relaying to it.
+	gone := logs.lines(t, "agent disconnected")
+	if len(gone) != 1 || gone[0]["reason"] != "agent closed: agent closing" {
+		t.Fatalf("agent links closed during the drain: %v; want one, closed by the agent", gone)
 	}
 }
 

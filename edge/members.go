@@ -57,6 +57,9 @@ func (s *Server) memberStatus() any {
 		p := c.peers[name]
 		c.mu.Unlock()
 		if p != nil {
+			if p.doubted.Load() {
+				mi.State = "dead" // as membership says; routed while its relay answers
+			}
 			mi.InFlight = p.inflight.Load()
 			p.mu.Lock()
 			conn := p.conn

@@ -31,9 +31,16 @@ const (
 	exporterLabel = "EXPORTER-pico-peer/1"
 )
 
-// relayOpenTimeout bounds dialling a peer and opening a stream to it; then
-// another owner is tried (LIMITS.md).
+// relayOpenTimeout bounds opening a stream on the connection to a peer;
+// then another owner is tried (LIMITS.md: relay-open timeout 1 s).
 const relayOpenTimeout = time.Second
+
+// peerDialTimeout bounds dialling a peer: the QUIC handshake and both
+// proofs (LIMITS.md: QUIC handshake timeout 5 s). A node dials each peer as
+// soon as membership reports it, so requests seldom wait for a dial; one
+// that does waits for it rather than fail on a loaded host, where a
+// handshake can take more than the relay-open timeout.
+const peerDialTimeout = quicutil.HandshakeTimeout
 
 // peerProof binds the cluster secret to one TLS connection: a MAC, under
 // the secret, of the connection's exporter value. A man in the middle has
@@ -55,10 +62,18 @@ type peer struct {
 	c     *cluster
 	node  string
 	epoch uint64
+	// ctx ends when the peer is closed or the node leaves: it cancels a
+	// dial in progress.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	inflight atomic.Int64
 	streams  atomic.Uint64
-	suspect  atomic.Bool // its connection has been silent for a while: others first
+	suspect  atomic.Bool // its connection is silent, closed or failed to dial: others first
+	// doubted: membership declared the node gone while its relay
+	// connection still answered; its routes stay until the connection
+	// stops answering too, or membership sees it alive again (cluster.go).
+	doubted atomic.Bool
 
 	mu       sync.Mutex // guards the fields below
 	addr     string
@@ -74,6 +89,7 @@ type peer struct {
 
 func newPeer(c *cluster, name string, epoch uint64) *peer {
 	p := &peer{c: c, node: name, epoch: epoch}
+	p.ctx, p.cancel = context.WithCancel(c.ctx)
 	p.rt = c.s.newAgentTransport(p, quicutil.KindHTTP)
 	p.rt2 = c.s.newAgentTransport(p, quicutil.KindHTTP2)
 	return p
@@ -149,10 +165,23 @@ func (p *peer) connection(ctx context.Context) (*quic.Conn, error) {
 		p.mu.Unlock()
 		close(ch)
 		if conn != nil {
+			p.suspect.Store(false) // a new connection starts afresh
 			p.c.s.m.peerDials.Inc()
 			go p.watch(conn) // owned by conn: ends when it closes
+		} else {
+			p.suspect.Store(true) // unreachable for now: others first
 		}
 		return conn, err
+	}
+}
+
+// predial dials the peer ahead of the first relayed stream; a failure is
+// only logged: the first stream dials again.
+func (p *peer) predial() {
+	ctx, cancel := context.WithTimeout(p.ctx, peerDialTimeout)
+	defer cancel()
+	if _, err := p.connection(ctx); err != nil {
+		p.c.log.Debug("dial node ahead of relaying", "node", p.node, "err", err)
 	}
 }
 
@@ -162,7 +191,7 @@ func (p *peer) dial(addr string) (*quic.Conn, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("node %s has no relay address", p.node)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), relayOpenTimeout)
+	ctx, cancel := context.WithTimeout(p.ctx, peerDialTimeout)
 	defer cancel()
 	udp, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
@@ -239,7 +268,13 @@ func (p *peer) watch(conn *quic.Conn) {
 	for {
 		select {
 		case <-conn.Context().Done():
-			p.suspect.Store(false) // a new connection starts afresh
+			// Others first until a new connection is up: the next
+			// request to the peer would wait for a dial.
+			p.mu.Lock()
+			if p.conn == conn {
+				p.suspect.Store(true)
+			}
+			p.mu.Unlock()
 			return
 		case now := <-t.C:
 			n := conn.ConnectionStats().PacketsReceived
@@ -262,6 +297,7 @@ func (p *peer) watch(conn *quic.Conn) {
 }
 
 func (p *peer) close() {
+	p.cancel()
 	p.mu.Lock()
 	p.closed = true
 	conn := p.conn
@@ -274,14 +310,29 @@ func (p *peer) close() {
 	p.rt2.CloseIdleConnections()
 }
 
-// openStream opens a relayed stream to the peer.
+// answering reports whether the peer's relay connection is up: watch
+// closes it once the peer has been silent for PeerDeadAfter. A peer silent
+// for less (suspect) still counts: under CPU load both its gossip and its
+// keep-alives come late, and its streams in flight may still complete.
+func (p *peer) answering() bool {
+	p.mu.Lock()
+	conn, closed := p.conn, p.closed
+	p.mu.Unlock()
+	return !closed && conn != nil && conn.Context().Err() == nil
+}
+
+// openStream opens a relayed stream to the peer: it waits for the
+// connection up to peerDialTimeout (a dial in progress), then for the
+// stream up to relayOpenTimeout.
 func (p *peer) openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, relayOpenTimeout)
-	defer cancel()
-	conn, err := p.connection(ctx)
+	dctx, dcancel := context.WithTimeout(ctx, peerDialTimeout)
+	conn, err := p.connection(dctx)
+	dcancel()
 	if err != nil {
 		return nil, &linkError{via: "relay to node " + p.node, err: err}
 	}
+	ctx, cancel := context.WithTimeout(ctx, relayOpenTimeout)
+	defer cancel()
 	str, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, &linkError{via: "relay to node " + p.node, err: err}

@@ -10,7 +10,9 @@ import (
 // A peer is a target: streams to it are relayed to its agents.
 
 func (p *peer) inflightAdd(d int64) { p.inflight.Add(d) }
-func (p *peer) isLeaving() bool     { return p.isDraining() || p.suspect.Load() }
+func (p *peer) isLeaving() bool {
+	return p.isDraining() || p.suspect.Load() || p.doubted.Load()
+}
 
 // closeIdle closes the idle keep-alive streams to the peer.
 func (p *peer) closeIdle() {

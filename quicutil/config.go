@@ -62,11 +62,14 @@ func LinkConfig(maxIncoming int64) *quic.Config {
 
 // Timing of node-to-node relay connections: a peer that stops answering is
 // noticed within about PeerDeadAfter, so relayed requests move to another
-// owner quickly (LIMITS.md: relay-open timeout 1 s).
+// owner quickly (LIMITS.md: relay-open timeout 1 s). A handshake gets the
+// QUIC handshake timeout of any other connection: nodes dial each other
+// when they meet, not while a request waits, and a loaded host may take
+// more than a second to complete one.
 const (
 	PeerKeepAlive        = 300 * time.Millisecond
 	PeerDeadAfter        = 1500 * time.Millisecond
-	PeerHandshakeTimeout = time.Second
+	PeerHandshakeTimeout = HandshakeTimeout
 )
 
 // PeerConfig is the quic.Config a node dials another node with. The
