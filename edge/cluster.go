@@ -644,6 +644,19 @@ type member struct {
 	state  memberlist.NodeStateType
 }
 
+// othersToMoveTo reports whether another live node that is not draining
+// is in the cluster: somewhere this node's agents can move to.
+func (c *cluster) othersToMoveTo() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.members {
+		if !m.meta.Draining {
+			return true
+		}
+	}
+	return false
+}
+
 // memberList returns the other live members, by name.
 func (c *cluster) memberList() map[string]member {
 	c.mu.Lock()

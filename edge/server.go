@@ -339,13 +339,15 @@ func (s *Server) shutdown(graceful bool) {
 	s.httpSrv.Close()
 	<-doorDone
 	// Streams of TCP forwards and upgraded connections get the rest of the
-	// grace. In a cluster, so do the agents' links: other nodes relay to
-	// them until they learn where each agent moved, and the agent retires
-	// its old link only once its new one is registered and the old one is
-	// quiet (make before break). Leaving earlier would close streams that
-	// other nodes just relayed here, and fail requests that had nowhere
-	// else to go yet.
-	for (s.activeStreams.Load() > 0 || graceful && s.cluster != nil && s.sessionCount() > 0) && ctx.Err() == nil {
+	// grace. In a cluster with another node to move to, so do the agents'
+	// links: other nodes relay to them until they learn where each agent
+	// moved, and the agent retires its old link only once its new one is
+	// registered and the old one is quiet (make before break). Leaving
+	// earlier would close streams that other nodes just relayed here, and
+	// fail requests that had nowhere else to go yet. A node alone has
+	// nobody to hand its agents to: it does not wait for them.
+	waitAgents := graceful && s.cluster != nil && s.cluster.othersToMoveTo()
+	for (s.activeStreams.Load() > 0 || waitAgents && s.sessionCount() > 0) && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-time.After(50 * time.Millisecond):
