@@ -77,27 +77,14 @@ func runFloorEdge(ctx context.Context, args []string) error {
 		return fmt.Errorf("accept the floor-agent: %w", err)
 	}
 	defer conn.CloseWithError(0, "done")
-	context.AfterFunc(ctx, func() { tl.Close() })
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := tl.Accept()
+	return serveEach(ctx, tl, func(c net.Conn) {
+		str, err := conn.OpenStreamSync(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+			fmt.Fprintln(os.Stderr, "floor-edge: open stream:", err)
+			return
 		}
-		wg.Go(func() {
-			defer c.Close()
-			str, err := conn.OpenStreamSync(ctx)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "floor-edge: open stream:", err)
-				return
-			}
-			pipe(c, str)
-		})
-	}
+		pipe(c, str)
+	})
 }
 
 // runFloorAgent dials the floor-edge and connects each of its streams to

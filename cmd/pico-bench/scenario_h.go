@@ -40,9 +40,16 @@ func runTCPUpstream(ctx context.Context, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, maxLife)
 	defer cancel()
+	printJSON(upstreamReady{Addr: ln.Addr().String()})
+	return serveEach(ctx, ln, serveTCPUpstream)
+}
+
+// serveEach serves each connection ln accepts with serve, in its own
+// goroutine, and closes it after; it returns when ctx ends (nil) or
+// Accept fails, once every connection's serve has returned.
+func serveEach(ctx context.Context, ln net.Listener, serve func(net.Conn)) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	printJSON(upstreamReady{Addr: ln.Addr().String()})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -55,7 +62,7 @@ func runTCPUpstream(ctx context.Context, args []string) error {
 		}
 		wg.Go(func() {
 			defer c.Close()
-			serveTCPUpstream(c)
+			serve(c)
 		})
 	}
 }
