@@ -51,14 +51,10 @@ lint:
     go vet ./...
     go run honnef.co/go/tools/cmd/staticcheck@latest ./...
 
-# Fuzz every network parser for 60s each (new corpus entries land in */testdata/fuzz)
+# Fuzz every network parser, 60s each (FUZZTIME=10s just fuzz for less);
+# new corpus entries land in */testdata/fuzz
 fuzz:
-    go test -run='^$' -fuzz=FuzzParseStreamHeader -fuzztime=60s ./quicutil
-    go test -run='^$' -fuzz=FuzzParseMessage -fuzztime=60s ./quicutil
-    go test -run='^$' -fuzz=FuzzReadAnswer -fuzztime=60s ./quicutil
-    go test -run='^$' -fuzz=FuzzGuard -fuzztime=60s ./edge
-    go test -run='^$' -fuzz=FuzzParseGossip -fuzztime=60s ./routing
-    go test -run='^$' -fuzz=FuzzParseMeta -fuzztime=60s ./routing
+    bash .ci/fuzz
 
 # Load run with wrk and quic-go baselines (pico-bench); results in bench-results/
 bench *ARGS:
