@@ -479,6 +479,73 @@ func TestClusterRebalancesWhenANodeJoins(t *testing.T) {
 	}
 }
 
+// A response in flight when its agent is asked to move ends after the
+// edge closed the link's idle keep-alive streams, and its stream goes back
+// to the pool then: the edge must close that stream too, or the agent's
+// old link waits out its whole retire grace (30 s) for it.
+func TestMovedAgentsOldLinkClosesAfterItsLastResponse(t *testing.T) {
+	const token = "admin-token"
+	cl := edgetest.NewCluster(t, 2, func(c *edge.Config) { c.AdminToken = token })
+	n0, n1 := cl.Nodes[0], cl.Nodes[1]
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	up := edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			entered <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "done "+r.URL.Path)
+	}))
+	a := n0.NewAgent(t, singleLink, func(c *agent.Config) { c.Edges = []string{n0.AgentAddr, n1.AgentAddr} })
+	if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, up); err != nil {
+		t.Fatal(err)
+	}
+	n0.WaitRoute(t, "foo", 1)
+	c := edgetest.Client(t)
+	// A first request leaves an idle keep-alive stream in the pool.
+	if resp, body := do(t, c, n0.Request(t, "GET", "foo", "/fast", nil)); resp.StatusCode != 200 || body != "done /fast" {
+		t.Fatalf("first request: %d %q", resp.StatusCode, body)
+	}
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		resp, err := c.Do(n0.Request(t, "GET", "foo", "/slow", nil))
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		res <- result{resp.StatusCode, string(b), err}
+	}()
+	<-entered
+
+	var st struct {
+		Agents []struct {
+			Session uint64 `json:"session"`
+		} `json:"agents"`
+	}
+	getJSON(t, n0.AdminURL+"/status/agents", &st)
+	if len(st.Agents) != 1 {
+		t.Fatalf("node-0 lists %d agent links, want 1", len(st.Agents))
+	}
+	url := fmt.Sprintf("%s/admin/agents/%d/goaway", n0.AdminURL, st.Agents[0].Session)
+	if code, body := adminDo(t, "POST", url, token); code != 200 {
+		t.Fatalf("goaway: %d %s", code, body)
+	}
+	n1.WaitRoute(t, "foo", 1) // the agent's new link; the old one serves /slow
+	close(release)
+	if r := <-res; r.err != nil || r.code != 200 || r.body != "done /slow" {
+		t.Fatalf("the request in flight during the move: %d %q %v", r.code, r.body, r.err)
+	}
+	// The old link retires once its last stream is closed: well within
+	// WaitRoute's 20 s, and not after the 30 s grace.
+	n0.WaitRoute(t, "foo", 0)
+}
+
 // registerRaw connects to n as a bare agent and registers ids in batches
 // of quicutil.MaxEndpointsPerMsg; it returns when every batch is answered.
 func registerRaw(t *testing.T, n *edgetest.Node, ids []string) *quic.Conn {

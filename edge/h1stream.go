@@ -63,33 +63,35 @@ func (ps *streamPools) get(ep routing.EndpointID) *streamPool {
 	return p
 }
 
-// closeIdle closes the idle streams of every pool; with final, later ones
-// too.
+// closeIdle closes the idle streams of every pool, and any stream a request
+// puts back into one of those pools later; with final, the pools made
+// later keep no streams either.
 func (ps *streamPools) closeIdle(final bool) {
 	ps.mu.Lock()
 	pools := make([]*streamPool, 0, len(ps.m))
 	for _, p := range ps.m {
 		pools = append(pools, p)
 	}
-	ps.m = nil // a request holding one of them may still put a stream in: its sweep closes it
+	ps.m = nil // a request holding one of them may still put a stream back: put closes it
 	if final {
 		ps.closed = true
 	}
 	ps.mu.Unlock()
 	for _, p := range pools {
-		p.closeIdle(final)
+		p.close()
 	}
 }
 
 // forget drops p from its parent once it is empty, so that endpoints that
 // come and go leave no pools behind. A request holding p may still put a
-// stream into it: p's own sweep closes that one.
+// stream back into it: put closes that one.
 func (ps *streamPools) forget(p *streamPool) {
 	ps.mu.Lock()
 	if ps.m[p.ep] == p {
 		p.mu.Lock()
 		if len(p.idle) == 0 {
 			delete(ps.m, p.ep)
+			p.closed = true
 		}
 		p.mu.Unlock()
 	}
@@ -104,6 +106,10 @@ type streamPool struct {
 	mu     sync.Mutex
 	idle   []*h1Conn
 	sweep  *time.Timer // closes streams idle for longer than the timeout
+	// closed: the pool keeps no more streams. Once a pool is out of its
+	// parent's map (forgotten, or emptied by closeIdle) it is closed, so that
+	// no stream can idle where the next closeIdle would not find it (a
+	// leaving agent's link would then wait out its grace for that stream).
 	closed bool
 }
 
@@ -277,14 +283,12 @@ func (p *streamPool) expire(maxIdle time.Duration) {
 	}
 }
 
-// closeIdle closes the idle streams; with final, later ones too.
-func (p *streamPool) closeIdle(final bool) {
+// close closes the idle streams, and those put back later.
+func (p *streamPool) close() {
 	p.mu.Lock()
 	old := p.idle
 	p.idle = nil
-	if final {
-		p.closed = true
-	}
+	p.closed = true
 	if p.sweep != nil {
 		p.sweep.Stop()
 		p.sweep = nil
