@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"net"
 	"net/netip"
@@ -282,6 +283,8 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 			a.log.Debug("still cannot connect to edge", "err", lastErr, "retry_in", retryIn)
 		case dupOnly:
 			a.log.Info("every edge node reached is linked already; retrying", "err", lastErr, "retry_in", retryIn)
+		case certHint(lastErr) != "":
+			a.log.Warn("cannot connect to edge; retrying with backoff", "err", lastErr, "hint", certHint(lastErr), "retry_in", retryIn)
 		default:
 			a.log.Warn("cannot connect to edge; retrying with backoff", "err", lastErr, "retry_in", retryIn)
 		}
@@ -291,6 +294,23 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// certHint says what to do about an edge certificate the agent cannot
+// verify, or "" for other errors.
+func certHint(err error) string {
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &unknown):
+		return "the edge's certificate is signed by a CA the agent does not trust: give the edge's CA certificate with --ca FILE (pico-edge without --tls-cert prints the path of its development ca.pem when it starts)"
+	case errors.As(err, &host):
+		return "the edge's certificate does not name the address dialled: set --server-name to a name in it, or dial the edge by that name"
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		return "the edge's certificate has expired (or this machine's clock is wrong)"
+	}
+	return ""
 }
 
 // candidate is an address a slot may dial.

@@ -20,6 +20,9 @@ const (
 	keyFileName   = "server-key.pem"
 )
 
+// DevCAFile is the development CA certificate's file in dir.
+func DevCAFile(dir string) string { return filepath.Join(dir, caFileName) }
+
 // Dev is a development CA and a server certificate kept in a directory.
 type Dev struct {
 	Dir       string

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -71,23 +72,36 @@ func startPython(t testing.TB, dir string) string {
 	return fmt.Sprint(port)
 }
 
-// TestQuickstart follows the README: an edge, `python3 -m http.server`,
-// `pico-agent http foo PORT --ca CA`, then curl and net/http by header and
-// by Host. A Go upstream then shows the headers it gets: the edge's
-// X-Forwarded-*, none of the client's forwarding, hop-by-hop or x-pico-*
-// headers; and trailers pass.
+// TestQuickstart follows the README: an edge in its default data directory
+// (here $XDG_DATA_HOME/pico), `python3 -m http.server`, `pico-agent http foo
+// PORT` with no --ca (it finds the edge's development CA there), then curl
+// and net/http by header and by Host. A Go upstream then shows the headers
+// it gets: the edge's X-Forwarded-*, none of the client's forwarding,
+// hop-by-hop or x-pico-* headers; and trailers pass.
 func TestQuickstart(t *testing.T) {
 	e2e(t)
-	e := startEdge(t)
+	xdg := t.TempDir()
+	e := startEdgeAt(t, filepath.Join(xdg, "pico"))
 	site := t.TempDir()
 	const hello = "hello from python\n"
 	if err := os.WriteFile(filepath.Join(site, "index.html"), []byte(hello), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	pyPort := startPython(t, site)
-	// As the README and the edge's hint write it: flags after the arguments.
-	a := startProc(t, "pico-agent http foo", bin.agent, "http", "foo", pyPort, "--edge", e.agent, "--ca", e.ca)
+	a := startProcEnv(t, "pico-agent http foo", []string{"XDG_DATA_HOME=" + xdg}, bin.agent, "http", "foo", pyPort, "--edge", e.agent)
 	a.waitLineFor(t, 0, "registration", startTimeout, contains("endpoint foo (http) is registered"))
+	if !slices.ContainsFunc(a.output(), func(l string) bool { return strings.Contains(l, "trusting the system roots and the development CA") }) {
+		t.Errorf("the agent did not say that it trusts the development CA:\n%s", strings.Join(a.output(), "\n"))
+	}
+	t.Run("an agent without the CA says what to do", func(t *testing.T) {
+		b := startProcEnv(t, "pico-agent http bar", []string{"XDG_DATA_HOME=" + t.TempDir()}, bin.agent,
+			"http", "bar", pyPort, "--edge", e.agent, "--log-format", "json")
+		b.waitLineFor(t, 0, "a hint to give --ca", startTimeout, func(line string) bool {
+			l, ok := parseLog(line)
+			return ok && strings.Contains(l.str("err"), "certificate signed by unknown authority") &&
+				strings.Contains(l.str("hint"), "--ca FILE")
+		})
+	})
 	if n := e.endpointAgents(t, "foo"); n != 1 {
 		t.Fatalf("/status/endpoints: foo has %d agents, want 1", n)
 	}

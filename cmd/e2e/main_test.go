@@ -107,13 +107,19 @@ type proc struct {
 // it; when the test failed, its output goes to the test log.
 func startProc(t testing.TB, name, path string, args ...string) *proc {
 	t.Helper()
+	return startProcEnv(t, name, nil, path, args...)
+}
+
+// startProcEnv is startProc with env (KEY=value) added to cleanEnv.
+func startProcEnv(t testing.TB, name string, env []string, path string, args ...string) *proc {
+	t.Helper()
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatalf("pipe: %v", err)
 	}
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = pw, pw
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), env...)
 	dieWithTest(cmd)
 	if err := cmd.Start(); err != nil {
 		pr.Close()

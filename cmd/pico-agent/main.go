@@ -5,11 +5,13 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -28,7 +30,7 @@ import (
 type Globals struct {
 	Config      cli.ConfigFile `help:"YAML file of flag values (keys are flag names: edge: host:8001); $${VAR} takes an environment variable. A flag or PICO_* variable wins over the file." placeholder:"FILE"`
 	Edge        string         `help:"Edge agent addresses (host:port), comma separated, tried in turn." default:"127.0.0.1:8001"`
-	CA          string         `help:"PEM bundle of CA certificates that verify the edge (default: the system roots)." type:"existingfile"`
+	CA          string         `help:"PEM bundle of CA certificates that verify the edge (default: the system roots, and for an edge on this machine (loopback --edge) also the development CA of pico-edge's default --data-dir, when it exists)." type:"existingfile"`
 	ServerName  string         `help:"Name to verify in the edge's certificate (default: the host of --edge)."`
 	Token       string         `help:"Token presented to the edge (a JWT when the edge checks tokens)."`
 	TokenFile   string         `help:"File with the token, looked at every 2s: when it changes, new links use the new token and live links hand it to their edge, which keeps them past the old token's expiry." type:"path"`
@@ -108,8 +110,61 @@ func (g *Globals) newAgent(log *slog.Logger) (*agent.Agent, error) {
 			return nil, fmt.Errorf("--ca: %w", err)
 		}
 		cfg.RootCAs = pool
+	} else if file := localDevCA(cfg.Edges, cli.DataDir()); file != "" {
+		pool, err := devPool(file)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RootCAs = pool
+		log.Info("no --ca: trusting the system roots and the development CA of pico-edge on this machine", "ca", file)
 	}
 	return agent.New(cfg)
+}
+
+// localDevCA returns the development CA that pico-edge keeps in dataDir
+// (its default --data-dir) when that file exists and every edge address is
+// on this machine (localhost or a loopback IP): then `pico-edge` and
+// `pico-agent http foo 3000` work together without flags. An edge
+// elsewhere is never verified with it; give its CA with --ca.
+func localDevCA(edges []string, dataDir string) string {
+	if len(edges) == 0 {
+		return ""
+	}
+	for _, e := range edges {
+		host, _, err := net.SplitHostPort(e)
+		if err != nil {
+			return ""
+		}
+		if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+			continue
+		}
+		if !strings.EqualFold(host, "localhost") {
+			return ""
+		}
+	}
+	file := certs.DevCAFile(dataDir)
+	if st, err := os.Stat(file); err != nil || !st.Mode().IsRegular() {
+		return ""
+	}
+	return file
+}
+
+// devPool is the system roots (an edge behind a port forward may have a
+// public certificate) plus the development CA in file.
+func devPool(file string) (*x509.CertPool, error) {
+	dev, err := certs.LoadPool(file)
+	if err != nil {
+		return nil, fmt.Errorf("the development CA of pico-edge (%s; use --ca to choose another): %w", file, err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		return dev, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil || !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("the development CA of pico-edge (%s): no certificate in it", file)
+	}
+	return pool, nil
 }
 
 // runAgent runs a until ctx ends, and runs work meanwhile; an error of

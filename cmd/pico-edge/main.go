@@ -92,7 +92,7 @@ func newParser(c *CLI) (*kong.Kong, error) {
 		kong.Name("pico-edge"),
 		kong.Description("Pico edge node: proxies HTTP requests and TCP connections to agents connected over QUIC.\n\nEvery flag can also be set with a PICO_* environment variable, e.g. PICO_PROXY_ADDR, or in the --config file."),
 		kong.DefaultEnvars("PICO"),
-		kong.Vars{"data_dir": defaultDataDir()},
+		kong.Vars{"data_dir": cli.DataDir()},
 		kong.UsageOnError(),
 	)
 }
@@ -124,16 +124,6 @@ func main() {
 		log.Error("pico-edge failed", "err", err)
 		kctx.Exit(1)
 	}
-}
-
-func defaultDataDir() string {
-	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
-		return filepath.Join(d, "pico")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "share", "pico")
-	}
-	return "pico-data"
 }
 
 func (c *CLI) run(log *slog.Logger) error {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -72,6 +73,19 @@ func SignalContext() (context.Context, context.CancelFunc) {
 		os.Exit(1)
 	}()
 	return ctx, cancel
+}
+
+// DataDir is pico-edge's default --data-dir, where it keeps its development
+// CA: $XDG_DATA_HOME/pico, else ~/.local/share/pico. pico-agent looks there
+// for that CA when it has no --ca and dials an edge on this machine.
+func DataDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "pico")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "pico")
+	}
+	return "pico-data"
 }
 
 // SplitList splits a comma-separated flag value, dropping blanks.
