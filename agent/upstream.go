@@ -100,6 +100,13 @@ func (u *upstreamHandler) serve(c *quicutil.Conn, h quicutil.StreamHeader, st *e
 		idle = cfg.StreamIdleTimeout
 	}
 	acceptAnswer(c, h)
+	if h.Kind == quicutil.KindHTTP {
+		// A keep-alive stream: when the upstream closes the idle
+		// connection as the edge sends the next request, the edge learns
+		// that the request never reached it.
+		quicutil.JoinUpstream(c, up, idle)
+		return
+	}
 	quicutil.Join(c, up, idle)
 }
 

@@ -132,6 +132,7 @@ func (sess *session) closeIdle() {
 }
 func (sess *session) h1pools() *streamPools                          { return &sess.h1 }
 func (sess *session) name() string                                   { return sess.hello.AgentID }
+func (sess *session) rtt() time.Duration                             { return sess.conn.ConnectionStats().SmoothedRTT }
 func (sess *session) streamKind(id routing.EndpointID) quicutil.Kind { return sess.endpointKind(id) }
 
 // serveAgentConn serves one agent connection; its goroutine reads the

@@ -215,7 +215,8 @@ func (hc *h1Conn) alive() bool {
 	hc.c.SetReadDeadline(time.Unix(1, 0))
 	_, err := hc.br.Peek(1)
 	hc.c.SetReadDeadline(time.Time{})
-	return errors.Is(err, os.ErrDeadlineExceeded) && !hc.c.Closed()
+	_, stopped := hc.c.PeerStopped()
+	return errors.Is(err, os.ErrDeadlineExceeded) && !hc.c.Closed() && !stopped
 }
 
 // get takes the newest idle stream that is still usable.
@@ -304,13 +305,16 @@ func onStreamPath(req *http.Request) bool {
 	return (req.Body == nil || req.Body == http.NoBody) && req.Header.Get("Upgrade") == ""
 }
 
-// roundTripStream sends req, which has no body, to tg over a keep-alive
-// stream of the pool or a new one. A reused stream that the agent ended
-// before answering (its upstream closed the idle connection) is retried
-// once on a new stream when req may be sent twice.
+// roundTripStream sends req, which has no body or a body held in d, to tg
+// over a keep-alive stream of the pool or a new one. When the stream ends
+// before any answer, because the agent's upstream closed the connection,
+// req goes again on a new stream (up to maxStreamTries in all) if it may
+// be sent twice, or if the agent said that none of it reached the
+// upstream (StreamCodeUnsent): an upstream closing an idle keep-alive
+// connection as the request comes costs no request, POSTs included.
 func (s *Server) roundTripStream(tg target, pool *streamPool, req *http.Request, d *direct) (*http.Response, error) {
 	hc := pool.get(s.cfg.IdleTimeout)
-	for {
+	for try := 1; ; try++ {
 		if hc == nil {
 			c, err := s.dialStream(req.Context(), tg, quicutil.KindHTTP, string(pool.ep))
 			if err != nil {
@@ -322,15 +326,45 @@ func (s *Server) roundTripStream(tg target, pool *streamPool, req *http.Request,
 		if err == nil {
 			return resp, nil
 		}
-		// Nothing came back on a reused stream, and not for lack of time:
-		// the agent ended it (its upstream closed the idle connection).
-		stale := hc.reused && hc.lr.read == 0 && !isTimeout(err) && req.Context().Err() == nil
+		// Nothing came back, and not for lack of time.
+		nothing := hc.lr.read == 0 && !isTimeout(err) && req.Context().Err() == nil
+		retry := false
+		switch {
+		case !nothing:
+		case hc.reused && replayable(req):
+			retry = true // the agent ended a reused stream: its upstream closed the idle connection
+		default:
+			retry = hc.unsent(tg)
+		}
 		hc.close()
-		if !stale || !replayable(req) {
+		if !retry || try == maxStreamTries {
+			if nothing && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+				err = errUpstreamClosed{}
+			}
 			return nil, err
 		}
+		s.m.streamRetries.Inc()
 		hc = nil
 	}
+}
+
+// maxStreamTries bounds the streams one request tries on one target.
+const maxStreamTries = 3
+
+// unsent reports whether the agent said, by stopping the stream's sending
+// side with StreamCodeUnsent, that no byte of the request reached the
+// upstream. That word follows the stream's end by up to a round trip: it
+// is waited for that long (and 20 ms more).
+func (hc *h1Conn) unsent(tg target) bool {
+	code, ok := hc.c.WaitPeerStopped(2*tg.rtt() + 20*time.Millisecond)
+	return ok && code == quicutil.StreamCodeUnsent
+}
+
+// errUpstreamClosed is a stream that ended before any answer.
+type errUpstreamClosed struct{}
+
+func (errUpstreamClosed) Error() string {
+	return "the upstream closed the connection without answering"
 }
 
 // replayable reports whether a request without a body may reach the

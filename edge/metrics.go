@@ -18,6 +18,7 @@ type serverMetrics struct {
 	tcpBytesOut            *metrics.Counter
 	registrations          map[string]*metrics.Counter // by result
 	retries                *metrics.Counter
+	streamRetries          *metrics.Counter
 	agentConnected         *metrics.Counter
 	gossipStates           *metrics.Counter
 	gossipSent             *metrics.Counter
@@ -82,6 +83,7 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 		m.registrations[r] = set.NewCounter(`pico_registrations_total{result="` + r + `"}`)
 	}
 	m.retries = set.NewCounter("pico_retries_total")
+	m.streamRetries = set.NewCounter("pico_stream_retries_total")
 	m.agentConnected = set.NewCounter("pico_agent_connections_total")
 	m.gossipStates = set.NewCounter("pico_gossip_states_received_total")
 	m.gossipSent = set.NewCounter("pico_gossip_states_sent_total")

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
@@ -22,6 +23,18 @@ func (p *peer) closeIdle() {
 }
 func (p *peer) h1pools() *streamPools { return &p.h1 }
 func (p *peer) name() string          { return "node:" + p.node }
+
+// rtt is the relay connection's smoothed round-trip time, 0 when there is
+// none.
+func (p *peer) rtt() time.Duration {
+	p.mu.Lock()
+	conn := p.conn
+	p.mu.Unlock()
+	if conn == nil {
+		return 0
+	}
+	return conn.ConnectionStats().SmoothedRTT
+}
 
 // streamKind is the kind the peer's agents speak for id: HTTP/1.1 when any
 // of them does, else HTTP/2, as the peer announced.

@@ -360,6 +360,8 @@ type target interface {
 	// targets come first, and its keep-alive streams are not kept.
 	isLeaving() bool
 	closeIdle()
+	// rtt is the round-trip time of the QUIC connection to the target.
+	rtt() time.Duration
 }
 
 // attempts picks the targets of one request or TCP connection: a different

@@ -1,6 +1,8 @@
 package quicutil
 
 import (
+	"context"
+	"errors"
 	"net"
 	"os"
 	"sync"
@@ -16,6 +18,12 @@ const (
 	StreamCodeAborted     quic.StreamErrorCode = 1 // the other side of the splice failed
 	StreamCodeIdleTimeout quic.StreamErrorCode = 2 // no byte either way for the idle timeout
 	StreamCodeBadHeader   quic.StreamErrorCode = 3 // the stream header was malformed
+	// StreamCodeUnsent (STOP_SENDING, agent to edge) says that bytes came
+	// after the agent's upstream connection had closed, with nothing sent
+	// to it since its last byte: none of the new request reached the
+	// upstream, so the edge may send it again on another stream. A relaying
+	// node passes it on (Join).
+	StreamCodeUnsent quic.StreamErrorCode = 4
 )
 
 // Connection error codes, sent with CONNECTION_CLOSE.
@@ -249,6 +257,38 @@ func (c *Conn) finLocked() error {
 func (c *Conn) CloseRead() error {
 	c.str.CancelRead(StreamCodeCanceled)
 	return nil
+}
+
+// StopReading tells the peer to stop sending, with code (STOP_SENDING).
+func (c *Conn) StopReading(code quic.StreamErrorCode) { c.str.CancelRead(code) }
+
+// PeerStopped reports whether the peer told this side to stop sending
+// (STOP_SENDING), and with which code.
+func (c *Conn) PeerStopped() (quic.StreamErrorCode, bool) {
+	return peerStopped(c.str.Context())
+}
+
+// WaitPeerStopped is PeerStopped, waiting up to d for the peer's word when
+// it has not come yet.
+func (c *Conn) WaitPeerStopped(d time.Duration) (quic.StreamErrorCode, bool) {
+	ctx := c.str.Context()
+	if ctx.Err() == nil && d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	return peerStopped(ctx)
+}
+
+func peerStopped(ctx context.Context) (quic.StreamErrorCode, bool) {
+	var se *quic.StreamError
+	if ctx.Err() != nil && errors.As(context.Cause(ctx), &se) && se.Remote {
+		return se.ErrorCode, true
+	}
+	return 0, false
 }
 
 // Close ends both directions: data already written is still delivered

@@ -55,6 +55,15 @@
 // StatusOK means the upstream was reached. Any other code means the upstream
 // never saw a byte, so the opener may retry on another target.
 //
+// Streams end with FIN, or are cut with RESET_STREAM / STOP_SENDING and a
+// code: StreamCodeCanceled (0), StreamCodeAborted (1), StreamCodeIdleTimeout
+// (2), StreamCodeBadHeader (3) and StreamCodeUnsent (4). An agent stops an
+// HTTP/1.1 stream's sending side with StreamCodeUnsent when bytes come
+// after its upstream closed the connection with nothing sent to it since
+// its last byte (an idle keep-alive connection closed as the next request
+// came): no byte of that request reached the upstream, and the edge may
+// send it again, whatever its method. A relaying node passes the code on.
+//
 // # Control stream
 //
 // The first stream an agent opens has kind control and carries frames:

@@ -1,11 +1,14 @@
 package quicutil
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/quic-go/quic-go"
 )
 
 // CopyBufferSize is the size of each direction's buffer in Join (the
@@ -28,13 +31,36 @@ type JoinResult struct {
 // (ErrIdle); the idle clock is that of the *Conn side, so at least one of
 // a and b must be a *Conn for it to apply. Join returns when both copies
 // have stopped.
+//
+// When a and b are both streams (a relay), a StreamCodeUnsent from the
+// peer of one travels to the peer of the other, and ends that direction
+// cleanly: the edge that sent the request learns that it never reached
+// the upstream.
 func Join(a, b net.Conn, idle time.Duration) JoinResult {
+	return join(a, b, idle, &joiner{})
+}
+
+// JoinUpstream is Join for a stream that carries HTTP/1.1 to its upstream
+// connection up, at the agent. Once up has ended (EOF), nothing more goes
+// to it; bytes that come after, when none went to up since its last byte
+// (it closed an idle keep-alive connection), make the stream's peer stop
+// sending with StreamCodeUnsent: the edge may send that request again.
+func JoinUpstream(str *Conn, up net.Conn, idle time.Duration) JoinResult {
+	return join(str, up, idle, &joiner{str: str, up: up})
+}
+
+func join(a, b net.Conn, idle time.Duration, j *joiner) JoinResult {
 	for _, c := range []net.Conn{a, b} {
 		if qc, ok := c.(*Conn); ok {
 			qc.SetIdleTimeout(idle)
 		}
 	}
-	var j joiner
+	if qa, ok := a.(*Conn); ok {
+		if qb, ok := b.(*Conn); ok {
+			defer passUnsent(qa, qb)()
+			defer passUnsent(qb, qa)()
+		}
+	}
 	var res JoinResult
 	var errBA error
 	done := make(chan struct{})
@@ -64,6 +90,86 @@ func Join(a, b net.Conn, idle time.Duration) JoinResult {
 
 type joiner struct {
 	aborted sync.Once
+
+	// For JoinUpstream: the stream and its upstream connection.
+	str     *Conn
+	up      net.Conn
+	mu      sync.Mutex
+	sinceUp int64 // bytes forwarded to up since up's last byte
+	upSent  bool  // up has sent bytes: it is a keep-alive connection in use
+	peek    *peeker
+	upEnded bool // up sent EOF
+	unsent  bool // str's peer was told StreamCodeUnsent
+}
+
+// fromUp notes bytes from up.
+func (j *joiner) fromUp() {
+	j.mu.Lock()
+	j.sinceUp, j.upSent = 0, true
+	j.mu.Unlock()
+}
+
+// toUp reports whether p, read from the stream, may go to up, and counts
+// it. Once up has ended, nothing may: it is dropped, and the stream is
+// read on to its end as before. If nothing went to up since its last byte
+// and p starts a request (not the bytes of an upgraded connection, say a
+// WebSocket's, whose end stays as it was), the stream's peer is told that
+// the request was not sent. The first bytes after an answer (a new
+// request on the kept connection) first look whether up has closed
+// meanwhile: its EOF may wait unread while the other direction's
+// goroutine is not yet scheduled.
+func (j *joiner) toUp(p []byte) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.upEnded && j.sinceUp == 0 && j.upSent {
+		if j.peek == nil {
+			j.peek = newPeeker(j.up)
+		}
+		j.upEnded = j.peek.peerClosed()
+	}
+	if !j.upEnded {
+		j.sinceUp += int64(len(p))
+		return true
+	}
+	if j.sinceUp == 0 && !j.unsent && (!j.upSent || startsRequest(p)) {
+		j.unsent = true
+		j.str.StopReading(StreamCodeUnsent)
+	}
+	return false
+}
+
+// startsRequest reports whether p may start an HTTP/1.1 request line: a
+// method is a token, in practice upper-case letters. A WebSocket frame
+// starts with 0x0_ or 0x8_.
+func startsRequest(p []byte) bool { return len(p) > 0 && 'A' <= p[0] && p[0] <= 'Z' }
+
+func (j *joiner) ended() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.upEnded
+}
+
+func (j *joiner) upEOF() {
+	j.mu.Lock()
+	j.upEnded = true
+	j.mu.Unlock()
+}
+
+// passUnsent makes a StreamCodeUnsent from from's peer stop to's peer
+// with the same code, until the returned function is called.
+func passUnsent(from, to *Conn) (stop func() bool) {
+	return context.AfterFunc(from.Stream().Context(), func() {
+		if code, ok := from.PeerStopped(); ok && code == StreamCodeUnsent {
+			to.StopReading(StreamCodeUnsent)
+		}
+	})
+}
+
+// isUnsent reports whether err is the end of a read that this side
+// stopped with StreamCodeUnsent, or of a write that the peer stopped so.
+func isUnsent(err error) bool {
+	var se *quic.StreamError
+	return errors.As(err, &se) && se.ErrorCode == StreamCodeUnsent
 }
 
 func (j *joiner) abort(a, b net.Conn) {
@@ -93,19 +199,34 @@ func (j *joiner) copy(dst, src net.Conn) (int64, error) {
 	var total int64
 	for {
 		n, err := src.Read(buf)
+		if n > 0 && j.up != nil && src != j.up && !j.toUp(buf[:n]) {
+			n = 0 // up has ended: the rest goes nowhere
+		}
 		if n > 0 {
+			if src == j.up {
+				j.fromUp()
+			}
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
 			if werr != nil {
+				if isUnsent(werr) {
+					return total, nil // passUnsent tells src's peer
+				}
 				return total, werr
 			}
 		}
 		if err == nil {
 			continue
 		}
+		if isUnsent(err) {
+			return total, nil
+		}
 		if err == io.EOF {
+			if j.up != nil && src == j.up {
+				j.upEOF()
+			}
 			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-				if err := cw.CloseWrite(); err != nil {
+				if err := cw.CloseWrite(); err != nil && !(dst == j.up && j.ended()) {
 					return total, err
 				}
 			}

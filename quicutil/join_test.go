@@ -30,6 +30,14 @@ type joined struct {
 
 func startJoin(t *testing.T, idle time.Duration) *joined {
 	t.Helper()
+	return startJoinWith(t, func(server *net.TCPConn, c *quicutil.Conn) quicutil.JoinResult {
+		return quicutil.Join(server, c, idle)
+	})
+}
+
+// startJoinWith is startJoin with join in place of Join.
+func startJoinWith(t *testing.T, join func(server *net.TCPConn, c *quicutil.Conn) quicutil.JoinResult) *joined {
+	t.Helper()
 	qc, qs := defaultLink(t)
 	far, acc := streamPair(t, qc, qs)
 	client, server := tcpPair(t)
@@ -38,7 +46,7 @@ func startJoin(t *testing.T, idle time.Duration) *joined {
 	acc.SetDeadline(time.Time{}) // Join manages deadlines
 	go func() {
 		defer close(j.done)
-		j.res = quicutil.Join(server, c, idle)
+		j.res = join(server, c)
 	}()
 	t.Cleanup(func() {
 		// Unblock Join if the test failed half way, then wait for it.
