@@ -328,17 +328,18 @@ func (s *Server) roundTripStream(tg target, pool *streamPool, req *http.Request,
 		}
 		// Nothing came back, and not for lack of time.
 		nothing := hc.lr.read == 0 && !isTimeout(err) && req.Context().Err() == nil
+		ended := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) // the agent's FIN
 		retry := false
 		switch {
 		case !nothing:
 		case hc.reused && replayable(req):
 			retry = true // the agent ended a reused stream: its upstream closed the idle connection
 		default:
-			retry = hc.unsent(tg)
+			retry = hc.unsent(tg, ended)
 		}
 		hc.close()
 		if !retry || try == maxStreamTries {
-			if nothing && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+			if nothing && ended {
 				err = errUpstreamClosed{}
 			}
 			return nil, err
@@ -353,10 +354,13 @@ const maxStreamTries = 3
 
 // unsent reports whether the agent said, by stopping the stream's sending
 // side with StreamCodeUnsent, that no byte of the request reached the
-// upstream. That word follows the stream's end by up to a round trip: it
-// is waited for that long (and 20 ms more).
-func (hc *h1Conn) unsent(tg target) bool {
-	code, ok := hc.c.WaitPeerStopped(2*tg.rtt() + 20*time.Millisecond)
+// upstream. After the stream's end (FIN) that word may come up to a round
+// trip later: with wait, it is waited for that long (and 20 ms more).
+func (hc *h1Conn) unsent(tg target, wait bool) bool {
+	code, ok := hc.c.PeerStopped()
+	if !ok && wait {
+		code, ok = hc.c.WaitPeerStopped(2*tg.rtt() + 20*time.Millisecond)
+	}
 	return ok && code == quicutil.StreamCodeUnsent
 }
 
