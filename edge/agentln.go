@@ -112,6 +112,10 @@ type session struct {
 	grantGen  int         // bumped by each new grant
 	expiry    *time.Timer // closes the connection when the token expires
 
+	connAttrs    []any       // of the "agent connected" log line
+	connLogTimer *time.Timer // logs it when no registration came first
+	connLogged   bool        // it was logged (or the session ended first)
+
 	wg sync.WaitGroup // stream handlers
 }
 
@@ -212,15 +216,20 @@ func (s *Server) startSession(conn *quic.Conn) (sess *session, br quicutil.Messa
 	s.local.SetLinks(links)
 	sess.log = log.With("agent_id", hello.AgentID, "session", sess.id)
 	s.m.agentConnected.Inc()
+	sess.connAttrs = []any{"agent", hello.Agent}
 	if s.auth != nil {
 		sess.mu.Lock()
 		sess.setGrantLocked(g)
 		sess.mu.Unlock()
-		sess.log.Info("agent connected", "agent", hello.Agent, "subject", g.subject,
+		sess.connAttrs = append(sess.connAttrs, "subject", g.subject,
 			"endpoints_allowed", g.scope.String(), "token_expires", g.expires.UTC().Format(time.RFC3339))
-	} else {
-		sess.log.Info("agent connected", "agent", hello.Agent)
 	}
+	// "agent connected" waits for the first registration or a second: an
+	// agent that only looks at which node it reached (a link slot finding
+	// a node it is linked to already) leaves before, at debug level.
+	sess.mu.Lock()
+	sess.connLogTimer = time.AfterFunc(connectedLogDelay, sess.logConnected)
+	sess.mu.Unlock()
 
 	welcome := &quicutil.Welcome{NodeID: s.cfg.NodeID, Version: s.cfg.Version}
 	if s.cluster != nil {
@@ -282,6 +291,7 @@ func (sess *session) controlLoop(br quicutil.MessageReader) error {
 		var res *quicutil.Result
 		switch m := msg.(type) {
 		case *quicutil.Register:
+			sess.logConnected()
 			// Beyond the rate, the agent waits: its registrations are
 			// slowed down, not refused.
 			if !sess.regLimit.Allow() {
@@ -483,6 +493,9 @@ func (sess *session) teardown(cause error) {
 	if sess.expiry != nil {
 		sess.expiry.Stop()
 	}
+	if sess.connLogTimer != nil {
+		sess.connLogTimer.Stop()
+	}
 	ids := make([]routing.EndpointID, 0, len(sess.endpoints))
 	for id := range sess.endpoints {
 		ids = append(ids, id)
@@ -502,8 +515,32 @@ func (sess *session) teardown(cause error) {
 	sess.h1.closeIdle(true)
 	sess.closeIdle()
 	sess.wg.Wait()
-	sess.log.Info("agent disconnected", "endpoints", len(ids), "reason", disconnectReason(cause),
-		"connected_for", time.Since(sess.started).Round(time.Millisecond).String())
+	attrs := []any{"endpoints", len(ids), "reason", disconnectReason(cause),
+		"connected_for", time.Since(sess.started).Round(time.Millisecond).String()}
+	sess.mu.Lock()
+	logged := sess.connLogged
+	sess.connLogged = true // a timer that fired meanwhile logs nothing now
+	sess.mu.Unlock()
+	if !logged {
+		sess.log.Debug("agent connected and left before registering", append(sess.connAttrs, attrs...)...)
+		return
+	}
+	sess.log.Info("agent disconnected", attrs...)
+}
+
+// connectedLogDelay is how long "agent connected" waits for a first
+// registration.
+const connectedLogDelay = time.Second
+
+// logConnected logs "agent connected", once, unless the session ended.
+func (sess *session) logConnected() {
+	sess.mu.Lock()
+	logged := sess.connLogged
+	sess.connLogged = true
+	sess.mu.Unlock()
+	if !logged {
+		sess.log.Info("agent connected", sess.connAttrs...)
+	}
 }
 
 func disconnectReason(err error) string {

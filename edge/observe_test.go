@@ -203,3 +203,30 @@ func TestAccessLogAcrossNodes(t *testing.T) {
 		t.Fatalf("owner's line: %v", rel)
 	}
 }
+
+// "agent connected" waits for the agent's first registration, or a
+// second: a link slot that only looks at which node it reached and leaves
+// (its agent is linked to that node already) is logged at debug level,
+// and a link that stays without registering (pico-agent forward) is
+// logged after the second.
+func TestAgentConnectedLogWaitsForRegistration(t *testing.T) {
+	var logs logBuffer
+	n := edgetest.NewNode(t, func(c *edge.Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	serve(t, n, "foo", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders()))
+	connected := func() int { return len(logs.lines(t, "agent connected")) }
+	if got := connected(); got != 1 {
+		t.Fatalf("%d \"agent connected\" lines after a registration, want 1", got)
+	}
+
+	probe := helloRaw(t, n, "")
+	probe.CloseWithError(quicutil.ConnCodeNormal, "duplicate node")
+	waitFor(t, "the probe's debug line", func() bool { return len(logs.lines(t, "agent connected and left before registering")) == 1 })
+	if got, left := connected(), len(logs.lines(t, "agent disconnected")); got != 1 || left != 0 {
+		t.Fatalf("after a probe: %d \"agent connected\" and %d \"agent disconnected\" lines, want 1 and 0", got, left)
+	}
+
+	helloRaw(t, n, "") // stays, registers nothing
+	waitFor(t, "\"agent connected\" for a link that registers nothing", func() bool { return connected() == 2 })
+}
