@@ -24,17 +24,22 @@ func (p *peer) closeIdle() {
 func (p *peer) h1pools() *streamPools { return &p.h1 }
 func (p *peer) name() string          { return "node:" + p.node }
 
-// rtt is the relay connection's smoothed round-trip time, 0 when there is
-// none.
+// rtt is the relay connection's smoothed round-trip time plus that of the
+// agent behind the node, which this node does not know: relayedAgentRTT
+// stands for it.
 func (p *peer) rtt() time.Duration {
 	p.mu.Lock()
 	conn := p.conn
 	p.mu.Unlock()
 	if conn == nil {
-		return 0
+		return relayedAgentRTT
 	}
-	return conn.ConnectionStats().SmoothedRTT
+	return conn.ConnectionStats().SmoothedRTT + relayedAgentRTT
 }
+
+// relayedAgentRTT is the round-trip time assumed for an agent's link to
+// another node (the agents of a cluster a continent away stay within it).
+const relayedAgentRTT = 150 * time.Millisecond
 
 // streamKind is the kind the peer's agents speak for id: HTTP/1.1 when any
 // of them does, else HTTP/2, as the peer announced.

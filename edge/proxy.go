@@ -360,7 +360,8 @@ type target interface {
 	// targets come first, and its keep-alive streams are not kept.
 	isLeaving() bool
 	closeIdle()
-	// rtt is the round-trip time of the QUIC connection to the target.
+	// rtt is the round-trip time to the agent: of the link, or through the
+	// relay.
 	rtt() time.Duration
 }
 
