@@ -38,7 +38,8 @@ func (p *peer) rtt() time.Duration {
 }
 
 // relayedAgentRTT is the round-trip time assumed for an agent's link to
-// another node (the agents of a cluster a continent away stay within it).
+// another node; unsent waits for twice the rtt, which covers an agent up
+// to about 300 ms from its node.
 const relayedAgentRTT = 150 * time.Millisecond
 
 // streamKind is the kind the peer's agents speak for id: HTTP/1.1 when any
