@@ -261,6 +261,94 @@ func TestRetryWhenUpstreamNeverReached(t *testing.T) {
 	}
 }
 
+// The agent's link dies (here: the operator evicts it) after its upstream
+// sent part of a response head: a GET goes to another agent, since nothing
+// reached the client yet and it may be sent twice; a POST gets its 502.
+func TestIdempotentRequestRetriedWhenLinkDiesMidHead(t *testing.T) {
+	const token = "admin-token"
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.AdminToken = token })
+	for _, tc := range []struct {
+		method string
+		want   int
+	}{{"GET", 200}, {"POST", 502}} {
+		t.Run(tc.method, func(t *testing.T) {
+			id := "mid-" + strings.ToLower(tc.method)
+			// The first connection gets part of a head and then nothing;
+			// later ones are answered.
+			partial := make(chan struct{})
+			first := make(chan bool, 1)
+			first <- true
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			serveConns(t, ln, func(c net.Conn) {
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					select {
+					case <-first:
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Partial: ")
+						close(partial)
+						io.Copy(io.Discard, c) // until the agent closes it
+						return
+					default:
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					}
+				}
+			})
+			a := n.NewAgent(t, singleLink)
+			if err := a.ServeUpstream(t.Context(), id, quicutil.KindHTTP, ln.Addr().String()); err != nil {
+				t.Fatal(err)
+			}
+			n.WaitRoute(t, id, 1)
+			var st struct {
+				Agents []struct {
+					Session   uint64            `json:"session"`
+					Endpoints []json.RawMessage `json:"endpoints"`
+				} `json:"agents"`
+			}
+			getJSON(t, n.AdminURL+"/status/agents", &st)
+			session := st.Agents[len(st.Agents)-1].Session // the newest link
+
+			type result struct {
+				code int
+				body string
+			}
+			res := make(chan result, 1)
+			go func() {
+				resp, err := edgetest.Client(t).Do(n.Request(t, tc.method, id, "/", strings.NewReader("x")))
+				if err != nil {
+					res <- result{body: err.Error()}
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				res <- result{resp.StatusCode, string(b)}
+			}()
+			<-partial
+			time.Sleep(100 * time.Millisecond) // for the partial head to reach the edge
+			serve(t, n, id, quicutil.KindHTTP, edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.WriteString(w, "ok")
+			})))
+			if code, body := adminDo(t, "DELETE", fmt.Sprintf("%s/admin/agents/%d", n.AdminURL, session), token); code != 200 {
+				t.Fatalf("evict: %d %s", code, body)
+			}
+			r := <-res
+			if r.code != tc.want {
+				t.Fatalf("%s: %d %q, want %d", tc.method, r.code, r.body, tc.want)
+			}
+			if tc.want == 200 && r.body != "ok" {
+				t.Fatalf("%s: body %q, want ok", tc.method, r.body)
+			}
+		})
+	}
+}
+
 func TestLargeBodiesStream(t *testing.T) {
 	n := edgetest.NewNode(t)
 	const size = 64 << 20

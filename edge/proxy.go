@@ -408,20 +408,32 @@ func (a *attempts) failed(err error) { a.err = err }
 
 // retryable reports whether a failed attempt may be sent to another agent:
 // always when the upstream never saw it (the agent answered so, or no
-// stream could be opened), and for idempotent requests also when the link
-// died before the stream's answer came. A stream that answered before (a
-// reused keep-alive stream) may have reached the upstream: http.Transport
-// itself retries those requests when that is safe.
+// stream could be opened), and for idempotent requests also when the
+// stream ended before its answer or the link died before the response
+// head (nothing has gone to the client yet; the upstream may have seen the
+// request, which an idempotent one allows, as nginx's proxy_next_upstream
+// does).
 func retryable(req *http.Request, err error) bool {
 	var le *linkError
 	var se *quicutil.StatusError
 	switch {
 	case errors.As(err, &se), errors.As(err, &le):
 		return true
-	case errors.Is(err, quicutil.ErrNoAnswer):
+	case errors.Is(err, quicutil.ErrNoAnswer), linkLost(err):
+		// The link (or the relay) died before the response head: a
+		// request that may be sent twice goes to another agent.
 		return idempotent(req)
 	}
 	return false
+}
+
+// linkLost reports whether err is the end of the QUIC connection a stream
+// was on: closed, timed out or reset.
+func linkLost(err error) bool {
+	var appErr *quic.ApplicationError
+	var idle *quic.IdleTimeoutError
+	var reset *quic.StatelessResetError
+	return errors.As(err, &appErr) || errors.As(err, &idle) || errors.As(err, &reset)
 }
 
 func idempotent(req *http.Request) bool {
