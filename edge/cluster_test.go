@@ -505,41 +505,16 @@ func TestMovedAgentsOldLinkClosesAfterItsLastResponse(t *testing.T) {
 	if resp, body := do(t, c, n0.Request(t, "GET", "foo", "/fast", nil)); resp.StatusCode != 200 || body != "done /fast" {
 		t.Fatalf("first request: %d %q", resp.StatusCode, body)
 	}
-	type result struct {
-		code int
-		body string
-		err  error
-	}
-	res := make(chan result, 1)
-	go func() {
-		resp, err := c.Do(n0.Request(t, "GET", "foo", "/slow", nil))
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		res <- result{resp.StatusCode, string(b), err}
-	}()
+	res := doAsync(c, n0.Request(t, "GET", "foo", "/slow", nil))
 	<-entered
-
-	var st struct {
-		Agents []struct {
-			Session uint64 `json:"session"`
-		} `json:"agents"`
-	}
-	getJSON(t, n0.AdminURL+"/status/agents", &st)
-	if len(st.Agents) != 1 {
-		t.Fatalf("node-0 lists %d agent links, want 1", len(st.Agents))
-	}
-	url := fmt.Sprintf("%s/admin/agents/%d/goaway", n0.AdminURL, st.Agents[0].Session)
+	url := fmt.Sprintf("%s/admin/agents/%d/goaway", n0.AdminURL, sessionServing(t, n0, "foo"))
 	if code, body := adminDo(t, "POST", url, token); code != 200 {
 		t.Fatalf("goaway: %d %s", code, body)
 	}
 	n1.WaitRoute(t, "foo", 1) // the agent's new link; the old one serves /slow
 	close(release)
-	if r := <-res; r.err != nil || r.code != 200 || r.body != "done /slow" {
-		t.Fatalf("the request in flight during the move: %d %q %v", r.code, r.body, r.err)
+	if r := <-res; r.err != nil || r.status != 200 || r.body != "done /slow" {
+		t.Fatalf("the request in flight during the move: %d %q %v", r.status, r.body, r.err)
 	}
 	// The old link retires once its last stream is closed: well within
 	// WaitRoute's 20 s, and not after the 30 s grace.

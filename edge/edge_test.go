@@ -43,6 +43,55 @@ type echoed struct {
 	Body   string              `json:"body"`
 }
 
+// asyncResult is what a request sent by doAsync got.
+type asyncResult struct {
+	status int
+	body   string
+	err    error
+}
+
+// doAsync sends req with c in a goroutine of its own; its result comes on
+// the channel.
+func doAsync(c *http.Client, req *http.Request) <-chan asyncResult {
+	res := make(chan asyncResult, 1)
+	go func() {
+		resp, err := c.Do(req)
+		if err != nil {
+			res <- asyncResult{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		res <- asyncResult{resp.StatusCode, string(b), err}
+	}()
+	return res
+}
+
+// sessionServing returns the session number of n's one agent link that
+// serves endpoint id (from /status/agents).
+func sessionServing(t *testing.T, n *edgetest.Node, id string) uint64 {
+	t.Helper()
+	var st struct {
+		Agents []struct {
+			Session   uint64   `json:"session"`
+			Endpoints []string `json:"endpoints"`
+		} `json:"agents"`
+	}
+	getJSON(t, n.AdminURL+"/status/agents", &st)
+	var found []uint64
+	for _, a := range st.Agents {
+		for _, ep := range a.Endpoints {
+			if strings.HasPrefix(ep, id+"/") {
+				found = append(found, a.Session)
+			}
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d agent links serve %q, want 1", len(found), id)
+	}
+	return found[0]
+}
+
 func do(t *testing.T, c *http.Client, req *http.Request) (*http.Response, string) {
 	t.Helper()
 	resp, err := c.Do(req)
@@ -306,30 +355,8 @@ func TestIdempotentRequestRetriedWhenLinkDiesMidHead(t *testing.T) {
 				t.Fatal(err)
 			}
 			n.WaitRoute(t, id, 1)
-			var st struct {
-				Agents []struct {
-					Session   uint64            `json:"session"`
-					Endpoints []json.RawMessage `json:"endpoints"`
-				} `json:"agents"`
-			}
-			getJSON(t, n.AdminURL+"/status/agents", &st)
-			session := st.Agents[len(st.Agents)-1].Session // the newest link
-
-			type result struct {
-				code int
-				body string
-			}
-			res := make(chan result, 1)
-			go func() {
-				resp, err := edgetest.Client(t).Do(n.Request(t, tc.method, id, "/", strings.NewReader("x")))
-				if err != nil {
-					res <- result{body: err.Error()}
-					return
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				res <- result{resp.StatusCode, string(b)}
-			}()
+			session := sessionServing(t, n, id)
+			res := doAsync(edgetest.Client(t), n.Request(t, tc.method, id, "/", strings.NewReader("x")))
 			<-partial
 			time.Sleep(100 * time.Millisecond) // for the partial head to reach the edge
 			serve(t, n, id, quicutil.KindHTTP, edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -339,8 +366,8 @@ func TestIdempotentRequestRetriedWhenLinkDiesMidHead(t *testing.T) {
 				t.Fatalf("evict: %d %s", code, body)
 			}
 			r := <-res
-			if r.code != tc.want {
-				t.Fatalf("%s: %d %q, want %d", tc.method, r.code, r.body, tc.want)
+			if r.status != tc.want {
+				t.Fatalf("%s: %d %q %v, want %d", tc.method, r.status, r.body, r.err, tc.want)
 			}
 			if tc.want == 200 && r.body != "ok" {
 				t.Fatalf("%s: body %q, want ok", tc.method, r.body)
@@ -696,22 +723,7 @@ func TestGracefulShutdown(t *testing.T) {
 		io.WriteString(w, "done")
 	})))
 	c := edgetest.Client(t)
-	type result struct {
-		status int
-		body   string
-		err    error
-	}
-	res := make(chan result, 1)
-	go func() {
-		resp, err := c.Do(n.Request(t, "GET", "slow", "/", nil))
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		res <- result{resp.StatusCode, string(b), err}
-	}()
+	res := doAsync(c, n.Request(t, "GET", "slow", "/", nil))
 	<-arrived
 	stopped := make(chan struct{})
 	go func() { n.Stop(t); close(stopped) }()
