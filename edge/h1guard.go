@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // rejectHeader carries, from the HTTP/1.1 guard to the front door, the
@@ -88,6 +89,44 @@ func (g *guardConn) Read(p []byte) (int, error) {
 }
 
 var errGuardEnd = &net.OpError{Op: "read", Net: "tcp", Err: net.ErrClosed}
+
+// Close closes the connection. After a refused request (a head over the
+// limit, say) the client may still be sending: closing with its bytes
+// unread would reset the connection, and the reset can destroy the refusal
+// before the client reads it. So the connection first says EOF and reads
+// what comes, for refuseLinger or refuseDrain bytes at most, as RFC 9112
+// section 9.6 advises.
+func (g *guardConn) Close() error {
+	if g.state == guardEnd {
+		if cw := closeWriter(g.Conn); cw != nil && cw.CloseWrite() == nil {
+			g.Conn.SetReadDeadline(time.Now().Add(refuseLinger))
+			io.CopyN(io.Discard, g.Conn, refuseDrain)
+		}
+	}
+	return g.Conn.Close()
+}
+
+// closeWriter finds the connection under c's wrappers (limitConn) that
+// can send EOF: the TCP connection, or the TLS one.
+func closeWriter(c net.Conn) interface{ CloseWrite() error } {
+	for {
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			return cw
+		}
+		u, ok := c.(interface{ Unwrap() net.Conn })
+		if !ok {
+			return nil
+		}
+		c = u.Unwrap()
+	}
+}
+
+// How long, and how many bytes, a refused connection is read before it
+// closes.
+const (
+	refuseLinger = 500 * time.Millisecond
+	refuseDrain  = 1 << 20
+)
 
 // step reads one head or line and decides what follows.
 func (g *guardConn) step() error {

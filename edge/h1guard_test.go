@@ -83,3 +83,35 @@ func TestGuardFollowsFraming(t *testing.T) {
 		}
 	}
 }
+
+// A client still sending a head over the limit when the 431 comes can
+// finish sending and read the 431: the refused connection says EOF and
+// reads on for a moment before it closes. Closed with the client's bytes
+// unread, it would reset, and the client's write fails (Go's HTTP client
+// then reports the write error, not the 431).
+func TestGuardRefusalIsNotLostToAReset(t *testing.T) {
+	n := edgetest.NewNode(t)
+	for i := range 5 {
+		c, err := net.Dial("tcp", strings.TrimPrefix(n.ProxyURL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		head := "GET / HTTP/1.1\r\nHost: foo.localhost\r\nX-Big: " + strings.Repeat("a", 40<<10)
+		if _, err := io.WriteString(c, head); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // the edge refuses and is done with the connection
+		if _, err := io.WriteString(c, strings.Repeat("b", 16<<10)+"\r\n\r\n"); err != nil {
+			t.Fatalf("try %d: the rest of the head: %v", i, err)
+		}
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil {
+			t.Fatalf("try %d: read %d bytes, then %v; want the 431 and EOF", i, len(got), err)
+		}
+		if !strings.HasPrefix(string(got), "HTTP/1.1 431 ") {
+			t.Fatalf("try %d: got %q, want a 431", i, got)
+		}
+	}
+}
