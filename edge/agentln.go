@@ -510,6 +510,7 @@ func (sess *session) teardown(cause error) {
 	delete(s.sessions, sess.id)
 	links := len(s.sessions)
 	s.mu.Unlock()
+	s.sessionsGone.notify()
 	s.local.SetLinks(links)
 	sess.conn.CloseWithError(quicutil.ConnCodeNormal, "")
 	sess.h1.closeIdle(true)

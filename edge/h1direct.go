@@ -98,7 +98,7 @@ func plainHost(host string) bool {
 // serveDirect proxies r over the direct stream path. It reports false,
 // having written nothing, when r is for ReverseProxy (r's body, if it
 // had one, is then a copy of what was read).
-func (f *frontDoor) serveDirect(rw *statusWriter, r *http.Request, info *requestInfo) bool {
+func (f *proxyHandler) serveDirect(rw *statusWriter, r *http.Request, info *requestInfo) bool {
 	s := f.s
 	d := &direct{fwd: s.forwardingOf(r)}
 	if r.ContentLength > 0 {

@@ -56,7 +56,7 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 		m.activeRequests[i] = n
 		set.NewGauge(`pico_active_requests{proto="`+proto+`"}`, func() float64 { return float64(n.Load()) })
 	}
-	set.NewGauge("pico_client_connections", func() float64 { return float64(s.connLimits.open.Load()) })
+	set.NewGauge("pico_client_connections", func() float64 { return float64(s.door.OpenConns()) })
 	set.NewGauge("pico_remote_endpoints", func() float64 {
 		n := 0
 		for _, e := range s.table.Endpoints() {
@@ -73,7 +73,7 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	set.NewGauge("pico_agent_link_rtt_seconds_max", func() float64 { _, m, _, _ := s.linkStats(); return m })
 	set.NewGauge("pico_agent_link_packets_lost", func() float64 { _, _, l, _ := s.linkStats(); return float64(l) })
 	set.NewGauge("pico_agent_link_packets_sent", func() float64 { _, _, _, n := s.linkStats(); return float64(n) })
-	set.NewGauge("pico_active_streams", func() float64 { return float64(s.activeStreams.Load()) })
+	set.NewGauge("pico_active_streams", func() float64 { return float64(s.live.count()) })
 	set.NewGauge("pico_agents", func() float64 { return float64(s.sessionCount()) })
 	set.NewGauge("pico_endpoints", func() float64 { return float64(s.table.Len()) })
 	m.tcpConns = set.NewCounter("pico_tcp_connections_total")

@@ -481,14 +481,14 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 			lastErr = err
 			continue
 		}
-		s.activeStreams.Add(1)
+		s.live.add()
 		idle := s.cfg.StreamIdleTimeout
 		if h.Kind == quicutil.KindTCP {
 			idle = s.cfg.TCPIdleTimeout
 		}
 		start := time.Now()
 		res := s.splice(c, target, idle)
-		s.activeStreams.Add(-1)
+		s.live.done()
 		sess.inflight.Add(-1)
 		if !s.cfg.AccessLogOff[h.Endpoint] {
 			// The node that received the request logs it; this line says

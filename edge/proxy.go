@@ -2,13 +2,10 @@ package edge
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -22,6 +19,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/pico-edge/pico/edge/frontdoor"
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
 )
@@ -51,7 +49,9 @@ type requestInfo struct {
 	err        error
 }
 
-func (s *Server) newFrontDoor() http.Handler {
+// newProxy makes the handler of every client request: it finds the
+// endpoint, checks the request, and sends it to an agent.
+func (s *Server) newProxy() http.Handler {
 	rp := &httputil.ReverseProxy{
 		Rewrite: s.rewrite,
 		// The upstream's Alt-Svc names its own ports, not the edge's.
@@ -59,17 +59,18 @@ func (s *Server) newFrontDoor() http.Handler {
 		Transport:      &agentRoundTripper{s: s},
 		ErrorHandler:   s.proxyError,
 		BufferPool:     bufferPool{},
-		ErrorLog:       log.New(slogWriter{s.log, slog.LevelDebug}, "", 0),
+		ErrorLog:       frontdoor.ErrorLog(s.log),
 	}
-	return &frontDoor{s: s, rp: rp}
+	return &proxyHandler{s: s, rp: rp}
 }
 
-type frontDoor struct {
+// proxyHandler is the front door's handler.
+type proxyHandler struct {
 	s  *Server
 	rp *httputil.ReverseProxy
 }
 
-func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (f *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := f.s
 	start := time.Now()
 	rw := &statusWriter{ResponseWriter: w}
@@ -81,12 +82,8 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.observe(r, rw, info, time.Since(start))
 	}()
 
-	if r.TLS == nil {
-		if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok {
-			r.TLS = st // HTTP/1.1 over TLS behind the request guard
-		}
-	}
-	if v := r.Header.Get(rejectHeader); v != "" && r.ProtoMajor == 1 {
+	r.TLS = frontdoor.TLSState(r) // also HTTP/1.1 over TLS behind the request guard
+	if v := r.Header.Get(frontdoor.RejectHeader); v != "" && r.ProtoMajor == 1 {
 		code, reason, _ := strings.Cut(v, " ")
 		status, _ := strconv.Atoi(code)
 		if status < 400 {
@@ -95,7 +92,7 @@ func (f *frontDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(rw, r, status, "", reason)
 		return
 	}
-	if status, msg := checkRequest(r, s.cfg.MaxHeaderBytes, s.cfg.AllowUnderscoresInHeaders); status != 0 {
+	if status, msg := frontdoor.CheckRequest(r, s.cfg.MaxHeaderBytes, s.cfg.AllowUnderscoresInHeaders); status != 0 {
 		writeError(rw, r, status, "", msg)
 		return
 	}
@@ -306,7 +303,7 @@ func (s *Server) roundTrip(req *http.Request, info *requestInfo, d *direct) (*ht
 			info.agent, info.servedBy = "", p.node
 		}
 		tg.inflightAdd(1)
-		s.activeStreams.Add(1)
+		s.live.add()
 		start := time.Now()
 		var resp *http.Response
 		if k == quicutil.KindHTTP && (d != nil || onStreamPath(req)) {
@@ -321,7 +318,7 @@ func (s *Server) roundTrip(req *http.Request, info *requestInfo, d *direct) (*ht
 			return resp, nil
 		}
 		tg.inflightAdd(-1)
-		s.activeStreams.Add(-1)
+		s.live.done()
 		at.failed(err)
 		if !retryable(req, err) {
 			return nil, err
@@ -636,9 +633,7 @@ func (r *replayReader) Close() error { return nil }
 func trackBody(body io.ReadCloser, tg target, s *Server) io.ReadCloser {
 	if rw, ok := body.(io.ReadWriteCloser); ok {
 		b := &trackedRWBody{trackedBody: trackedBody{ReadCloser: body, tg: tg, s: s}, w: rw}
-		s.mu.Lock()
-		s.ending[b] = func() { b.Close() }
-		s.mu.Unlock()
+		s.live.onEnd(b, func() { b.Close() })
 		return b
 	}
 	return &trackedBody{ReadCloser: body, tg: tg, s: s}
@@ -655,7 +650,7 @@ func (b *trackedBody) Close() error {
 	err := b.ReadCloser.Close()
 	if !b.done.Swap(true) {
 		b.tg.inflightAdd(-1)
-		b.s.activeStreams.Add(-1)
+		b.s.live.done()
 		if b.tg.isLeaving() {
 			// The stream goes back to the pool just after this: close it then.
 			time.AfterFunc(50*time.Millisecond, b.tg.closeIdle)
@@ -672,9 +667,7 @@ type trackedRWBody struct {
 func (b *trackedRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
 func (b *trackedRWBody) Close() error {
-	b.s.mu.Lock()
-	delete(b.s.ending, b)
-	b.s.mu.Unlock()
+	b.s.live.forget(b)
 	return b.trackedBody.Close()
 }
 

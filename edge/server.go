@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,8 +21,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
 
+	"github.com/pico-edge/pico/edge/frontdoor"
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
 )
@@ -49,37 +48,31 @@ type Server struct {
 	auth    *authenticator // nil unless Config.Auth
 	m       *serverMetrics
 
-	gate       *endpointGate // requests in flight per endpoint
-	connLimits *connLimits   // client connections of the TCP front doors
+	gate *endpointGate // requests in flight per endpoint
 
 	proxy    http.Handler
-	httpSrv  *http.Server
+	door     *frontdoor.Door // serves proxy to clients
 	adminSrv *http.Server
-	tlsDoor  *tlsDoor
 
 	mu         sync.Mutex // guards the fields below
 	sessions   map[uint64]*session
 	tokenConns map[[sha256.Size]byte]int // agent connections by token (its hash), when tokens are checked
 	peerIn     map[*quic.Conn]struct{}   // relay connections other nodes opened; nil once closed
-	// ending holds what ends a long-lived stream cleanly when the grace
-	// period is over: a FIN on both ends of TCP forwards and relayed
-	// streams, a close of the agent side of upgraded connections.
-	ending  map[any]func()
-	nextID  uint64
-	tr      *quic.Transport
-	ln      *quic.Listener
-	running bool
+	nextID     uint64
+	tr         *quic.Transport
+	ln         *quic.Listener
+	running    bool
 	// connsClosed: shutdown is closing every connection; acceptAgents
 	// adds none to conns from then on.
 	connsClosed bool
 
-	membersMu      sync.Mutex
-	membersChanged chan struct{} // closed and replaced when membership changes
+	members      broadcast // membership changed
+	sessionsGone broadcast // a session left s.sessions
 
-	activeStreams atomic.Int64
-	draining      atomic.Bool
-	ready         atomic.Bool
-	conns         sync.WaitGroup // session goroutines
+	live     liveStreams
+	draining atomic.Bool
+	ready    atomic.Bool
+	conns    sync.WaitGroup // session goroutines
 
 	drainOnce sync.Once
 	drainReq  chan struct{} // closed by Drain
@@ -97,30 +90,41 @@ func New(cfg Config) (*Server, error) {
 	}
 	epoch := uint64(time.Now().UnixNano())
 	s := &Server{
-		cfg:            cfg,
-		log:            cfg.Logger,
-		table:          routing.NewTable(),
-		local:          routing.NewLocal(cfg.NodeID, epoch),
-		epoch:          epoch,
-		sessions:       make(map[uint64]*session),
-		peerIn:         make(map[*quic.Conn]struct{}),
-		tokenConns:     make(map[[sha256.Size]byte]int),
-		ending:         make(map[any]func()),
-		started:        make(chan struct{}),
-		drainReq:       make(chan struct{}),
-		membersChanged: make(chan struct{}),
-		closed:         make(chan struct{}),
-		runDone:        make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		table:      routing.NewTable(),
+		local:      routing.NewLocal(cfg.NodeID, epoch),
+		epoch:      epoch,
+		sessions:   make(map[uint64]*session),
+		peerIn:     make(map[*quic.Conn]struct{}),
+		tokenConns: make(map[[sha256.Size]byte]int),
+		started:    make(chan struct{}),
+		drainReq:   make(chan struct{}),
+		closed:     make(chan struct{}),
+		runDone:    make(chan struct{}),
 	}
-	s.m = newServerMetrics(cfg.Metrics, s)
 	if cfg.Auth != nil {
 		s.auth = newAuthenticator(*cfg.Auth, cfg.Metrics, cfg.Logger)
 	}
 	s.gate = &endpointGate{max: int64(cfg.MaxInflightPerEndpoint)}
-	s.connLimits = &connLimits{perListener: int64(cfg.MaxConnsPerListener), global: int64(cfg.MaxConns),
-		perIP: rate.Limit(cfg.NewConnsPerIPPerSecond), refused: func(reason string) { s.m.connRefused[reason].Inc() },
-		exempt: func(ip netip.Addr) bool { return s.trusted(ip.String()) }}
-	s.proxy = s.newFrontDoor()
+	s.proxy = s.newProxy()
+	s.door = frontdoor.New(frontdoor.Config{
+		Handler:           s.proxy,
+		GetCertificate:    cfg.GetCertificate,
+		StatelessResetKey: cfg.StatelessResetKey,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		Limits: frontdoor.Limits{
+			PerListener: cfg.MaxConnsPerListener,
+			Global:      cfg.MaxConns,
+			PerIP:       float64(cfg.NewConnsPerIPPerSecond),
+			Exempt:      func(ip netip.Addr) bool { return s.trusted(ip.String()) },
+			Refused:     func(reason string) { s.m.connRefused[reason].Inc() },
+		},
+		Log: cfg.Logger,
+	})
+	s.m = newServerMetrics(cfg.Metrics, s)
 	return s, nil
 }
 
@@ -148,18 +152,9 @@ func (s *Server) GossipAddr() string {
 }
 
 // MembersChanged returns a channel closed at the next membership change.
-func (s *Server) MembersChanged() <-chan struct{} {
-	s.membersMu.Lock()
-	defer s.membersMu.Unlock()
-	return s.membersChanged
-}
+func (s *Server) MembersChanged() <-chan struct{} { return s.members.wait() }
 
-func (s *Server) notifyMembers() {
-	s.membersMu.Lock()
-	close(s.membersChanged)
-	s.membersChanged = make(chan struct{})
-	s.membersMu.Unlock()
-}
+func (s *Server) notifyMembers() { s.members.notify() }
 
 // Members returns the number of live cluster members, this node included.
 func (s *Server) Members() int { return s.memberCount() }
@@ -205,18 +200,6 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 			s.log.Warn(advice)
 		}
 	}
-	plain := new(http.Protocols)
-	plain.SetHTTP1(true)
-	plain.SetUnencryptedHTTP2(true) // h2c with prior knowledge, e.g. gRPC behind a TLS-terminating balancer
-	s.httpSrv = &http.Server{
-		Handler:           s.proxy,
-		Protocols:         plain,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxClientStreams},
-		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
-		IdleTimeout:       s.cfg.IdleTimeout,
-		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
-		ErrorLog:          log.New(slogWriter{s.log, slog.LevelDebug}, "", 0),
-	}
 	s.mu.Lock()
 	s.tr, s.ln = tr, ln
 	s.mu.Unlock()
@@ -229,13 +212,8 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		}
 	}
 
-	lns.Proxy = &limitListener{Listener: lns.Proxy, l: s.connLimits, tell429: true}
-	if lns.TLS != nil {
-		lns.TLS = &limitListener{Listener: lns.TLS, l: s.connLimits}
-	}
 	g, gctx := errgroup.WithContext(ctx)
-	door, err := s.startTLSDoor(lns, g.Go) // fails only before it starts anything
-	if err != nil {
+	if err := s.door.Start(frontdoor.Listeners{Plain: lns.Proxy, TLS: lns.TLS, H3: lns.H3}, g.Go); err != nil {
 		if s.cluster != nil {
 			s.cluster.leave(0)
 		}
@@ -243,19 +221,10 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		tr.Close()
 		return err
 	}
-	s.mu.Lock()
-	s.tlsDoor = door
-	s.mu.Unlock()
 	g.Go(func() error { return s.acceptAgents(ln) })
 	if s.auth != nil && s.auth.jwks != nil {
 		g.Go(func() error { s.auth.jwks.run(); return nil }) // until shutdown closes it
 	}
-	g.Go(func() error {
-		if err := s.httpSrv.Serve(guardListener{lns.Proxy, s.cfg.MaxHeaderBytes + 4096}); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve proxy on %s: %w", lns.Proxy.Addr(), err)
-		}
-		return nil
-	})
 	if lns.Admin != nil {
 		s.adminSrv = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 		g.Go(func() error {
@@ -300,16 +269,37 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	return err
 }
 
-// shutdown drains when graceful, then closes everything. It runs once.
+// shutdown drains when graceful, then closes everything. It runs once, in
+// Run's group, as the steps below in this order; each waits on the work it
+// tracks, bounded by the grace period, and none polls.
 func (s *Server) shutdown(graceful bool) {
-	s.ready.Store(false)
-	s.mu.Lock() // after this, acceptAgents takes no new agent
-	s.draining.Store(true)
-	s.mu.Unlock()
 	grace := s.cfg.ShutdownGrace
 	if !graceful {
 		grace = 0
 	}
+	s.stopTakingAgents(graceful, grace)
+	if graceful {
+		s.waitDrainDelay()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	s.door.Shutdown(ctx) // every door drains its requests in flight until ctx ends
+	s.waitStreams(ctx, graceful)
+	if graceful {
+		s.endStreams()
+	}
+	s.stopAdmin()
+	s.leaveCluster(graceful)
+	s.closeAgents()
+}
+
+// stopTakingAgents turns readiness off, refuses new agents from now on,
+// tells the cluster this node drains, and asks every agent to move.
+func (s *Server) stopTakingAgents(graceful bool, grace time.Duration) {
+	s.ready.Store(false)
+	s.mu.Lock() // after this, acceptAgents takes no new agent
+	s.draining.Store(true)
+	s.mu.Unlock()
 	s.log.Info("edge node shutting down", "node_id", s.cfg.NodeID, "grace", grace.String(),
 		"drain_delay", s.cfg.DrainDelay.String())
 	if graceful && s.cluster != nil {
@@ -318,75 +308,97 @@ func (s *Server) shutdown(graceful bool) {
 	for _, sess := range s.sessionList() {
 		sess.goAway("edge node " + s.cfg.NodeID + " is shutting down")
 	}
-	if graceful && s.cfg.DrainDelay > 0 {
-		// Keep taking new connections until load balancers saw /readyz fail.
-		select {
-		case <-time.After(s.cfg.DrainDelay):
-		case <-s.closed:
-		}
+}
+
+// waitDrainDelay keeps taking new connections until load balancers saw
+// /readyz fail, or Close.
+func (s *Server) waitDrainDelay() {
+	if s.cfg.DrainDelay <= 0 {
+		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
-	s.mu.Lock()
-	door := s.tlsDoor
-	s.mu.Unlock()
-	doorDone := make(chan struct{})
-	go func() { // HTTPS and HTTP/3 drain alongside HTTP
-		defer close(doorDone)
-		door.shutdown(ctx)
-	}()
-	s.httpSrv.Shutdown(ctx) // waits for requests in flight until ctx ends
-	s.httpSrv.Close()
-	<-doorDone
-	// Streams of TCP forwards and upgraded connections get the rest of the
-	// grace. In a cluster with another node to move to, so do the agents'
-	// links: other nodes relay to them until they learn where each agent
-	// moved, and the agent retires its old link only once its new one is
-	// registered and the old one is quiet (make before break). Leaving
-	// earlier would close streams that other nodes just relayed here, and
-	// fail requests that had nowhere else to go yet. A node alone has
-	// nobody to hand its agents to: it does not wait for them.
+	t := time.NewTimer(s.cfg.DrainDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.closed:
+	}
+}
+
+// waitStreams gives the streams still in flight (TCP forwards, upgraded
+// connections, relayed streams) the rest of the grace. In a cluster with
+// another node to move to, so do the agents' links: other nodes relay to
+// them until they learn where each agent moved, and the agent retires its
+// old link only once its new one is registered and the old one is quiet
+// (make before break). Leaving earlier would close streams that other
+// nodes just relayed here, and fail requests that had nowhere else to go
+// yet. A node alone has nobody to hand its agents to: it does not wait for
+// them.
+func (s *Server) waitStreams(ctx context.Context, graceful bool) {
 	waitAgents := graceful && s.cluster != nil && s.cluster.othersToMoveTo()
-	for (s.activeStreams.Load() > 0 || waitAgents && s.sessionCount() > 0) && ctx.Err() == nil {
+	for ctx.Err() == nil {
+		gone := s.sessionsGone.wait() // before the count: a session leaving after it wakes us
+		if !waitAgents || s.sessionCount() == 0 {
+			select {
+			case <-s.live.idle():
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
 		select {
+		case <-gone:
 		case <-ctx.Done():
-		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	if graceful && s.activeStreams.Load() > 0 {
-		// The grace is over: end TCP streams with a FIN each way, and
-		// upgraded connections from the agent's side (the proxy then closes
-		// the client's), so both ends see a clean EOF rather than a reset,
-		// and give them a moment.
-		s.mu.Lock()
-		ends := make([]func(), 0, len(s.ending))
-		for _, end := range s.ending {
-			ends = append(ends, end)
-		}
-		s.mu.Unlock()
-		for _, end := range ends { // they take s.mu themselves
-			end()
-		}
-		end := time.Now().Add(time.Second)
-		for s.activeStreams.Load() > 0 && time.Now().Before(end) {
-			time.Sleep(20 * time.Millisecond)
-		}
+}
+
+// endStreams ends what is still in flight once the grace is over: TCP
+// streams with a FIN each way, upgraded connections from the agent's side
+// (the proxy then closes the client's), so that both ends see a clean EOF
+// rather than a reset; and gives them a second to finish.
+func (s *Server) endStreams() {
+	if s.live.count() == 0 {
+		return
 	}
-	if s.adminSrv != nil {
-		// /readyz said 503 for the whole drain; let requests in flight on
-		// the admin port (a scrape, the drain request itself) finish.
-		actx, acancel := context.WithTimeout(context.Background(), time.Second)
-		s.adminSrv.Shutdown(actx)
-		acancel()
-		s.adminSrv.Close()
+	s.live.endAll()
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-s.live.idle():
+	case <-t.C:
 	}
-	if s.cluster != nil {
-		leave := time.Duration(0)
-		if graceful {
-			leave = 2 * time.Second
-		}
-		s.cluster.leave(leave)
+}
+
+// stopAdmin stops the admin port. /readyz said 503 for the whole drain; it
+// lets requests in flight there (a scrape, the drain request itself)
+// finish within a second.
+func (s *Server) stopAdmin() {
+	if s.adminSrv == nil {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	s.adminSrv.Shutdown(ctx)
+	s.adminSrv.Close()
+}
+
+// leaveCluster tells the other members this node leaves (waiting up to 2 s
+// for that to spread when graceful) and stops gossip and rebalancing.
+func (s *Server) leaveCluster(graceful bool) {
+	if s.cluster == nil {
+		return
+	}
+	leave := time.Duration(0)
+	if graceful {
+		leave = 2 * time.Second
+	}
+	s.cluster.leave(leave)
+}
+
+// closeAgents closes the agent listener, every agent's link and every
+// relay connection other nodes opened, waits for their goroutines, and
+// closes the UDP socket.
+func (s *Server) closeAgents() {
 	s.mu.Lock()
 	ln, tr := s.ln, s.tr
 	s.connsClosed = true // after this, acceptAgents adds no connection to s.conns
@@ -449,15 +461,9 @@ func (s *Server) sessionList() []*session {
 // splice joins a and b until both directions end, and lets shutdown close
 // them cleanly when the grace period is over.
 func (s *Server) splice(a, b *quicutil.Conn, idle time.Duration) quicutil.JoinResult {
-	s.mu.Lock()
-	s.ending[a], s.ending[b] = func() { a.EndWrite() }, func() { b.EndWrite() }
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.ending, a)
-		delete(s.ending, b)
-		s.mu.Unlock()
-	}()
+	s.live.onEnd(a, func() { a.EndWrite() })
+	s.live.onEnd(b, func() { b.EndWrite() })
+	defer s.live.forget(a, b)
 	return quicutil.Join(a, b, idle)
 }
 
@@ -478,19 +484,4 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// slogWriter adapts a *log.Logger's output (http.Server's ErrorLog) to slog.
-type slogWriter struct {
-	log   *slog.Logger
-	level slog.Level
-}
-
-func (w slogWriter) Write(p []byte) (int, error) {
-	msg := string(p)
-	if n := len(msg); n > 0 && msg[n-1] == '\n' {
-		msg = msg[:n-1]
-	}
-	w.log.Log(context.Background(), w.level, msg)
-	return len(p), nil
 }

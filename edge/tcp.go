@@ -60,8 +60,8 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 		return
 	}
 	defer tg.inflightAdd(-1)
-	s.activeStreams.Add(1)
-	defer s.activeStreams.Add(-1)
+	s.live.add()
+	defer s.live.done()
 	answer(client, quicutil.StatusOK, "")
 	res := s.splice(client, up, s.cfg.TCPIdleTimeout)
 	s.m.tcpBytesIn.Add(int(res.AToB))

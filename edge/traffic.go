@@ -34,7 +34,7 @@ func (s *Server) trafficStatus() trafficStatus {
 		NodeID:          s.cfg.NodeID,
 		TimeMS:          time.Now().UnixMilli(),
 		Requests:        make(map[string]map[string]uint64, len(requestProtos)),
-		ActiveStreams:   s.activeStreams.Load(),
+		ActiveStreams:   s.live.count(),
 		TCPConnections:  s.m.tcpConns.Get(),
 		RelayStreamsIn:  s.m.relayIn.Get(),
 		RelayStreamsOut: s.m.relayOut.Get(),

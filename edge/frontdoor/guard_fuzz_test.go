@@ -1,4 +1,4 @@
-package edge
+package frontdoor
 
 import (
 	"bytes"
@@ -54,7 +54,7 @@ func FuzzGuard(f *testing.F) {
 		if bytes.Contains(bytes.ToLower(in), []byte("x-pico-reject")) {
 			return // a forged line may pass inside a body; heads are checked in tests
 		}
-		if bytes.Contains(out, []byte(rejectHeader+": ")) && !bytes.Contains(out, []byte("Connection: close")) {
+		if bytes.Contains(out, []byte(RejectHeader+": ")) && !bytes.Contains(out, []byte("Connection: close")) {
 			t.Fatalf("a refusal without Connection: close: %q", out)
 		}
 	})

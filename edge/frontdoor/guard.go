@@ -1,4 +1,4 @@
-package edge
+package frontdoor
 
 import (
 	"bufio"
@@ -15,10 +15,10 @@ import (
 	"time"
 )
 
-// rejectHeader carries, from the HTTP/1.1 guard to the front door, the
+// RejectHeader carries, from the HTTP/1.1 guard to the front door, the
 // status and reason ("400 why") a request must be refused with. The guard
 // strips it from what clients send.
-const rejectHeader = "X-Pico-Reject"
+const RejectHeader = "X-Pico-Reject"
 
 // guardConn reads HTTP/1.1 requests one step ahead of net/http so that it
 // can refuse what net/http would let through: a request with both
@@ -257,7 +257,7 @@ func (g *guardConn) checkHeadSlow(head []byte) []byte {
 			}
 		case "upgrade":
 			upgrade = true
-		case strings.ToLower(rejectHeader):
+		case strings.ToLower(RejectHeader):
 			continue // only the guard says that
 		}
 		kept = append(kept, l)
@@ -323,7 +323,7 @@ func (g *guardConn) checkHeadFast(head []byte) bool {
 				return false
 			}
 			length = n
-		case asciiEqualFold(name, "Transfer-Encoding"), asciiEqualFold(name, "Upgrade"), asciiEqualFold(name, rejectHeader):
+		case asciiEqualFold(name, "Transfer-Encoding"), asciiEqualFold(name, "Upgrade"), asciiEqualFold(name, RejectHeader):
 			return false
 		}
 	}
@@ -392,7 +392,7 @@ func (g *guardConn) refuse(head []byte, status int, reason string) []byte {
 		}
 	}
 	g.state = guardEnd
-	return []byte(reqLine + "\r\nHost: " + host + "\r\n" + rejectHeader + ": " + strconv.Itoa(status) + " " + reason +
+	return []byte(reqLine + "\r\nHost: " + host + "\r\n" + RejectHeader + ": " + strconv.Itoa(status) + " " + reason +
 		"\r\nConnection: close\r\n\r\n")
 }
 
@@ -412,13 +412,24 @@ func (l guardListener) Accept() (net.Conn, error) {
 
 type tlsStateKey struct{}
 
-// guardConnContext lets the front door see that a guarded connection came
-// over TLS (net/http sets Request.TLS only for a *tls.Conn).
+// guardConnContext lets the handler see that a guarded connection came
+// over TLS (net/http sets Request.TLS only for a *tls.Conn): see TLSState.
 func guardConnContext(ctx context.Context, c net.Conn) context.Context {
 	if g, ok := c.(*guardConn); ok && g.tlsState != nil {
 		return context.WithValue(ctx, tlsStateKey{}, g.tlsState)
 	}
 	return ctx
+}
+
+// TLSState returns the TLS connection state of an HTTP/1.1 request that
+// came through the TLS door behind the guard (net/http leaves Request.TLS
+// nil for it), or nil.
+func TLSState(r *http.Request) *tls.ConnectionState {
+	if r.TLS != nil {
+		return r.TLS
+	}
+	st, _ := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState)
+	return st
 }
 
 // chanListener is a net.Listener fed by the TLS accept loop.

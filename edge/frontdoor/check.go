@@ -1,4 +1,4 @@
-package edge
+package frontdoor
 
 import (
 	"fmt"
@@ -6,17 +6,18 @@ import (
 	"strings"
 )
 
-// Front-door limits of LIMITS.md that net/http does not enforce itself.
+// Request limits of docs/limits.md that net/http does not enforce itself.
 const (
 	maxRequestURI   = 8 << 10 // 414 beyond
 	maxHeaderFields = 100     // 431 beyond
 )
 
-// checkRequest enforces the request limits net/http leaves to the edge: the
+// CheckRequest enforces the request limits net/http leaves to the edge: the
 // URI length, the number of header fields, header names with underscores
 // (unless allowed), and the exact header size (net/http lets
-// MaxHeaderBytes + 4 KiB through). It returns 0 for a request within them.
-func checkRequest(r *http.Request, maxHeaderBytes int, allowUnderscores bool) (int, string) {
+// MaxHeaderBytes + 4 KiB through). It returns 0 for a request within them,
+// else the status to refuse it with and why.
+func CheckRequest(r *http.Request, maxHeaderBytes int, allowUnderscores bool) (int, string) {
 	if len(r.RequestURI) > maxRequestURI {
 		return http.StatusRequestURITooLong, fmt.Sprintf("request URI of %d bytes (max %d)", len(r.RequestURI), maxRequestURI)
 	}
