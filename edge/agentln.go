@@ -15,6 +15,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
+	"github.com/pico-edge/pico/edge/admin"
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
 )
@@ -660,27 +661,15 @@ func (e *linkError) Error() string {
 }
 func (e *linkError) Unwrap() error { return e.err }
 
-// agentInfo describes a session for /status/agents.
-type agentInfo struct {
-	Session    uint64    `json:"session"`
-	AgentID    string    `json:"agent_id"`
-	Agent      string    `json:"agent"`
-	RemoteAddr string    `json:"remote_addr"`
-	Connected  time.Time `json:"connected"`
-	Endpoints  []string  `json:"endpoints"`
-	InFlight   int64     `json:"in_flight"`
-	Streams    uint64    `json:"streams_total"`
-	RTTMillis  float64   `json:"rtt_ms"`
-}
-
-func (sess *session) info() agentInfo {
+// info describes the link for /status/agents.
+func (sess *session) info() admin.Agent {
 	sess.mu.Lock()
 	eps := make([]string, 0, len(sess.endpoints))
 	for id, k := range sess.endpoints {
 		eps = append(eps, string(id)+"/"+k.String())
 	}
 	sess.mu.Unlock()
-	return agentInfo{
+	return admin.Agent{
 		Session:    sess.id,
 		AgentID:    sess.hello.AgentID,
 		Agent:      sess.hello.Agent,

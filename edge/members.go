@@ -3,35 +3,14 @@ package edge
 import (
 	"sort"
 
+	"github.com/pico-edge/pico/edge/admin"
 	"github.com/pico-edge/pico/routing"
 )
 
-// memberInfo describes one cluster member as this node sees it.
-type memberInfo struct {
-	NodeID     string  `json:"node_id"`
-	Self       bool    `json:"self,omitempty"`
-	GossipAddr string  `json:"gossip_addr"`
-	RelayAddr  string  `json:"relay_addr"`
-	State      string  `json:"state"` // alive, suspect, dead, left
-	Draining   bool    `json:"draining"`
-	Epoch      uint64  `json:"epoch"`
-	Version    uint64  `json:"version"`   // of its ownership state known here
-	Endpoints  int     `json:"endpoints"` // it serves, as known here
-	Links      uint32  `json:"agent_links"`
-	Routed     bool    `json:"routed"` // its endpoints are in this node's table
-	Relay      string  `json:"relay"`  // this node's connection to it: none, connected
-	RelayRTT   float64 `json:"relay_rtt_ms,omitempty"`
-	InFlight   int64   `json:"relay_in_flight"`
-	Conflicts  int     `json:"conflicts,omitempty"`
-}
-
-func (s *Server) memberStatus() any {
-	out := struct {
-		NodeID    string       `json:"node_id"`
-		Clustered bool         `json:"clustered"`
-		Members   []memberInfo `json:"members"`
-	}{NodeID: s.cfg.NodeID, Members: []memberInfo{}}
-	self := memberInfo{NodeID: s.cfg.NodeID, Self: true, State: "alive", Draining: s.draining.Load(),
+// memberStatus is /status/members.
+func (s *Server) memberStatus() admin.Members {
+	out := admin.Members{NodeID: s.cfg.NodeID, Members: []admin.Member{}}
+	self := admin.Member{NodeID: s.cfg.NodeID, Self: true, State: "alive", Draining: s.draining.Load(),
 		Epoch: s.epoch, Version: s.local.Version(), Endpoints: len(s.local.Announced()), Links: uint32(s.sessionCount()),
 		Routed: true}
 	c := s.cluster
@@ -48,7 +27,7 @@ func (s *Server) memberStatus() any {
 		known[n.Node] = n
 	}
 	for name, m := range c.memberList() {
-		mi := memberInfo{NodeID: name, GossipAddr: m.gossip, State: stateName(m.state), Relay: "none",
+		mi := admin.Member{NodeID: name, GossipAddr: m.gossip, State: stateName(m.state), Relay: "none",
 			RelayAddr: m.meta.RelayAddr, Draining: m.meta.Draining, Epoch: m.meta.Epoch}
 		if n, ok := known[name]; ok {
 			mi.Version, mi.Endpoints, mi.Links, mi.Routed, mi.Conflicts = n.Version, n.Endpoints, n.Links, n.Alive, n.Conflicts

@@ -1,6 +1,10 @@
 package edge
 
-import "time"
+import (
+	"time"
+
+	"github.com/pico-edge/pico/edge/admin"
+)
 
 // requestProtos and requestClasses name the indexes of
 // serverMetrics.requests, in the order newServerMetrics registers them.
@@ -9,28 +13,9 @@ var (
 	requestClasses = statusClasses
 )
 
-// trafficStatus is /status/traffic: this node's request counters since it
-// started, the same numbers as /metrics in JSON. A reader derives rates by
-// differencing two samples over TimeMS.
-type trafficStatus struct {
-	NodeID string `json:"node_id"`
-	TimeMS int64  `json:"time_ms"` // when the counters were read, Unix milliseconds
-	// Requests counts requests by client protocol (http1, http2, http3) and
-	// status class (1xx ... 5xx, "error" when no response was sent).
-	Requests        map[string]map[string]uint64 `json:"requests"`
-	ActiveStreams   int64                        `json:"active_streams"`
-	TCPConnections  uint64                       `json:"tcp_connections"`
-	RelayStreamsIn  uint64                       `json:"relay_streams_in"`
-	RelayStreamsOut uint64                       `json:"relay_streams_out"`
-	Retries         uint64                       `json:"retries"`
-	// Endpoints counts requests this node received by endpoint and status
-	// class, as pico_endpoint_requests_total: the first 500 endpoints
-	// seen, the others under "_other".
-	Endpoints map[string]map[string]uint64 `json:"endpoints"`
-}
-
-func (s *Server) trafficStatus() trafficStatus {
-	out := trafficStatus{
+// trafficStatus is /status/traffic.
+func (s *Server) trafficStatus() admin.Traffic {
+	out := admin.Traffic{
 		NodeID:          s.cfg.NodeID,
 		TimeMS:          time.Now().UnixMilli(),
 		Requests:        make(map[string]map[string]uint64, len(requestProtos)),

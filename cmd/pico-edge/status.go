@@ -13,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/pico-edge/pico/edge/admin"
 )
 
 // StatusCmd prints what a node's admin API says about its endpoints,
@@ -128,22 +130,8 @@ func decode(u string, body []byte, v any, nodeID *string) error {
 	return nil
 }
 
-// The JSON of /status/endpoints (edge/admin.go).
-type endpointsJSON struct {
-	NodeID    string         `json:"node_id"`
-	Endpoints []endpointJSON `json:"endpoints"`
-}
-
-type endpointJSON struct {
-	ID       string   `json:"id"`
-	Protocol string   `json:"protocol"`
-	Agents   []string `json:"agents"`
-	InFlight int64    `json:"in_flight"`
-	Nodes    []string `json:"nodes"`
-}
-
 func printEndpoints(out io.Writer, tw *tabwriter.Writer, u string, body []byte) error {
-	var st endpointsJSON
+	var st admin.Endpoints
 	if err := decode(u, body, &st, &st.NodeID); err != nil {
 		return err
 	}
@@ -151,7 +139,7 @@ func printEndpoints(out io.Writer, tw *tabwriter.Writer, u string, body []byte) 
 	if len(st.Endpoints) == 0 {
 		return nil
 	}
-	slices.SortFunc(st.Endpoints, func(a, b endpointJSON) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(st.Endpoints, func(a, b admin.Endpoint) int { return strings.Compare(a.ID, b.ID) })
 	fmt.Fprintln(tw, "ENDPOINT\tPROTOCOL\tLOCAL AGENTS\tOTHER NODES\tIN FLIGHT")
 	for _, e := range st.Endpoints {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", e.ID, e.Protocol, list(e.Agents), list(e.Nodes), e.InFlight)
@@ -159,25 +147,8 @@ func printEndpoints(out io.Writer, tw *tabwriter.Writer, u string, body []byte) 
 	return nil
 }
 
-// The JSON of /status/agents (edge/agentln.go, agentInfo).
-type agentsJSON struct {
-	NodeID string `json:"node_id"`
-	Auth   string `json:"auth"`
-	Agents []struct {
-		Session    uint64    `json:"session"`
-		AgentID    string    `json:"agent_id"`
-		Agent      string    `json:"agent"`
-		RemoteAddr string    `json:"remote_addr"`
-		Connected  time.Time `json:"connected"`
-		Endpoints  []string  `json:"endpoints"`
-		InFlight   int64     `json:"in_flight"`
-		Streams    uint64    `json:"streams_total"`
-		RTTMillis  float64   `json:"rtt_ms"`
-	} `json:"agents"`
-}
-
 func printAgents(out io.Writer, tw *tabwriter.Writer, u string, body []byte, now time.Time) error {
-	var st agentsJSON
+	var st admin.Agents
 	if err := decode(u, body, &st, &st.NodeID); err != nil {
 		return err
 	}
@@ -194,27 +165,8 @@ func printAgents(out io.Writer, tw *tabwriter.Writer, u string, body []byte, now
 	return nil
 }
 
-// The JSON of /status/members (edge/members.go, memberInfo).
-type membersJSON struct {
-	NodeID    string `json:"node_id"`
-	Clustered bool   `json:"clustered"`
-	Members   []struct {
-		NodeID    string  `json:"node_id"`
-		Self      bool    `json:"self"`
-		RelayAddr string  `json:"relay_addr"`
-		State     string  `json:"state"`
-		Draining  bool    `json:"draining"`
-		Endpoints int     `json:"endpoints"`
-		Links     uint32  `json:"agent_links"`
-		Routed    bool    `json:"routed"`
-		Relay     string  `json:"relay"`
-		RelayRTT  float64 `json:"relay_rtt_ms"`
-		InFlight  int64   `json:"relay_in_flight"`
-	} `json:"members"`
-}
-
 func printMembers(out io.Writer, tw *tabwriter.Writer, u string, body []byte) error {
-	var st membersJSON
+	var st admin.Members
 	if err := decode(u, body, &st, &st.NodeID); err != nil {
 		return err
 	}

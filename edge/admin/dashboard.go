@@ -1,4 +1,4 @@
-package edge
+package admin
 
 import (
 	"crypto/sha256"

@@ -1,0 +1,105 @@
+package edge
+
+import (
+	"errors"
+	"net/http"
+	"sort"
+
+	"github.com/pico-edge/pico/edge/admin"
+	"github.com/pico-edge/pico/quicutil"
+)
+
+// adminNode is the node as the admin port sees it (admin.Node).
+type adminNode struct{ s *Server }
+
+var _ admin.Node = adminNode{}
+
+// adminHandler serves the admin port.
+func (s *Server) adminHandler() http.Handler {
+	return admin.Handler(adminNode{s}, admin.Config{NodeID: s.cfg.NodeID, Metrics: s.cfg.Metrics,
+		Token: s.cfg.AdminToken, Pprof: s.cfg.AdminPprof, Log: s.log})
+}
+
+func (n adminNode) Ready() error {
+	s := n.s
+	if !s.ready.Load() || s.draining.Load() {
+		return errors.New("node is starting or draining")
+	}
+	if c := s.cluster; c != nil && !c.ready() {
+		return errors.New("joining the cluster and learning who serves what")
+	}
+	return nil
+}
+
+func (n adminNode) Endpoints() admin.Endpoints {
+	s := n.s
+	eps := s.table.Endpoints()
+	out := make([]admin.Endpoint, 0, len(eps))
+	for _, e := range eps {
+		st := admin.Endpoint{ID: string(e.ID), Protocol: e.Protocol, Agents: make([]string, 0, len(e.Targets))}
+		for _, tg := range e.Targets {
+			sess := tg.(*session)
+			st.Agents = append(st.Agents, sess.hello.AgentID)
+			st.InFlight += sess.inflight.Load()
+		}
+		st.Nodes = make([]string, 0, len(e.Remote))
+		for _, tg := range e.Remote {
+			p := tg.(*peer)
+			st.Nodes = append(st.Nodes, p.node)
+			st.InFlight += p.inflight.Load()
+		}
+		sort.Strings(st.Nodes)
+		out = append(out, st)
+	}
+	return admin.Endpoints{NodeID: s.cfg.NodeID, Endpoints: out}
+}
+
+func (n adminNode) Agents() admin.Agents {
+	s := n.s
+	list := s.sessionList()
+	out := make([]admin.Agent, 0, len(list))
+	for _, sess := range list {
+		out = append(out, sess.info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Session < out[j].Session })
+	return admin.Agents{NodeID: s.cfg.NodeID, Auth: s.authMode(), Agents: out}
+}
+
+func (n adminNode) Status() admin.NodeStatus {
+	s := n.s
+	return admin.NodeStatus{NodeID: s.cfg.NodeID, Version: s.cfg.Version, Draining: s.draining.Load(), Auth: s.authStatus()}
+}
+
+func (n adminNode) Members() admin.Members { return n.s.memberStatus() }
+func (n adminNode) Traffic() admin.Traffic { return n.s.trafficStatus() }
+func (n adminNode) Drain()                 { n.s.Drain() }
+
+func (n adminNode) MoveAgent(id uint64, remoteAddr string) (string, bool) {
+	sess := n.s.sessionByID(id)
+	if sess == nil {
+		return "", false
+	}
+	sess.log.Info("agent asked to move on the admin port", "remote_addr", remoteAddr)
+	sess.goAway("asked by an operator of edge node " + n.s.cfg.NodeID)
+	return sess.hello.AgentID, true
+}
+
+func (n adminNode) EvictAgent(id uint64, remoteAddr string) (string, bool) {
+	sess := n.s.sessionByID(id)
+	if sess == nil {
+		return "", false
+	}
+	sess.log.Warn("agent evicted on the admin port", "remote_addr", remoteAddr)
+	sess.close(quicutil.ConnCodeEvicted, "evicted by an operator of edge node "+n.s.cfg.NodeID)
+	return sess.hello.AgentID, true
+}
+
+func (s *Server) sessionByID(id uint64) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[id]
+}
+
+// Drain starts a graceful shutdown, as when Run's context ends: Run drains
+// and returns nil. It is safe to call more than once, and before Run.
+func (s *Server) Drain() { s.drainOnce.Do(func() { close(s.drainReq) }) }
