@@ -63,18 +63,30 @@ type ClusterConfig struct {
 	Memberlist func(*memberlist.Config)
 }
 
+// DefaultClusterConfig returns the values a node uses for the fields of
+// ClusterConfig left zero (see DefaultConfig).
+func DefaultClusterConfig() ClusterConfig {
+	return ClusterConfig{
+		Label:             "pico",
+		RejoinInterval:    10 * time.Second,
+		RebalanceInterval: 5 * time.Second,
+		RebalanceBackoff:  time.Minute,
+	}
+}
+
 func (c ClusterConfig) withDefaults() ClusterConfig {
+	d := DefaultClusterConfig()
 	if c.Label == "" {
-		c.Label = "pico"
+		c.Label = d.Label
 	}
 	if c.RejoinInterval == 0 {
-		c.RejoinInterval = 10 * time.Second
+		c.RejoinInterval = d.RejoinInterval
 	}
 	if c.RebalanceInterval == 0 {
-		c.RebalanceInterval = 5 * time.Second
+		c.RebalanceInterval = d.RebalanceInterval
 	}
 	if c.RebalanceBackoff <= 0 {
-		c.RebalanceBackoff = time.Minute
+		c.RebalanceBackoff = d.RebalanceBackoff
 	}
 	return c
 }

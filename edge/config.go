@@ -120,44 +120,74 @@ type Config struct {
 	Metrics *metrics.Set
 }
 
+// DefaultConfig returns the values a node uses for the fields of Config
+// left zero: the one source of those defaults, which pico-edge's flags
+// take too (see cmd/pico-edge). Fields it leaves zero have no default
+// value: they are off or empty, or made per node (NodeID, Logger,
+// Metrics), as their comments say.
+func DefaultConfig() Config {
+	return Config{
+		ReadHeaderTimeout:      10 * time.Second,
+		IdleTimeout:            60 * time.Second,
+		ResponseHeaderTimeout:  30 * time.Second,
+		StreamIdleTimeout:      5 * time.Minute,
+		TCPIdleTimeout:         time.Hour,
+		OpenStreamTimeout:      10 * time.Second,
+		HelloTimeout:           10 * time.Second,
+		ShutdownGrace:          30 * time.Second,
+		MaxHeaderBytes:         32 << 10,
+		MaxEndpointsPerAgent:   100,
+		MaxInflightPerEndpoint: 256,
+		MaxConnsPerToken:       8,
+		MaxStreamsPerAgent:     1000,
+		RegistrationsPerSecond: 10,
+		HandshakesPerSecond:    200,
+		MaxConnsPerListener:    10000,
+		MaxConns:               50000,
+		NewConnsPerIPPerSecond: 100,
+		Version:                "dev",
+		AccessLogSample:        1,
+	}
+}
+
 func (c Config) withDefaults() Config {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&c.ReadHeaderTimeout, 10*time.Second)
-	def(&c.IdleTimeout, 60*time.Second)
-	def(&c.ResponseHeaderTimeout, 30*time.Second)
-	def(&c.StreamIdleTimeout, 5*time.Minute)
-	def(&c.TCPIdleTimeout, time.Hour)
-	def(&c.OpenStreamTimeout, 10*time.Second)
-	def(&c.HelloTimeout, 10*time.Second)
-	def(&c.ShutdownGrace, 30*time.Second)
-	if c.MaxHeaderBytes == 0 {
-		c.MaxHeaderBytes = 32 << 10
-	}
-	if c.MaxEndpointsPerAgent == 0 {
-		c.MaxEndpointsPerAgent = 100
-	}
-	defInt := func(v *int, d int) {
+	d := DefaultConfig()
+	def := func(v *time.Duration, dv time.Duration) {
 		if *v == 0 {
-			*v = d
+			*v = dv
 		}
 	}
-	defInt(&c.MaxInflightPerEndpoint, 256)
-	defInt(&c.MaxConnsPerToken, 8)
-	defInt(&c.MaxStreamsPerAgent, 1000)
-	defInt(&c.RegistrationsPerSecond, 10)
-	defInt(&c.HandshakesPerSecond, 200)
-	defInt(&c.MaxConnsPerListener, 10000)
-	defInt(&c.MaxConns, 50000)
-	defInt(&c.NewConnsPerIPPerSecond, 100)
+	def(&c.ReadHeaderTimeout, d.ReadHeaderTimeout)
+	def(&c.IdleTimeout, d.IdleTimeout)
+	def(&c.ResponseHeaderTimeout, d.ResponseHeaderTimeout)
+	def(&c.StreamIdleTimeout, d.StreamIdleTimeout)
+	def(&c.TCPIdleTimeout, d.TCPIdleTimeout)
+	def(&c.OpenStreamTimeout, d.OpenStreamTimeout)
+	def(&c.HelloTimeout, d.HelloTimeout)
+	def(&c.ShutdownGrace, d.ShutdownGrace)
+	defInt := func(v *int, dv int) {
+		if *v == 0 {
+			*v = dv
+		}
+	}
+	defInt(&c.MaxHeaderBytes, d.MaxHeaderBytes)
+	defInt(&c.MaxEndpointsPerAgent, d.MaxEndpointsPerAgent)
+	defInt(&c.MaxInflightPerEndpoint, d.MaxInflightPerEndpoint)
+	defInt(&c.MaxConnsPerToken, d.MaxConnsPerToken)
+	defInt(&c.MaxStreamsPerAgent, d.MaxStreamsPerAgent)
+	defInt(&c.RegistrationsPerSecond, d.RegistrationsPerSecond)
+	defInt(&c.HandshakesPerSecond, d.HandshakesPerSecond)
+	defInt(&c.MaxConnsPerListener, d.MaxConnsPerListener)
+	defInt(&c.MaxConns, d.MaxConns)
+	defInt(&c.NewConnsPerIPPerSecond, d.NewConnsPerIPPerSecond)
+	if c.Version == "" {
+		c.Version = d.Version
+	}
+	if c.AccessLogSample == 0 {
+		c.AccessLogSample = d.AccessLogSample
+	}
 	if c.NodeID == "" {
 		c.NodeID = "edge-" + randomHex(4)
-	}
-	if c.Version == "" {
-		c.Version = "dev"
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -167,9 +197,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Metrics == nil {
 		c.Metrics = metrics.NewSet()
-	}
-	if c.AccessLogSample == 0 {
-		c.AccessLogSample = 1
 	}
 	if c.Cluster != nil {
 		cc := c.Cluster.withDefaults()

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,37 +44,37 @@ type CLI struct {
 	TLSKey  string   `help:"Private key (PEM) of --tls-cert." type:"path" group:"TLS"`
 	TLSHost []string `help:"Extra names (DNS or IP) for the development certificate, besides localhost, *.localhost, 127.0.0.1 and ::1." sep:"," group:"TLS"`
 
-	ReadHeaderTimeout      time.Duration `help:"Time a client has to send its request header." default:"10s" group:"Limits"`
-	IdleTimeout            time.Duration `help:"Idle time after which a client keep-alive connection is closed." default:"60s" group:"Limits"`
-	MaxHeaderBytes         int           `help:"Largest request header accepted (431 beyond), up to 98304." default:"32768" group:"Limits"`
-	ResponseHeaderTimeout  time.Duration `help:"Time the upstream has to start its response (504 after it)." default:"30s" group:"Limits"`
-	StreamIdleTimeout      time.Duration `help:"Idle time after which an HTTP stream (WebSocket, SSE, slow body) is cut." default:"5m" group:"Limits"`
-	TCPIdleTimeout         time.Duration `help:"Idle time after which a TCP forward is cut." default:"1h" group:"Limits"`
-	OpenStreamTimeout      time.Duration `help:"Time to wait for a stream to an agent at its stream limit (503 after it), and for a TCP agent's answer." default:"10s" group:"Limits"`
-	MaxEndpointsPerAgent   int           `help:"Endpoints one agent connection may serve." default:"100" group:"Limits"`
-	MaxStreamsPerAgent     int           `help:"Streams this node may have open to one agent connection (requests in flight and idle keep-alive streams); beyond, 503 at once." default:"1000" group:"Limits"`
-	MaxConnsPerToken       int           `help:"Agent connections one token may hold to this node at once (when tokens are checked); beyond, refused with a limit error." default:"8" group:"Limits"`
-	MaxInflightPerEndpoint int           `help:"Requests and TCP connections in flight to one endpoint on this node; beyond, 503 at once." default:"256" group:"Limits"`
-	RegistrationsPerSecond int           `help:"Register messages one agent connection may send a second (burst: twice as many); beyond, the agent waits." default:"10" group:"Limits"`
-	HandshakesPerSecond    int           `help:"New QUIC connections a second above which clients must first pass a Retry (one more round trip); negative: never." default:"200" group:"Limits"`
-	MaxConnsPerListener    int           `help:"Open client connections on each TCP front door." default:"10000" group:"Limits"`
-	MaxConns               int           `help:"Open client connections on all TCP front doors." default:"50000" group:"Limits"`
-	NewConnsPerIP          int           `help:"New client connections a second from one IP address (burst: twice as many; --trusted-proxies exempt); beyond, 429 on plain HTTP and a closed connection on TLS; negative: no limit." default:"100" group:"Limits"`
-	GracePeriod            time.Duration `help:"Time requests, WebSockets and TCP streams in flight get to finish on SIGTERM." default:"30s" aliases:"shutdown-grace" group:"Drain"`
+	ReadHeaderTimeout      time.Duration `help:"Time a client has to send its request header." default:"${read_header_timeout}" group:"Limits"`
+	IdleTimeout            time.Duration `help:"Idle time after which a client keep-alive connection is closed." default:"${idle_timeout}" group:"Limits"`
+	MaxHeaderBytes         int           `help:"Largest request header accepted (431 beyond), up to 98304." default:"${max_header_bytes}" group:"Limits"`
+	ResponseHeaderTimeout  time.Duration `help:"Time the upstream has to start its response (504 after it)." default:"${response_header_timeout}" group:"Limits"`
+	StreamIdleTimeout      time.Duration `help:"Idle time after which an HTTP stream (WebSocket, SSE, slow body) is cut." default:"${stream_idle_timeout}" group:"Limits"`
+	TCPIdleTimeout         time.Duration `help:"Idle time after which a TCP forward is cut." default:"${tcp_idle_timeout}" group:"Limits"`
+	OpenStreamTimeout      time.Duration `help:"Time to wait for a stream to an agent at its stream limit (503 after it), and for a TCP agent's answer." default:"${open_stream_timeout}" group:"Limits"`
+	MaxEndpointsPerAgent   int           `help:"Endpoints one agent connection may serve." default:"${max_endpoints_per_agent}" group:"Limits"`
+	MaxStreamsPerAgent     int           `help:"Streams this node may have open to one agent connection (requests in flight and idle keep-alive streams); beyond, 503 at once." default:"${max_streams_per_agent}" group:"Limits"`
+	MaxConnsPerToken       int           `help:"Agent connections one token may hold to this node at once (when tokens are checked); beyond, refused with a limit error." default:"${max_conns_per_token}" group:"Limits"`
+	MaxInflightPerEndpoint int           `help:"Requests and TCP connections in flight to one endpoint on this node; beyond, 503 at once." default:"${max_inflight_per_endpoint}" group:"Limits"`
+	RegistrationsPerSecond int           `help:"Register messages one agent connection may send a second (burst: twice as many); beyond, the agent waits." default:"${registrations_per_second}" group:"Limits"`
+	HandshakesPerSecond    int           `help:"New QUIC connections a second above which clients must first pass a Retry (one more round trip); negative: never." default:"${handshakes_per_second}" group:"Limits"`
+	MaxConnsPerListener    int           `help:"Open client connections on each TCP front door." default:"${max_conns_per_listener}" group:"Limits"`
+	MaxConns               int           `help:"Open client connections on all TCP front doors." default:"${max_conns}" group:"Limits"`
+	NewConnsPerIP          int           `help:"New client connections a second from one IP address (burst: twice as many; --trusted-proxies exempt); beyond, 429 on plain HTTP and a closed connection on TLS; negative: no limit." default:"${new_conns_per_ip}" group:"Limits"`
+	GracePeriod            time.Duration `help:"Time requests, WebSockets and TCP streams in flight get to finish on SIGTERM." default:"${grace_period}" aliases:"shutdown-grace" group:"Drain"`
 	DrainDelay             time.Duration `help:"On SIGTERM, time to keep taking new client connections after /readyz turned 503, so load balancers notice first (Kubernetes: use a preStop sleep instead)." default:"0s" group:"Drain"`
 
 	GossipAddr        string        `help:"Address for cluster gossip (hashicorp/memberlist, TCP and UDP on one port); empty: a single node, no cluster." default:":8003" group:"Cluster"`
-	Join              []string      `help:"Nodes to join: host:port or DNS names (a Kubernetes headless service), resolved again until joined and every 10s after." sep:"," group:"Cluster"`
+	Join              []string      `help:"Nodes to join: host:port or DNS names (a Kubernetes headless service), resolved again until joined and every ${rejoin_interval} after." sep:"," group:"Cluster"`
 	AdvertiseAddr     string        `help:"Address other nodes reach this one at (host or host:port), for NAT and Kubernetes; default: the gossip bind address, or a private IP of the machine." group:"Cluster"`
 	ClusterSecretFile string        `help:"File with the cluster secret (base64 of 32 random bytes: openssl rand -base64 32); it encrypts gossip and authenticates relays. Default: cluster.key in --data-dir, created on first start; every node needs the same one." type:"path" group:"Cluster"`
-	ClusterLabel      string        `help:"Cluster name: nodes with another label ignore this one." default:"pico" group:"Cluster"`
-	RebalanceInterval time.Duration `help:"How often this node compares its agent links with the other nodes' and asks links beyond its share to move (the agent connects elsewhere first); an agent whose new link comes back to this node is not asked again for 1m, doubling up to 1h. 0 turns rebalancing off: agents stay on the node they connected to. At least 1s otherwise." default:"5s" group:"Cluster"`
+	ClusterLabel      string        `help:"Cluster name: nodes with another label ignore this one." default:"${cluster_label}" group:"Cluster"`
+	RebalanceInterval time.Duration `help:"How often this node compares its agent links with the other nodes' and asks links beyond its share to move (the agent connects elsewhere first); an agent whose new link comes back to this node is not asked again for ${rebalance_backoff}, doubling up to ${rebalance_backoff_max}. 0 turns rebalancing off: agents stay on the node they connected to. At least 1s otherwise." default:"${rebalance_interval}" group:"Cluster"`
 
 	AllowUnderscoresInHeaders bool     `help:"Pass request header names that contain '_' (rejected with 400 by default)." group:"Limits"`
 	TrustedProxies            []string `help:"CIDRs of proxies in front of the edge (load balancers) whose X-Forwarded-* and Forwarded headers are kept and extended; from anyone else they are replaced." sep:"," group:"Limits"`
 
 	AccessLog       bool     `help:"Log one line per request and TCP connection." default:"true" negatable:"" group:"Logging"`
-	AccessLogSample float64  `help:"Fraction of requests below status 500 that get an access-log line (errors always do)." default:"1" group:"Logging"`
+	AccessLogSample float64  `help:"Fraction of requests below status 500 that get an access-log line (errors always do)." default:"${access_log_sample}" group:"Logging"`
 	AccessLogOff    []string `help:"Endpoints whose requests and connections are never logged, comma separated." sep:"," group:"Logging"`
 	cli.LogFlags    `embed:"" group:"Logging"`
 
@@ -92,7 +93,7 @@ func newParser(c *CLI) (*kong.Kong, error) {
 		kong.Name("pico-edge"),
 		kong.Description("Pico edge node: proxies HTTP requests and TCP connections to agents connected over QUIC.\n\nEvery flag can also be set with a PICO_* environment variable, e.g. PICO_PROXY_ADDR, or in the --config file."),
 		kong.DefaultEnvars("PICO"),
-		kong.Vars{"data_dir": cli.DataDir()},
+		defaultVars(),
 		kong.UsageOnError(),
 	)
 }
@@ -446,4 +447,49 @@ func loadResetKey(path string) (*quic.StatelessResetKey, error) {
 		return nil, fmt.Errorf("write QUIC reset key: %w", err)
 	}
 	return &key, nil
+}
+
+// defaultVars gives the flags their defaults (the ${...} in their tags)
+// from edge.DefaultConfig, the one source of them.
+func defaultVars() kong.Vars {
+	d, dc := edge.DefaultConfig(), edge.DefaultClusterConfig()
+	num := strconv.Itoa
+	return kong.Vars{
+		"data_dir":                  cli.DataDir(),
+		"read_header_timeout":       duration(d.ReadHeaderTimeout),
+		"idle_timeout":              duration(d.IdleTimeout),
+		"max_header_bytes":          num(d.MaxHeaderBytes),
+		"response_header_timeout":   duration(d.ResponseHeaderTimeout),
+		"stream_idle_timeout":       duration(d.StreamIdleTimeout),
+		"tcp_idle_timeout":          duration(d.TCPIdleTimeout),
+		"open_stream_timeout":       duration(d.OpenStreamTimeout),
+		"max_endpoints_per_agent":   num(d.MaxEndpointsPerAgent),
+		"max_streams_per_agent":     num(d.MaxStreamsPerAgent),
+		"max_conns_per_token":       num(d.MaxConnsPerToken),
+		"max_inflight_per_endpoint": num(d.MaxInflightPerEndpoint),
+		"registrations_per_second":  num(d.RegistrationsPerSecond),
+		"handshakes_per_second":     num(d.HandshakesPerSecond),
+		"max_conns_per_listener":    num(d.MaxConnsPerListener),
+		"max_conns":                 num(d.MaxConns),
+		"new_conns_per_ip":          num(d.NewConnsPerIPPerSecond),
+		"grace_period":              duration(d.ShutdownGrace),
+		"access_log_sample":         strconv.FormatFloat(d.AccessLogSample, 'g', -1, 64),
+		"cluster_label":             dc.Label,
+		"rejoin_interval":           duration(dc.RejoinInterval),
+		"rebalance_interval":        duration(dc.RebalanceInterval),
+		"rebalance_backoff":         duration(dc.RebalanceBackoff),
+		"rebalance_backoff_max":     duration(60 * dc.RebalanceBackoff),
+	}
+}
+
+// duration writes d as a person would: 5m, not 5m0s.
+func duration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }

@@ -10,11 +10,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/pico-edge/pico/edge"
 )
 
 // With no command, pico-edge runs the node (serve) with the flags given;
@@ -191,5 +193,45 @@ func TestRebalanceIntervalFlag(t *testing.T) {
 				t.Fatalf("got RebalanceInterval %s, want %s", cc.RebalanceInterval, tc.want)
 			}
 		})
+	}
+}
+
+// TestFlagDefaults checks that every flag whose field shares its name with
+// a field of edge.Config (or is GracePeriod, ShutdownGrace there) defaults
+// to edge.DefaultConfig's value: the flags take their defaults from it.
+func TestFlagDefaults(t *testing.T) {
+	var c CLI
+	p, err := newParser(&c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Parse([]string{"--data-dir", t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	def := reflect.ValueOf(edge.DefaultConfig())
+	cli := reflect.ValueOf(c)
+	compared := 0
+	for i := range cli.NumField() {
+		name := cli.Type().Field(i).Name
+		switch name {
+		case "GracePeriod":
+			name = "ShutdownGrace"
+		case "NewConnsPerIP":
+			name = "NewConnsPerIPPerSecond"
+		}
+		d := def.FieldByName(name)
+		if !d.IsValid() || d.IsZero() {
+			continue // no default in edge.Config
+		}
+		compared++
+		if got := cli.Field(i).Interface(); !reflect.DeepEqual(got, d.Interface()) {
+			t.Errorf("CLI.%s defaults to %v; edge.DefaultConfig().%s is %v", cli.Type().Field(i).Name, got, name, d.Interface())
+		}
+	}
+	if compared < 15 {
+		t.Fatalf("compared %d flags with edge.DefaultConfig, want at least 15", compared)
+	}
+	if c.ClusterLabel != edge.DefaultClusterConfig().Label {
+		t.Errorf("--cluster-label defaults to %q, want %q", c.ClusterLabel, edge.DefaultClusterConfig().Label)
 	}
 }
