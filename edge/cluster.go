@@ -136,7 +136,10 @@ type cluster struct {
 }
 
 // startCluster joins memberlist; agentAddr is the QUIC listener's address.
-func (s *Server) startCluster(agentAddr net.Addr) error {
+// The cluster's context carries ctx's values but not its end: Run's
+// context ending starts a drain, during which the relay must go on (other
+// nodes relay to agents here until they moved); leave ends it.
+func (s *Server) startCluster(ctx context.Context, agentAddr net.Addr) error {
 	cfg := s.cfg.Cluster
 	c := &cluster{
 		s:         s,
@@ -152,7 +155,7 @@ func (s *Server) startCluster(agentAddr net.Addr) error {
 		stop:      make(chan struct{}),
 		moves:     newMoveMemory(cfg.RebalanceBackoff),
 	}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.ctx, c.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = s.cfg.NodeID
 	host, port, _ := net.SplitHostPort(cfg.GossipAddr)
@@ -495,7 +498,7 @@ func (c *cluster) nodeUp(n *memberlist.Node, what string) {
 	p := c.peers[n.Name]
 	if p == nil || p.epoch != meta.Epoch {
 		if p != nil {
-			go p.close() // the node restarted: its old connection is useless
+			c.wg.Go(p.close) // the node restarted: its old connection is useless
 		}
 		p = newPeer(c, n.Name, meta.Epoch)
 		c.peers[n.Name] = p
@@ -583,9 +586,9 @@ func (c *cluster) confirmGone(node string, p *peer) {
 // p set, only if p is still its peer and still doubted (confirmGone).
 func (c *cluster) gone(node string, p *peer, by string) {
 	c.mu.Lock()
-	if p != nil && (c.peers[node] != p || !p.doubted.Load() || c.left) {
+	if c.left || p != nil && (c.peers[node] != p || !p.doubted.Load()) {
 		c.mu.Unlock()
-		return
+		return // leave closes every peer
 	}
 	// Under c.mu, so that nodeUp cannot bring the node back in between.
 	c.remote.Gone(node)
@@ -595,12 +598,12 @@ func (c *cluster) gone(node string, p *peer, by string) {
 	c.lastChange = time.Now()
 	snd := c.senders[node]
 	delete(c.senders, node)
+	if p != nil {
+		c.wg.Go(p.close) // under c.mu: leave, which waits for c.wg, has not begun
+	}
 	c.mu.Unlock()
 	if snd != nil {
 		snd.stop()
-	}
-	if p != nil {
-		go p.close()
 	}
 	c.s.notifyMembers()
 	c.log.Info("cluster member gone", "node", node, "confirmed_by", by)

@@ -75,7 +75,8 @@ type peer struct {
 	// stops answering too, or membership sees it alive again (cluster.go).
 	doubted atomic.Bool
 
-	mu       sync.Mutex // guards the fields below
+	watching sync.WaitGroup // watch of the current connection; close waits for it
+	mu       sync.Mutex     // guards the fields below
 	addr     string
 	draining bool
 	conn     *quic.Conn
@@ -162,12 +163,14 @@ func (p *peer) connection(ctx context.Context) (*quic.Conn, error) {
 			p.conn, p.lastErr = nil, errors.New("node left the cluster")
 			conn, err = nil, p.lastErr
 		}
+		if conn != nil {
+			p.watching.Go(func() { p.watch(conn) }) // under p.mu, before close can wait; ends when conn closes
+		}
 		p.mu.Unlock()
 		close(ch)
 		if conn != nil {
 			p.suspect.Store(false) // a new connection starts afresh
 			p.c.s.m.peerDials.Inc()
-			go p.watch(conn) // owned by conn: ends when it closes
 		} else {
 			p.suspect.Store(true) // unreachable for now: others first
 		}
@@ -296,6 +299,8 @@ func (p *peer) watch(conn *quic.Conn) {
 	}
 }
 
+// close ends the peer: its dials, its relay connection and the watch of
+// it, and its idle streams. It is safe more than once.
 func (p *peer) close() {
 	p.cancel()
 	p.mu.Lock()
@@ -305,6 +310,7 @@ func (p *peer) close() {
 	if conn != nil {
 		conn.CloseWithError(quicutil.ConnCodeGoingAway, "node left the cluster")
 	}
+	p.watching.Wait()
 	p.h1.closeIdle(true)
 	p.rt.CloseIdleConnections()
 	p.rt2.CloseIdleConnections()

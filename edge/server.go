@@ -204,7 +204,7 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	s.tr, s.ln = tr, ln
 	s.mu.Unlock()
 	if s.cfg.Cluster != nil {
-		if err := s.startCluster(lns.Agent.LocalAddr()); err != nil {
+		if err := s.startCluster(ctx, lns.Agent.LocalAddr()); err != nil {
 			closeAll(lns)
 			ln.Close()
 			tr.Close()
