@@ -33,23 +33,23 @@ cluster:
     done
     wait
 
-# The full test suite, as CI runs it
+# The full test suite of every module (.ci/modules), as CI runs it
 test:
-    go test -race -shuffle=on ./...
+    bash .ci/test
 
 # Unit tests only (skips end-to-end tests and the benchmark smoke test)
 test-short:
-    go test -short ./...
+    bash .ci/test -short
 
 # End-to-end tests with the real binaries, curl, redis and WebSockets
 e2e:
     go test -race -count=1 ./cmd/e2e
 
-# gofmt, go vet and staticcheck
+# gofmt, go vet and staticcheck, in every module (.ci/modules)
 lint:
     test -z "$(gofmt -l .)" || (gofmt -l . && exit 1)
-    go vet ./...
-    go run honnef.co/go/tools/cmd/staticcheck@latest ./...
+    for dir in $(bash .ci/modules); do go -C "$dir" vet ./... || exit 1; done
+    for dir in $(bash .ci/modules); do go -C "$dir" run honnef.co/go/tools/cmd/staticcheck@latest ./... || exit 1; done
 
 # Fuzz every network parser, 60s each (FUZZTIME=10s just fuzz for less);
 # new corpus entries land in */testdata/fuzz
