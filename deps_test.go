@@ -54,3 +54,59 @@ func TestDeps(t *testing.T) {
 		}
 	}
 }
+
+// TestModuleGraph keeps Kubernetes, gRPC and connect-go out of the root
+// module's graph, and so out of the graph of every program that requires
+// the agent SDK: the tests that need them live in modules of their own
+// (deploy/, cmd/e2e/grpc/; .ci/modules lists them). It checks go mod graph
+// (every requirement a build of this module may consult) and the modules
+// of the packages ./... and its tests build from. GOWORK=off: a go.work
+// would widen both to other modules.
+func TestModuleGraph(t *testing.T) {
+	banned := func(mod string) bool {
+		mod, _, _ = strings.Cut(mod, "@")
+		for _, p := range []string{"k8s.io/", "sigs.k8s.io/", "connectrpc.com/", "google.golang.org/grpc/"} {
+			if strings.HasPrefix(mod+"/", p) {
+				return true
+			}
+		}
+		return false
+	}
+	goCmd := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("go", args...)
+		cmd.Env = append(cmd.Environ(), "GOWORK=off")
+		out, err := cmd.Output()
+		if err != nil {
+			var stderr []byte
+			if ee, ok := err.(*exec.ExitError); ok {
+				stderr = ee.Stderr
+			}
+			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, stderr)
+		}
+		return string(out)
+	}
+	const hint = "tests that need them belong in a module of their own, like deploy/ and cmd/e2e/grpc/"
+
+	var bad []string
+	for line := range strings.Lines(goCmd("mod", "graph")) {
+		from, to, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if ok && (banned(from) || banned(to)) {
+			bad = append(bad, from+" requires "+to)
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("go mod graph has %d edges to Kubernetes, gRPC or connect-go; %s:\n%s", len(bad), hint, strings.Join(bad[:min(len(bad), 10)], "\n"))
+	}
+
+	bad = bad[:0]
+	for line := range strings.Lines(goCmd("list", "-deps", "-test", "-f", "{{.ImportPath}} {{with .Module}}{{.Path}}{{end}}", "./...")) {
+		pkg, mod, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if banned(mod) {
+			bad = append(bad, pkg+" (module "+mod+")")
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("./... and its tests build from %d packages of Kubernetes, gRPC or connect-go; %s:\n%s", len(bad), hint, strings.Join(bad[:min(len(bad), 10)], "\n"))
+	}
+}
