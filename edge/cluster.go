@@ -76,15 +76,9 @@ func DefaultClusterConfig() ClusterConfig {
 
 func (c ClusterConfig) withDefaults() ClusterConfig {
 	d := DefaultClusterConfig()
-	if c.Label == "" {
-		c.Label = d.Label
-	}
-	if c.RejoinInterval == 0 {
-		c.RejoinInterval = d.RejoinInterval
-	}
-	if c.RebalanceInterval == 0 {
-		c.RebalanceInterval = d.RebalanceInterval
-	}
+	fill(&c.Label, d.Label)
+	fill(&c.RejoinInterval, d.RejoinInterval)
+	fill(&c.RebalanceInterval, d.RebalanceInterval)
 	if c.RebalanceBackoff <= 0 {
 		c.RebalanceBackoff = d.RebalanceBackoff
 	}

@@ -152,40 +152,26 @@ func DefaultConfig() Config {
 
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
-	def := func(v *time.Duration, dv time.Duration) {
-		if *v == 0 {
-			*v = dv
-		}
-	}
-	def(&c.ReadHeaderTimeout, d.ReadHeaderTimeout)
-	def(&c.IdleTimeout, d.IdleTimeout)
-	def(&c.ResponseHeaderTimeout, d.ResponseHeaderTimeout)
-	def(&c.StreamIdleTimeout, d.StreamIdleTimeout)
-	def(&c.TCPIdleTimeout, d.TCPIdleTimeout)
-	def(&c.OpenStreamTimeout, d.OpenStreamTimeout)
-	def(&c.HelloTimeout, d.HelloTimeout)
-	def(&c.ShutdownGrace, d.ShutdownGrace)
-	defInt := func(v *int, dv int) {
-		if *v == 0 {
-			*v = dv
-		}
-	}
-	defInt(&c.MaxHeaderBytes, d.MaxHeaderBytes)
-	defInt(&c.MaxEndpointsPerAgent, d.MaxEndpointsPerAgent)
-	defInt(&c.MaxInflightPerEndpoint, d.MaxInflightPerEndpoint)
-	defInt(&c.MaxConnsPerToken, d.MaxConnsPerToken)
-	defInt(&c.MaxStreamsPerAgent, d.MaxStreamsPerAgent)
-	defInt(&c.RegistrationsPerSecond, d.RegistrationsPerSecond)
-	defInt(&c.HandshakesPerSecond, d.HandshakesPerSecond)
-	defInt(&c.MaxConnsPerListener, d.MaxConnsPerListener)
-	defInt(&c.MaxConns, d.MaxConns)
-	defInt(&c.NewConnsPerIPPerSecond, d.NewConnsPerIPPerSecond)
-	if c.Version == "" {
-		c.Version = d.Version
-	}
-	if c.AccessLogSample == 0 {
-		c.AccessLogSample = d.AccessLogSample
-	}
+	fill(&c.ReadHeaderTimeout, d.ReadHeaderTimeout)
+	fill(&c.IdleTimeout, d.IdleTimeout)
+	fill(&c.ResponseHeaderTimeout, d.ResponseHeaderTimeout)
+	fill(&c.StreamIdleTimeout, d.StreamIdleTimeout)
+	fill(&c.TCPIdleTimeout, d.TCPIdleTimeout)
+	fill(&c.OpenStreamTimeout, d.OpenStreamTimeout)
+	fill(&c.HelloTimeout, d.HelloTimeout)
+	fill(&c.ShutdownGrace, d.ShutdownGrace)
+	fill(&c.MaxHeaderBytes, d.MaxHeaderBytes)
+	fill(&c.MaxEndpointsPerAgent, d.MaxEndpointsPerAgent)
+	fill(&c.MaxInflightPerEndpoint, d.MaxInflightPerEndpoint)
+	fill(&c.MaxConnsPerToken, d.MaxConnsPerToken)
+	fill(&c.MaxStreamsPerAgent, d.MaxStreamsPerAgent)
+	fill(&c.RegistrationsPerSecond, d.RegistrationsPerSecond)
+	fill(&c.HandshakesPerSecond, d.HandshakesPerSecond)
+	fill(&c.MaxConnsPerListener, d.MaxConnsPerListener)
+	fill(&c.MaxConns, d.MaxConns)
+	fill(&c.NewConnsPerIPPerSecond, d.NewConnsPerIPPerSecond)
+	fill(&c.Version, d.Version)
+	fill(&c.AccessLogSample, d.AccessLogSample)
 	if c.NodeID == "" {
 		c.NodeID = "edge-" + randomHex(4)
 	}
@@ -207,6 +193,14 @@ func (c Config) withDefaults() Config {
 		c.Auth = &ac
 	}
 	return c
+}
+
+// fill sets *v to d when it is zero.
+func fill[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
 }
 
 // Validate reports the first invalid field.
