@@ -6,7 +6,7 @@ import (
 )
 
 // Backoff paces reconnection: full jitter over an exponentially growing
-// ceiling (LIMITS.md).
+// ceiling (docs/limits.md).
 type Backoff struct {
 	Min time.Duration // first ceiling; if zero, 250ms
 	Max time.Duration // cap of the ceiling; if zero, 30s

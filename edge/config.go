@@ -13,7 +13,7 @@ import (
 )
 
 // Config configures a Server. Zero values select the documented defaults
-// (../shared/LIMITS.md gives the reasons for each).
+// (docs/limits.md lists them with the reasons for each).
 type Config struct {
 	// NodeID names this node in logs, headers and status; if empty, a random
 	// "edge-xxxxxxxx".

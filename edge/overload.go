@@ -11,7 +11,7 @@ import (
 )
 
 // Limits that keep one busy endpoint, agent or client from degrading the
-// others (LIMITS.md). Each is a Config field and a flag.
+// others (docs/limits.md). Each is a Config field and a flag.
 
 // endpointGate bounds the requests and TCP connections in flight to each
 // endpoint: beyond the bound they are refused at once (503) rather than

@@ -32,11 +32,11 @@ const (
 )
 
 // relayOpenTimeout bounds opening a stream on the connection to a peer;
-// then another owner is tried (LIMITS.md: relay-open timeout 1 s).
+// then another owner is tried (docs/limits.md: relay-open timeout 1 s).
 const relayOpenTimeout = time.Second
 
 // peerDialTimeout bounds dialling a peer: the QUIC handshake and both
-// proofs (LIMITS.md: QUIC handshake timeout 5 s). A node dials each peer as
+// proofs (docs/limits.md: QUIC handshake timeout 5 s). A node dials each peer as
 // soon as membership reports it, so requests seldom wait for a dial; one
 // that does waits for it rather than fail on a loaded host, where a
 // handshake can take more than the relay-open timeout.

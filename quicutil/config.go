@@ -9,7 +9,7 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
-// Link timing of agent connections (LIMITS.md: fail fast, like cloudflared).
+// Link timing of agent connections (docs/limits.md: fail fast, like cloudflared).
 const (
 	AgentKeepAlive    = 1 * time.Second
 	AgentIdleTimeout  = 5 * time.Second
@@ -62,7 +62,7 @@ func LinkConfig(maxIncoming int64) *quic.Config {
 
 // Timing of node-to-node relay connections: a peer that stops answering is
 // noticed within about PeerDeadAfter, so relayed requests move to another
-// owner quickly (LIMITS.md: relay-open timeout 1 s). A handshake gets the
+// owner quickly (docs/limits.md: relay-open timeout 1 s). A handshake gets the
 // QUIC handshake timeout of any other connection: nodes dial each other
 // when they meet, not while a request waits, and a loaded host may take
 // more than a second to complete one.

@@ -12,7 +12,7 @@ import (
 )
 
 // CopyBufferSize is the size of each direction's buffer in Join (the
-// per-connection proxy buffer of LIMITS.md).
+// per-connection proxy buffer of docs/limits.md).
 const CopyBufferSize = 32 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, CopyBufferSize); return &b }}

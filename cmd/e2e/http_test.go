@@ -291,7 +291,7 @@ func TestErrors(t *testing.T) {
 		"header just over 32 KiB": {
 			endpoint: "nope", header: http.Header{"X-Big": {strings.Repeat("a", 33<<10)}}, wantStatus: 431,
 		},
-		// LIMITS.md defaults for the front door.
+		// docs/limits.md defaults for the front door.
 		"more than 100 header fields": {
 			endpoint: "nope", header: manyHeaders(150), wantStatus: 431,
 		},

@@ -29,7 +29,7 @@ const (
 	eConns   = 16
 	eStreams = 10
 	// eMaxInFlight is the edge's limit of in-flight requests per endpoint
-	// (LIMITS.md; beyond it the edge answers 503 at once): at high
+	// (docs/limits.md; beyond it the edge answers 503 at once): at high
 	// connection counts E opens fewer streams per connection to stay at it.
 	eMaxInFlight = 256
 )
