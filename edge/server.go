@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
+	"github.com/pico-edge/pico/edge/auth"
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
 )
@@ -46,7 +47,7 @@ type Server struct {
 	local   *routing.Local // what this node announces to the cluster
 	epoch   uint64         // this start of the node, for the cluster
 	cluster *cluster       // nil unless Config.Cluster
-	auth    *authenticator // nil unless Config.Auth
+	auth    *auth.Verifier // nil unless Config.Auth
 	m       *serverMetrics
 
 	gate       *endpointGate // requests in flight per endpoint
@@ -114,7 +115,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.m = newServerMetrics(cfg.Metrics, s)
 	if cfg.Auth != nil {
-		s.auth = newAuthenticator(*cfg.Auth, cfg.Metrics, cfg.Logger)
+		var err error
+		if s.auth, err = auth.New(*cfg.Auth, cfg.Metrics, cfg.Logger); err != nil {
+			return nil, fmt.Errorf("edge: config: %w", err)
+		}
 	}
 	s.gate = &endpointGate{max: int64(cfg.MaxInflightPerEndpoint)}
 	s.connLimits = &connLimits{perListener: int64(cfg.MaxConnsPerListener), global: int64(cfg.MaxConns),
@@ -247,8 +251,8 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	s.tlsDoor = door
 	s.mu.Unlock()
 	g.Go(func() error { return s.acceptAgents(ln) })
-	if s.auth != nil && s.auth.jwks != nil {
-		g.Go(func() error { s.auth.jwks.run(); return nil }) // until shutdown closes it
+	if s.auth != nil {
+		g.Go(func() error { s.auth.Run(); return nil }) // until shutdown closes it
 	}
 	g.Go(func() error {
 		if err := s.httpSrv.Serve(guardListener{lns.Proxy, s.cfg.MaxHeaderBytes + 4096}); !errors.Is(err, http.ErrServerClosed) {
@@ -401,8 +405,8 @@ func (s *Server) shutdown(graceful bool) {
 	}
 	s.peerIn = nil // one that completes its hello now closes itself
 	s.mu.Unlock()
-	if s.auth != nil && s.auth.jwks != nil {
-		s.auth.jwks.close() // a Hello waiting on a JWKS fetch gives up
+	if s.auth != nil {
+		s.auth.Close() // a Hello waiting on a JWKS fetch gives up
 	}
 	s.conns.Wait()
 	tr.Close()
