@@ -269,7 +269,8 @@ func New(cfg Config, set *metrics.Set, log *slog.Logger) (*Verifier, error) {
 // Its slices and keys are v's own: do not modify them.
 func (v *Verifier) Config() Config { return v.cfg }
 
-// Refused counts a refused token of who, one of the Who constants.
+// Refused counts a refused token of who, one of the Who constants; any
+// other value panics.
 func (v *Verifier) Refused(who Who) {
 	c, ok := v.refused[who]
 	if !ok {
@@ -298,7 +299,8 @@ func (v *Verifier) Run() {
 }
 
 // Close stops Run and ends a JWKS fetch in flight (a token waiting on
-// that fetch is refused), then waits for Run to return. It is safe to
+// that fetch is judged by the keys known before), then waits for Run to
+// return. Verify still works after Close, without fetching. It is safe to
 // call more than once, and before Run or without it.
 func (v *Verifier) Close() {
 	v.cancel()
@@ -540,15 +542,15 @@ func (v *Verifier) explain(err error, tok *jwt.Token, c *picoClaims, allowed []s
 
 // Status is the auth section of an edge node's /status/node.
 type Status struct {
-	Agents      string    `json:"agents"`  // "jwt" or "none"
-	Clients     string    `json:"clients"` // "jwt" or "none"
-	Algorithms  []string  `json:"algorithms,omitempty"`
-	Issuer      string    `json:"issuer,omitempty"`
-	Audience    string    `json:"audience,omitempty"`
-	JWKSURL     string    `json:"jwks_url,omitempty"`
-	JWKSKeys    int       `json:"jwks_keys,omitempty"`
-	JWKSFetched time.Time `json:"jwks_fetched,omitzero"`
-	JWKSError   string    `json:"jwks_error,omitempty"`
+	Agents      string    `json:"agents"`                // "jwt" or "none"
+	Clients     string    `json:"clients"`               // "jwt" or "none"
+	Algorithms  []string  `json:"algorithms,omitempty"`  // those Algorithms returns
+	Issuer      string    `json:"issuer,omitempty"`      // Config.Issuer
+	Audience    string    `json:"audience,omitempty"`    // Config.Audience
+	JWKSURL     string    `json:"jwks_url,omitempty"`    // Config.JWKSURL
+	JWKSKeys    int       `json:"jwks_keys,omitempty"`   // keys of the JWKS file and URL
+	JWKSFetched time.Time `json:"jwks_fetched,omitzero"` // the last good fetch of JWKSURL
+	JWKSError   string    `json:"jwks_error,omitempty"`  // why the last fetch failed; "" if it did not
 }
 
 // Status reports what v checks and how its JWKS fetches went. A nil v
