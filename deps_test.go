@@ -8,7 +8,8 @@ import (
 )
 
 // TestDeps enforces the package map of DESIGN.md: arrows point one way,
-// cmd -> edge, agent -> routing, quicutil, certs.
+// cmd -> edge, agent -> routing, quicutil, certs. edge/auth is a leaf
+// too, and only edge and cmd import it.
 func TestDeps(t *testing.T) {
 	out, err := exec.Command("go", "list", "-json=ImportPath,Imports", "./...").Output()
 	if err != nil {
@@ -33,17 +34,24 @@ func TestDeps(t *testing.T) {
 	// The leaves, and the parts of edge that stand alone: each imports no
 	// package of ours (edge composes them).
 	leaves := map[string]bool{"routing": true, "quicutil": true, "certs": true,
-		"edge/admin": true, "edge/frontdoor": true}
+		"edge/admin": true, "edge/auth": true, "edge/frontdoor": true}
+	for leaf := range leaves {
+		if _, ok := imports[leaf]; !ok {
+			t.Errorf("go list found no package %s", leaf)
+		}
+	}
 	for pkg, deps := range imports {
 		for _, d := range deps {
 			own, ours := strings.CutPrefix(d, mod)
 			switch {
 			case leaves[pkg] && ours:
-				t.Errorf("%s imports %s: routing, quicutil, certs, edge/admin and edge/frontdoor import no package of ours", pkg, d)
+				t.Errorf("%s imports %s: routing, quicutil, certs, edge/admin, edge/auth and edge/frontdoor import no package of ours", pkg, d)
 			case pkg == "agent" && (own == "edge" || own == "routing" || strings.HasPrefix(own, "edge/")):
 				t.Errorf("agent imports %s", d)
 			case (pkg == "edge" || pkg == "routing") && own == "agent":
 				t.Errorf("%s imports agent", pkg)
+			case own == "edge/auth" && pkg != "edge" && !strings.HasPrefix(pkg, "edge/") && !strings.HasPrefix(pkg, "cmd"):
+				t.Errorf("%s imports edge/auth: only edge, edge/... and cmd/... do", pkg)
 			case own == "edge/edgetest" || strings.HasPrefix(own, "cmd"):
 				if !strings.HasPrefix(pkg, "cmd") {
 					t.Errorf("%s imports %s (test harnesses and commands are imported only by tests and commands)", pkg, d)

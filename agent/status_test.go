@@ -12,6 +12,7 @@ import (
 
 	"github.com/pico-edge/pico/agent"
 	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/auth"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
 )
@@ -168,7 +169,7 @@ func TestStatusWithdrawn(t *testing.T) {
 	secret := []byte("0123456789abcdef0123456789abcdef-status-test")
 	n := edgetest.NewNode(t, func(c *edge.Config) {
 		c.NodeID = "solo"
-		c.Auth = &edge.AuthConfig{HMACSecret: secret, Leeway: time.Second}
+		c.Auth = &auth.Config{HMACSecret: secret, Leeway: time.Second}
 	})
 	mint := func(endpoints ...string) string {
 		s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{

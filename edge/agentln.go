@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/pico-edge/pico/edge/admin"
+	"github.com/pico-edge/pico/edge/auth"
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
 )
@@ -109,7 +110,7 @@ type session struct {
 	mu        sync.Mutex // guards the fields below
 	endpoints map[routing.EndpointID]quicutil.Kind
 	closing   bool
-	grant     grant       // what the token allows (with auth on; see auth.go)
+	grant     auth.Grant  // what the token allows (with auth on; see authz.go)
 	grantGen  int         // bumped by each new grant
 	expiry    *time.Timer // closes the connection when the token expires
 
@@ -180,11 +181,11 @@ func (s *Server) startSession(conn *quic.Conn) (sess *session, br quicutil.Messa
 		conn.CloseWithError(code, err.Error())
 		return nil, nil, nil, err
 	}
-	var g grant
+	var g auth.Grant
 	var tokenKey [sha256.Size]byte
 	if s.auth != nil {
-		if g, err = s.auth.verify(hello.Token); err != nil {
-			s.auth.m.refused["agent"].Inc()
+		if g, err = s.auth.Verify(hello.Token); err != nil {
+			s.auth.Refused(auth.WhoAgent)
 			log.Warn("agent connection refused: token", "agent_id", hello.AgentID, "err", err)
 			conn.CloseWithError(quicutil.ConnCodeUnauthorized, err.Error())
 			return nil, nil, nil, err
@@ -222,8 +223,8 @@ func (s *Server) startSession(conn *quic.Conn) (sess *session, br quicutil.Messa
 		sess.mu.Lock()
 		sess.setGrantLocked(g)
 		sess.mu.Unlock()
-		sess.connAttrs = append(sess.connAttrs, "subject", g.subject,
-			"endpoints_allowed", g.scope.String(), "token_expires", g.expires.UTC().Format(time.RFC3339))
+		sess.connAttrs = append(sess.connAttrs, "subject", g.Subject(),
+			"endpoints_allowed", g.Scope().String(), "token_expires", g.Expires().UTC().Format(time.RFC3339))
 	}
 	// "agent connected" waits for the first registration or a second: an
 	// agent that only looks at which node it reached (a link slot finding
@@ -367,7 +368,7 @@ func (sess *session) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
 		return fail(quicutil.StatusShuttingDown, "connection closing")
 	}
 	if !sess.allowsLocked(ep.ID) {
-		return fail(quicutil.StatusForbidden, "%s", forbidden(sess.grant.scope, ep.ID))
+		return fail(quicutil.StatusForbidden, "%s", auth.Forbidden(sess.grant.Scope(), ep.ID))
 	}
 	if k, ok := sess.endpoints[id]; ok && k == ep.Kind {
 		return r // registered already

@@ -30,6 +30,7 @@ import (
 
 	"github.com/pico-edge/pico/agent"
 	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/auth"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
 )
@@ -93,10 +94,10 @@ func unsigned(c jwt.MapClaims) string {
 
 // authOpt configures a node to verify tokens with the test keys, checking
 // them against clock; mut adjusts the rest.
-func authOpt(clock func() time.Time, mut ...func(*edge.AuthConfig)) func(*edge.Config) {
+func authOpt(clock func() time.Time, mut ...func(*auth.Config)) func(*edge.Config) {
 	return func(c *edge.Config) {
 		k := testKeys()
-		ac := &edge.AuthConfig{
+		ac := &auth.Config{
 			HMACSecret:       k.hmac,
 			RSAPublicKey:     &k.rsa.PublicKey,
 			Ed25519PublicKey: k.ed.Public().(ed25519.PublicKey),
@@ -110,6 +111,9 @@ func authOpt(clock func() time.Time, mut ...func(*edge.AuthConfig)) func(*edge.C
 		c.Auth = ac
 	}
 }
+
+// withProxyAuth makes clients present a token too; for authOpt.
+func withProxyAuth(c *auth.Config) { c.ProxyAuth = true }
 
 func fixedClock(t time.Time) func() time.Time { return func() time.Time { return t } }
 
@@ -234,7 +238,7 @@ func TestAgentAuthAlgorithmConfusion(t *testing.T) {
 	now := time.Now()
 	k := testKeys()
 	n := edgetest.NewNode(t, func(c *edge.Config) {
-		c.Auth = &edge.AuthConfig{RSAPublicKey: &k.rsa.PublicKey, Now: fixedClock(now)}
+		c.Auth = &auth.Config{RSAPublicKey: &k.rsa.PublicKey, Now: fixedClock(now)}
 	})
 	der, _ := x509.MarshalPKIXPublicKey(&k.rsa.PublicKey)
 	for name, secret := range map[string][]byte{
@@ -412,7 +416,7 @@ func TestJWKSRotation(t *testing.T) {
 	var offset atomic.Int64
 	clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 	n := edgetest.NewNode(t, func(c *edge.Config) {
-		c.Auth = &edge.AuthConfig{JWKSURL: srv.URL, JWKSRefresh: time.Hour, Now: clock, Audience: testAudience, Issuer: testIssuer}
+		c.Auth = &auth.Config{JWKSURL: srv.URL, JWKSRefresh: time.Hour, Now: clock, Audience: testAudience, Issuer: testIssuer}
 	})
 	register := func(t *testing.T, token string) error {
 		a := n.NewAgent(t, func(c *agent.Config) { c.Token = token })
@@ -472,17 +476,17 @@ func TestAuthConfigValidation(t *testing.T) {
 	small, _ := rsa.GenerateKey(rand.Reader, 1024)
 	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
 	tests := map[string]struct {
-		auth edge.AuthConfig
+		auth auth.Config
 		want string
 	}{
-		"no key":          {edge.AuthConfig{Issuer: "x"}, "Auth has no key"},
-		"short secret":    {edge.AuthConfig{HMACSecret: []byte("short")}, "HMAC secret of 5 bytes (min 32)"},
-		"small RSA":       {edge.AuthConfig{RSAPublicKey: &small.PublicKey}, "RSA key of 1024 bits (min 2048)"},
-		"P-224":           {edge.AuthConfig{ECDSAPublicKey: &p224.PublicKey}, "ECDSA key on curve P-224"},
-		"bad JWKS":        {edge.AuthConfig{JWKS: []byte(`{"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}`)}, "P-256 coordinates of 1 and 1 bytes"},
-		"not a JWKS":      {edge.AuthConfig{JWKS: []byte(`{"kty": "EC"}`)}, `no "keys" array`},
-		"JWKS URL":        {edge.AuthConfig{JWKSURL: "file:///etc/keys"}, "want http:// or https://"},
-		"negative leeway": {edge.AuthConfig{HMACSecret: k.hmac, Leeway: -time.Second}, "Auth.Leeway is negative"},
+		"no key":          {auth.Config{Issuer: "x"}, "Auth has no key"},
+		"short secret":    {auth.Config{HMACSecret: []byte("short")}, "HMAC secret of 5 bytes (min 32)"},
+		"small RSA":       {auth.Config{RSAPublicKey: &small.PublicKey}, "RSA key of 1024 bits (min 2048)"},
+		"P-224":           {auth.Config{ECDSAPublicKey: &p224.PublicKey}, "ECDSA key on curve P-224"},
+		"bad JWKS":        {auth.Config{JWKS: []byte(`{"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}`)}, "P-256 coordinates of 1 and 1 bytes"},
+		"not a JWKS":      {auth.Config{JWKS: []byte(`{"kty": "EC"}`)}, `no "keys" array`},
+		"JWKS URL":        {auth.Config{JWKSURL: "file:///etc/keys"}, "want http:// or https://"},
+		"negative leeway": {auth.Config{HMACSecret: k.hmac, Leeway: -time.Second}, "Auth.Leeway is negative"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -504,7 +508,7 @@ func TestJWKSFile(t *testing.T) {
 		map[string]string{"kty": "oct", "kid": "s", "k": "c2VjcmV0"}, // skipped: no secrets in a key set
 		map[string]string{"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
 	}})
-	n := edgetest.NewNode(t, func(c *edge.Config) { c.Auth = &edge.AuthConfig{JWKS: b, Now: fixedClock(now)} })
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.Auth = &auth.Config{JWKS: b, Now: fixedClock(now)} })
 	a := n.NewAgent(t, func(c *agent.Config) { c.Token = sign(t, jwt.SigningMethodES256, k.ec, claims(now, "foo"), "e1") })
 	if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, "127.0.0.1:1"); err != nil {
 		t.Fatal(err)
@@ -533,7 +537,7 @@ func TestJWKSFile(t *testing.T) {
 // reaches the upstream.
 func TestClientAuth(t *testing.T) {
 	now := time.Now()
-	n := edgetest.NewNode(t, authOpt(fixedClock(now), func(c *edge.AuthConfig) { c.ProxyAuth = true }))
+	n := edgetest.NewNode(t, authOpt(fixedClock(now), func(c *auth.Config) { c.ProxyAuth = true }))
 	up := edgetest.Upstream(t, echoHeaders())
 	a := n.NewAgent(t, func(c *agent.Config) { c.Token = hs256(t, claims(now, "foo", "bar")) })
 	for _, id := range []string{"foo", "bar"} {
@@ -654,7 +658,7 @@ func want(t *testing.T, status, wantStatus int, auth, wantAuth, body, wantBody s
 // its stream header) that allows its endpoint.
 func TestForwardAuth(t *testing.T) {
 	now := time.Now()
-	n := edgetest.NewNode(t, authOpt(fixedClock(now), func(c *edge.AuthConfig) { c.ProxyAuth = true }))
+	n := edgetest.NewNode(t, authOpt(fixedClock(now), func(c *auth.Config) { c.ProxyAuth = true }))
 	server := n.NewAgent(t, func(c *agent.Config) { c.Token = hs256(t, claims(now, "db", "other")) })
 	echo := echoServer(t)
 	for _, id := range []string{"db", "other"} {
@@ -751,7 +755,7 @@ func TestAuthStatus(t *testing.T) {
 	}{
 		"none":              {nil, "none", "none"},
 		"agents":            {[]func(*edge.Config){authOpt(time.Now)}, "jwt (agents)", "none"},
-		"agents and client": {[]func(*edge.Config){authOpt(time.Now, func(c *edge.AuthConfig) { c.ProxyAuth = true })}, "jwt (agents and clients)", "jwt"},
+		"agents and client": {[]func(*edge.Config){authOpt(time.Now, func(c *auth.Config) { c.ProxyAuth = true })}, "jwt (agents and clients)", "jwt"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			n := edgetest.NewNode(t, tc.opts...)
@@ -843,5 +847,38 @@ func TestEndpointTakeoverAcrossNodes(t *testing.T) {
 	}
 	if _, targets, _ := c.Nodes[1].Server.Table().Lookup("foo"); len(targets) != 0 {
 		t.Fatalf("node 1 has %d local agents for foo, want 0", len(targets))
+	}
+}
+
+// TestScopeEndpointIDRule: edge/auth, a leaf, keeps its own copy of the
+// endpoint ID rule; it must agree with quicutil's, message and all.
+func TestScopeEndpointIDRule(t *testing.T) {
+	alphabet := []string{"a", "z", "0", "9", "-", "A", "_", ".", " ", "\u00e9"}
+	ids := []string{"", strings.Repeat("a", 62), strings.Repeat("a", 63), strings.Repeat("a", 64),
+		strings.Repeat("x", 200), "team-a-web-1", "-" + strings.Repeat("a", 62), strings.Repeat("a", 62) + "-"}
+	var gen func(prefix string, n int)
+	gen = func(prefix string, n int) {
+		if n == 0 {
+			ids = append(ids, prefix)
+			return
+		}
+		for _, c := range alphabet {
+			gen(prefix+c, n-1)
+		}
+	}
+	for n := 1; n <= 3; n++ {
+		gen("", n)
+	}
+	for _, id := range ids {
+		want := quicutil.ValidateEndpointID(id)
+		got := auth.ValidateEndpointPattern(id)
+		switch {
+		case want == nil && got != nil:
+			t.Errorf("%q: auth says %v, quicutil accepts it", id, got)
+		case want != nil && got == nil:
+			t.Errorf("%q: auth accepts it, quicutil says %v", id, want)
+		case want != nil && !strings.HasSuffix(got.Error(), ": "+want.Error()):
+			t.Errorf("%q: auth says %q, want it to end with quicutil's %q", id, got, want)
+		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/quic-go/quic-go"
+
+	"github.com/pico-edge/pico/edge/auth"
 )
 
 // Config configures a Server. Zero values select the documented defaults
@@ -105,7 +107,7 @@ type Config struct {
 	Cluster *ClusterConfig
 	// Auth makes agents (and, with Auth.ProxyAuth, clients) present a
 	// token; nil: no authentication, which the node warns about at start.
-	Auth *AuthConfig
+	Auth *auth.Config
 
 	// Logger receives logs; if nil, logs are discarded.
 	Logger *slog.Logger
@@ -189,7 +191,7 @@ func (c Config) withDefaults() Config {
 		c.Cluster = &cc
 	}
 	if c.Auth != nil {
-		ac := c.Auth.withDefaults()
+		ac := c.Auth.WithDefaults()
 		c.Auth = &ac
 	}
 	return c
@@ -237,8 +239,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("edge: config: MaxEndpointsPerAgent is negative (%d)", c.MaxEndpointsPerAgent)
 	}
 	if c.Auth != nil {
-		if err := c.Auth.validate(); err != nil {
-			return err
+		if err := c.Auth.Validate(); err != nil {
+			return fmt.Errorf("edge: config: %w", err)
 		}
 	}
 	if c.Cluster != nil {

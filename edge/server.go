@@ -22,6 +22,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pico-edge/pico/edge/auth"
 	"github.com/pico-edge/pico/edge/frontdoor"
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
@@ -45,7 +46,7 @@ type Server struct {
 	local   *routing.Local // what this node announces to the cluster
 	epoch   uint64         // this start of the node, for the cluster
 	cluster *cluster       // nil unless Config.Cluster
-	auth    *authenticator // nil unless Config.Auth
+	auth    *auth.Verifier // nil unless Config.Auth
 	m       *serverMetrics
 
 	gate *endpointGate // requests in flight per endpoint
@@ -104,7 +105,10 @@ func New(cfg Config) (*Server, error) {
 		runDone:    make(chan struct{}),
 	}
 	if cfg.Auth != nil {
-		s.auth = newAuthenticator(*cfg.Auth, cfg.Metrics, cfg.Logger)
+		var err error
+		if s.auth, err = auth.New(*cfg.Auth, cfg.Metrics, cfg.Logger); err != nil {
+			return nil, fmt.Errorf("edge: config: %w", err)
+		}
 	}
 	s.gate = &endpointGate{max: int64(cfg.MaxInflightPerEndpoint)}
 	s.proxy = s.newProxy()
@@ -222,8 +226,8 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		return err
 	}
 	g.Go(func() error { return s.acceptAgents(ln) })
-	if s.auth != nil && s.auth.jwks != nil {
-		g.Go(func() error { s.auth.jwks.run(); return nil }) // until shutdown closes it
+	if s.auth != nil {
+		g.Go(func() error { s.auth.Run(); return nil }) // until shutdown closes it
 	}
 	if lns.Admin != nil {
 		s.adminSrv = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
@@ -413,8 +417,8 @@ func (s *Server) closeAgents() {
 	}
 	s.peerIn = nil // one that completes its hello now closes itself
 	s.mu.Unlock()
-	if s.auth != nil && s.auth.jwks != nil {
-		s.auth.jwks.close() // a Hello waiting on a JWKS fetch gives up
+	if s.auth != nil {
+		s.auth.Close() // a Hello waiting on a JWKS fetch gives up
 	}
 	s.conns.Wait()
 	tr.Close()

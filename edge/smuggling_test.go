@@ -57,7 +57,7 @@ func runSmugglingVectors(t *testing.T, auth bool) {
 	token := ""
 	if auth {
 		now := time.Now()
-		opts = append(opts, authOpt(fixedClock(now), func(c *edge.AuthConfig) { c.ProxyAuth = true }))
+		opts = append(opts, authOpt(fixedClock(now), withProxyAuth))
 		token = hs256(t, claims(now, "v*"))
 	}
 	n := edgetest.NewNode(t, opts...)

@@ -62,12 +62,12 @@ func (n adminNode) Agents() admin.Agents {
 		out = append(out, sess.info())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Session < out[j].Session })
-	return admin.Agents{NodeID: s.cfg.NodeID, Auth: s.authMode(), Agents: out}
+	return admin.Agents{NodeID: s.cfg.NodeID, Auth: s.auth.Mode(), Agents: out} // a nil Verifier says "none"
 }
 
 func (n adminNode) Status() admin.NodeStatus {
 	s := n.s
-	return admin.NodeStatus{NodeID: s.cfg.NodeID, Version: s.cfg.Version, Draining: s.draining.Load(), Auth: s.authStatus()}
+	return admin.NodeStatus{NodeID: s.cfg.NodeID, Version: s.cfg.Version, Draining: s.draining.Load(), Auth: s.auth.Status()}
 }
 
 func (n adminNode) Members() admin.Members { return n.s.memberStatus() }

@@ -21,6 +21,7 @@ import (
 	"github.com/pico-edge/pico/agent"
 	"github.com/pico-edge/pico/certs"
 	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/auth"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
 )
@@ -278,7 +279,7 @@ func TestServeStatusAndAdmin(t *testing.T) {
 func TestServeExitsWhenWithdrawn(t *testing.T) {
 	n := edgetest.NewNode(t, func(c *edge.Config) {
 		c.NodeID = "solo"
-		c.Auth = &edge.AuthConfig{HMACSecret: testSecret, Leeway: time.Second}
+		c.Auth = &auth.Config{HMACSecret: testSecret, Leeway: time.Second}
 	})
 	file := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(file, []byte(mint(t, time.Now().Add(time.Hour), "web")), 0o600); err != nil {
@@ -305,7 +306,7 @@ func TestServeExitsWhenWithdrawn(t *testing.T) {
 // could fare better.
 func TestForwardExitsWhenForbidden(t *testing.T) {
 	n := edgetest.NewNode(t, func(c *edge.Config) {
-		c.Auth = &edge.AuthConfig{HMACSecret: testSecret, Leeway: time.Second, ProxyAuth: true}
+		c.Auth = &auth.Config{HMACSecret: testSecret, Leeway: time.Second, ProxyAuth: true}
 	})
 	g := &Globals{Edge: n.AgentAddr, CA: caFile(t, n.Bundle), Token: mint(t, time.Now().Add(time.Hour), "free")}
 	cmd := &ForwardCmd{Local: "127.0.0.1:0", Endpoint: "db"}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pico-edge/pico/agent"
 	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/auth"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
 )
@@ -33,7 +34,7 @@ func mint(t *testing.T, exp time.Time, endpoints ...string) string {
 // old token expires: the endpoint stays registered past that expiry.
 func TestTokenFileRefresh(t *testing.T) {
 	n := edgetest.NewNode(t, func(c *edge.Config) {
-		c.Auth = &edge.AuthConfig{HMACSecret: testSecret, Leeway: time.Second}
+		c.Auth = &auth.Config{HMACSecret: testSecret, Leeway: time.Second}
 	})
 	file := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(file, []byte(mint(t, time.Now().Add(2*time.Second), "foo")+"\n"), 0o600); err != nil {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/auth"
 )
 
 // AuthFlags are pico-edge's authentication flags.
@@ -34,8 +34,8 @@ type AuthFlags struct {
 
 // config returns the edge's auth configuration: nil when no key is
 // configured, which means no authentication.
-func (f *AuthFlags) config() (*edge.AuthConfig, error) {
-	ac := &edge.AuthConfig{
+func (f *AuthFlags) config() (*auth.Config, error) {
+	ac := &auth.Config{
 		JWKSURL:     f.AuthJWKSURL,
 		JWKSRefresh: f.AuthJWKSRefresh,
 		Issuer:      f.AuthIssuer,
@@ -115,8 +115,8 @@ func loadHMACSecret(path string) ([]byte, error) {
 		return nil, err
 	}
 	b = bytes.TrimRight(b, " \t\r\n")
-	if len(b) < edge.MinHMACSecret {
-		return nil, fmt.Errorf("%s: secret of %d bytes, want at least %d (openssl rand -base64 32 > %s)", path, len(b), edge.MinHMACSecret, path)
+	if len(b) < auth.MinHMACSecret {
+		return nil, fmt.Errorf("%s: secret of %d bytes, want at least %d (openssl rand -base64 32 > %s)", path, len(b), auth.MinHMACSecret, path)
 	}
 	return b, nil
 }

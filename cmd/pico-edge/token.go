@@ -10,7 +10,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/auth"
 )
 
 // TokenCmd mints an HS256 token.
@@ -26,7 +26,7 @@ type TokenCmd struct {
 // run mints the token and prints it on out; notes go to errOut.
 func (t *TokenCmd) run(out, errOut io.Writer, now time.Time) error {
 	for _, e := range t.Endpoints {
-		if err := edge.ValidateEndpointPattern(e); err != nil {
+		if err := auth.ValidateEndpointPattern(e); err != nil {
 			return fmt.Errorf("--endpoints: %w", err)
 		}
 	}

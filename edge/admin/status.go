@@ -42,7 +42,7 @@ type NodeStatus struct {
 	NodeID   string `json:"node_id"`
 	Version  string `json:"version"`
 	Draining bool   `json:"draining"`
-	Auth     any    `json:"auth"` // what the node checks, from its authentication set-up
+	Auth     any    `json:"auth"` // what the node checks (edge/auth.Status)
 }
 
 // Members is /status/members: the cluster as this node sees it, itself

@@ -1,4 +1,4 @@
-package edge
+package auth
 
 import (
 	"context"
@@ -151,15 +151,14 @@ func jwkPublicKey(kty, crv, n, e, x, y string) (any, error) {
 	return nil, nil
 }
 
-// jwksSet holds the keys of AuthConfig.JWKS and of AuthConfig.JWKSURL,
-// which it fetches again periodically and when a token names a kid it
-// does not know.
+// jwksSet holds the keys of Config.JWKS and of Config.JWKSURL, which it
+// fetches again periodically and when a token names a kid it does not
+// know.
 type jwksSet struct {
-	cfg    AuthConfig
-	log    *slog.Logger
-	file   []jwkKey // from AuthConfig.JWKS
-	ctx    context.Context
-	cancel context.CancelFunc
+	cfg  Config
+	log  *slog.Logger
+	file []jwkKey        // from Config.JWKS
+	ctx  context.Context // done when the Verifier closes
 
 	fetchMu sync.Mutex // one fetch at a time
 
@@ -170,10 +169,9 @@ type jwksSet struct {
 	lastErr string
 }
 
-func newJWKSSet(cfg AuthConfig, log *slog.Logger) *jwksSet {
+func newJWKSSet(ctx context.Context, cfg Config, log *slog.Logger) *jwksSet {
 	file, _ := parseJWKS(cfg.JWKS) // validated with the config
-	ctx, cancel := context.WithCancel(context.Background())
-	return &jwksSet{cfg: cfg, log: log, file: file, ctx: ctx, cancel: cancel}
+	return &jwksSet{cfg: cfg, log: log, file: file, ctx: ctx}
 }
 
 // keys returns every key: those fetched, then those of the file.
@@ -220,7 +218,7 @@ func (j *jwksSet) refreshFor(kid string) (jwkKey, bool) {
 	return j.lookup(kid)
 }
 
-// run fetches JWKSURL now and every JWKSRefresh until close.
+// run fetches JWKSURL now and every JWKSRefresh until ctx is done.
 func (j *jwksSet) run() {
 	if j.cfg.JWKSURL == "" {
 		return
@@ -298,10 +296,4 @@ func (j *jwksSet) get() ([]jwkKey, error) {
 		return nil, fmt.Errorf("GET %s: no usable signature key in the set", j.cfg.JWKSURL)
 	}
 	return keys, nil
-}
-
-// close stops fetching and ends a fetch in flight.
-func (j *jwksSet) close() {
-	j.cancel()
-	j.cfg.JWKSClient.CloseIdleConnections()
 }
