@@ -76,9 +76,10 @@ type Config struct {
 	// RegistrationsPerSecond bounds the Register messages one agent
 	// connection may send (burst: twice as many); if zero, 10.
 	RegistrationsPerSecond int
-	// HandshakesPerSecond is the rate of new QUIC connections (agents,
-	// peers, HTTP/3 clients) above which a client must first prove its
-	// address with a Retry; if zero, 200; negative: never.
+	// HandshakesPerSecond is the rate of new QUIC connections above which
+	// a client must first prove its address with a Retry, counted apart on
+	// the agent port (agents, forwarders, peers) and on the HTTP/3 door;
+	// if zero, 200; negative: never.
 	HandshakesPerSecond int
 	// MaxConnsPerListener and MaxConns bound the open client connections
 	// of each TCP front door and of all of them; if zero, 10,000 and

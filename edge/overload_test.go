@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -17,6 +20,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/qlog"
 
 	"github.com/pico-edge/pico/agent"
 	"github.com/pico-edge/pico/edge"
@@ -444,5 +449,48 @@ func TestStreamsPerAgent(t *testing.T) {
 	// The two streams are back in the pool: a request reuses one.
 	if resp, body := do(t, c, n.Request(t, "GET", "slow", "/", nil)); resp.StatusCode != 200 {
 		t.Fatalf("after the held requests: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestHTTP3HandshakeRetryAboveRate: the HTTP/3 door has the handshake
+// limiter too. With one handshake a second allowed, new HTTP/3 clients
+// must first pass a Retry (their qlog shows one) and still get answers.
+func TestHTTP3HandshakeRetryAboveRate(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.HandshakesPerSecond = 1 })
+	serve(t, n, "web", quicutil.KindHTTP, edgetest.Upstream(t, echoHeaders()))
+	dir := t.TempDir()
+	t.Setenv("QLOGDIR", dir)
+	for i := range 4 {
+		tr := &http3.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: n.CAPool, ServerName: "localhost"},
+			QUICConfig:      &quic.Config{Tracer: qlog.DefaultConnectionTracer},
+		}
+		req, _ := http.NewRequest("GET", n.TLSURL+"/", nil)
+		req.Host = "web.localhost"
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			tr.Close()
+			t.Fatalf("HTTP/3 client %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		tr.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("HTTP/3 client %d: %s", i, resp.Status)
+		}
+	}
+	retried := 0
+	files, _ := filepath.Glob(filepath.Join(dir, "*.sqlog"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, []byte(`"packet_type":"retry"`)) {
+			retried++
+		}
+	}
+	if len(files) != 4 || retried < 2 {
+		t.Fatalf("%d qlog files, %d with a Retry; want 4 clients and at least 2 of them retried (1 handshake a second)", len(files), retried)
 	}
 }

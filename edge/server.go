@@ -116,9 +116,12 @@ func New(cfg Config) (*Server, error) {
 		Handler:           s.proxy,
 		GetCertificate:    cfg.GetCertificate,
 		StatelessResetKey: cfg.StatelessResetKey,
-		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
-		IdleTimeout:       cfg.IdleTimeout,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		// HTTP/3 handshakes get a limiter of their own: a flood of
+		// clients does not make agents pass a Retry, nor the reverse.
+		VerifySourceAddress: handshakeLimiter(cfg.HandshakesPerSecond),
+		ReadHeaderTimeout:   cfg.ReadHeaderTimeout,
+		IdleTimeout:         cfg.IdleTimeout,
+		MaxHeaderBytes:      cfg.MaxHeaderBytes,
 		Limits: frontdoor.Limits{
 			PerListener: cfg.MaxConnsPerListener,
 			Global:      cfg.MaxConns,

@@ -56,7 +56,7 @@ type CLI struct {
 	MaxConnsPerToken       int           `help:"Agent connections one token may hold to this node at once (when tokens are checked); beyond, refused with a limit error." default:"${max_conns_per_token}" group:"Limits"`
 	MaxInflightPerEndpoint int           `help:"Requests and TCP connections in flight to one endpoint on this node; beyond, 503 at once." default:"${max_inflight_per_endpoint}" group:"Limits"`
 	RegistrationsPerSecond int           `help:"Register messages one agent connection may send a second (burst: twice as many); beyond, the agent waits." default:"${registrations_per_second}" group:"Limits"`
-	HandshakesPerSecond    int           `help:"New QUIC connections a second above which clients must first pass a Retry (one more round trip); negative: never." default:"${handshakes_per_second}" group:"Limits"`
+	HandshakesPerSecond    int           `help:"New QUIC connections a second, on the agent port and on the HTTP/3 door each, above which clients must first pass a Retry (one more round trip); negative: never." default:"${handshakes_per_second}" group:"Limits"`
 	MaxConnsPerListener    int           `help:"Open client connections on each TCP front door." default:"${max_conns_per_listener}" group:"Limits"`
 	MaxConns               int           `help:"Open client connections on all TCP front doors." default:"${max_conns}" group:"Limits"`
 	NewConnsPerIP          int           `help:"New client connections a second from one IP address (burst: twice as many; --trusted-proxies exempt); beyond, 429 on plain HTTP and a closed connection on TLS; negative: no limit." default:"${new_conns_per_ip}" group:"Limits"`

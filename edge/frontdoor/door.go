@@ -30,11 +30,14 @@ type Config struct {
 	Handler           http.Handler // every request of every door
 	GetCertificate    func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	StatelessResetKey *quic.StatelessResetKey // HTTP/3's, may be nil
-	ReadHeaderTimeout time.Duration
-	IdleTimeout       time.Duration // of keep-alive connections
-	MaxHeaderBytes    int
-	Limits            Limits
-	Log               *slog.Logger
+	// VerifySourceAddress, if set, is HTTP/3's quic.Transport field of that
+	// name: true makes a new connection prove its address with a Retry.
+	VerifySourceAddress func(net.Addr) bool
+	ReadHeaderTimeout   time.Duration
+	IdleTimeout         time.Duration // of keep-alive connections
+	MaxHeaderBytes      int
+	Limits              Limits
+	Log                 *slog.Logger
 }
 
 // Listeners are the sockets of the doors; Plain is required, the others may
@@ -78,7 +81,8 @@ func (d *Door) Start(lns Listeners, goFn func(func() error)) error {
 	cfg := d.cfg
 	handler := cfg.Handler
 	if lns.H3 != nil {
-		tr := &quic.Transport{Conn: lns.H3, StatelessResetKey: cfg.StatelessResetKey}
+		tr := &quic.Transport{Conn: lns.H3, StatelessResetKey: cfg.StatelessResetKey,
+			VerifySourceAddress: cfg.VerifySourceAddress}
 		tlsConf := http3.ConfigureTLSConfig(&tls.Config{
 			MinVersion:             tls.VersionTLS13,
 			GetCertificate:         cfg.GetCertificate,
