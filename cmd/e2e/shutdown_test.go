@@ -101,7 +101,7 @@ func TestGracefulShutdown(t *testing.T) {
 }
 
 // TestGracefulShutdownTCP sends SIGTERM to the edge while a TCP forward is
-// open: the README promises TCP forwards in flight the grace period, so
+// open: docs/configuration.md promises TCP forwards in flight the grace period, so
 // /readyz answers 503, the connection keeps working until the client
 // closes it, and then the edge exits 0.
 func TestGracefulShutdownTCP(t *testing.T) {
