@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,12 +87,10 @@ type session struct {
 	log     *slog.Logger
 	hello   quicutil.Hello
 	started time.Time
-	// HTTP transports whose connections are streams to the agent, made on
-	// first use: an idle link never needs one (an http.Transport is about
-	// 0.5 KiB before its first request).
-	rt  atomic.Pointer[http.Transport] // HTTP/1.1, one request at a time per stream
-	rt2 atomic.Pointer[http.Transport] // HTTP/2, many requests on one stream
-	h1  streamPools                    // idle HTTP/1.1 streams of the stream path
+	// ups holds the proxy's idle streams and transports to the agent; the
+	// transports are made on first use: an idle link never needs one (an
+	// http.Transport is about 0.5 KiB before its first request).
+	ups upstreams
 
 	inflight   atomic.Int64  // streams in flight, for the balancer
 	movedAt    atomic.Int64  // when rebalancing asked it to move (unix ns)
@@ -124,19 +121,10 @@ type session struct {
 // Load implements routing.Target.
 func (sess *session) Load() int64 { return sess.inflight.Load() }
 
-func (sess *session) inflightAdd(d int64) { sess.inflight.Add(d) }
-func (sess *session) isLeaving() bool     { return sess.leaving.Load() }
+func (sess *session) addLoad(d int64)       { sess.inflight.Add(d) }
+func (sess *session) leavingNow() bool      { return sess.leaving.Load() }
+func (sess *session) upstreams() *upstreams { return &sess.ups }
 
-// closeIdle closes the idle keep-alive streams to the agent.
-func (sess *session) closeIdle() {
-	sess.h1.closeIdle(false)
-	for _, rt := range [...]*http.Transport{sess.rt.Load(), sess.rt2.Load()} {
-		if rt != nil {
-			rt.CloseIdleConnections()
-		}
-	}
-}
-func (sess *session) h1pools() *streamPools                          { return &sess.h1 }
 func (sess *session) name() string                                   { return sess.hello.AgentID }
 func (sess *session) rtt() time.Duration                             { return sess.conn.ConnectionStats().SmoothedRTT }
 func (sess *session) streamKind(id routing.EndpointID) quicutil.Kind { return sess.endpointKind(id) }
@@ -409,22 +397,6 @@ func (sess *session) endpointKind(id routing.EndpointID) quicutil.Kind {
 	return sess.endpoints[id]
 }
 
-// transport returns the HTTP transport for streams of kind k: HTTP/1.1
-// (one stream per connection) or HTTP/2 (many requests on one stream). It
-// makes it on first use, also after teardown: then its streams fail to open
-// on the closed connection, so it never holds an idle one.
-func (sess *session) transport(k quicutil.Kind) *http.Transport {
-	p, kind := &sess.rt, quicutil.KindHTTP
-	if k == quicutil.KindHTTP2 {
-		p, kind = &sess.rt2, quicutil.KindHTTP2
-	}
-	if rt := p.Load(); rt != nil {
-		return rt
-	}
-	p.CompareAndSwap(nil, sess.srv.newAgentTransport(sess, kind))
-	return p.Load()
-}
-
 func (sess *session) deregister(m *quicutil.Deregister) *quicutil.Result {
 	res := &quicutil.Result{Seq: m.Seq}
 	defer func() {
@@ -474,10 +446,10 @@ func (s *Server) announce(id routing.EndpointID) {
 // close, so that the agent's old link empties and retires.
 func (sess *session) goAway(reason string) {
 	sess.leaving.Store(true)
-	sess.closeIdle()
+	sess.ups.closeIdle(false)
 	// A stream whose response just ended goes back to the pool a moment
 	// after its body closed: close those too.
-	time.AfterFunc(200*time.Millisecond, sess.closeIdle)
+	time.AfterFunc(200*time.Millisecond, func() { sess.ups.closeIdle(false) })
 	if err := sess.writeControl(&quicutil.GoAway{Reason: reason}); err != nil {
 		sess.log.Debug("send goaway", "err", err)
 	}
@@ -515,8 +487,7 @@ func (sess *session) teardown(cause error) {
 	s.sessionsGone.notify()
 	s.local.SetLinks(links)
 	sess.conn.CloseWithError(quicutil.ConnCodeNormal, "")
-	sess.h1.closeIdle(true)
-	sess.closeIdle()
+	sess.ups.closeIdle(true)
 	sess.wg.Wait()
 	attrs := []any{"endpoints", len(ids), "reason", disconnectReason(cause),
 		"connected_for", time.Since(sess.started).Round(time.Millisecond).String()}

@@ -25,12 +25,7 @@ import (
 // and thrown away. It answers what ReverseProxy answers (1xx, trailers,
 // flushing of streamed bodies, errors through proxyError); requests it
 // does not take, and endpoints whose agent speaks HTTP/2, go through
-// ReverseProxy as before.
-
-// errNotDirect ends a direct attempt before anything was sent: the
-// endpoint's next target speaks HTTP/2, or the request's head cannot be
-// written here. ReverseProxy takes the request over.
-var errNotDirect = errors.New("edge: not for the direct stream path")
+// ReverseProxy as before (proxyHandler.ServeHTTP makes the choice).
 
 // direct says how the stream path writes a client's own request.
 type direct struct {
@@ -95,10 +90,8 @@ func plainHost(host string) bool {
 	return host != "" && httpguts.ValidHostHeader(host)
 }
 
-// serveDirect proxies r over the direct stream path. It reports false,
-// having written nothing, when r is for ReverseProxy (r's body, if it
-// had one, is then a copy of what was read).
-func (f *proxyHandler) serveDirect(rw *statusWriter, r *http.Request, info *requestInfo) bool {
+// serveDirect proxies r over the direct stream path.
+func (f *proxyHandler) serveDirect(rw *statusWriter, r *http.Request, info *requestInfo) {
 	s := f.s
 	d := &direct{fwd: s.forwardingOf(r)}
 	if r.ContentLength > 0 {
@@ -109,11 +102,11 @@ func (f *proxyHandler) serveDirect(rw *statusWriter, r *http.Request, info *requ
 			info.err = err
 			if r.Context().Err() != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
 				rw.WriteHeader(statusClientClosed) // gone: nobody reads an answer
-				return true
+				return
 			}
 			writeError(rw, r, http.StatusBadRequest, info.endpoint,
 				fmt.Sprintf("request body ended after %d of its %d bytes: %v", n, r.ContentLength, err))
-			return true
+			return
 		}
 	}
 	d.got1xx = func(code int, h textproto.MIMEHeader) {
@@ -125,20 +118,14 @@ func (f *proxyHandler) serveDirect(rw *statusWriter, r *http.Request, info *requ
 		clear(dst)
 	}
 	resp, err := s.roundTrip(r, info, d)
-	if errors.Is(err, errNotDirect) {
-		if d.body != nil { // read already: ReverseProxy sends a copy
-			r.Body = io.NopCloser(bytes.NewReader(bytes.Clone(d.body)))
-		}
-		return false
-	}
 	if err != nil {
 		s.proxyError(rw, r, err)
-		return true
+		return
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		resp.Body.Close()
 		s.proxyError(rw, r, errors.New("upstream switched protocols on a request that did not ask to"))
-		return true
+		return
 	}
 	removeHopByHop(resp.Header)
 	delete(resp.Header, "Alt-Svc") // the upstream's Alt-Svc names its own ports, not the edge's
@@ -169,14 +156,13 @@ func (f *proxyHandler) serveDirect(rw *statusWriter, r *http.Request, info *requ
 		for k, vv := range resp.Trailer {
 			h[k] = vv
 		}
-		return true
+		return
 	}
 	for k, vv := range resp.Trailer {
 		for _, v := range vv {
 			h.Add(http.TrailerPrefix+k, v)
 		}
 	}
-	return true
 }
 
 // directBodies lends serveDirect the buffers it reads request bodies into.

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"slices"
 	"strconv"
 	"sync"
@@ -83,16 +82,12 @@ type peer struct {
 	dialing  chan struct{} // closed when the dial in progress ends
 	lastErr  error
 	closed   bool
-	rt       *http.Transport
-	rt2      *http.Transport
-	h1       streamPools // idle HTTP/1.1 streams of the stream path
+	ups      upstreams // the proxy's idle streams and transports to the peer
 }
 
 func newPeer(c *cluster, name string, epoch uint64) *peer {
 	p := &peer{c: c, node: name, epoch: epoch}
 	p.ctx, p.cancel = context.WithCancel(c.ctx)
-	p.rt = c.s.newAgentTransport(p, quicutil.KindHTTP)
-	p.rt2 = c.s.newAgentTransport(p, quicutil.KindHTTP2)
 	return p
 }
 
@@ -311,9 +306,7 @@ func (p *peer) close() {
 		conn.CloseWithError(quicutil.ConnCodeGoingAway, "node left the cluster")
 	}
 	p.watching.Wait()
-	p.h1.closeIdle(true)
-	p.rt.CloseIdleConnections()
-	p.rt2.CloseIdleConnections()
+	p.ups.closeIdle(true)
 }
 
 // answering reports whether the peer's relay connection is up: watch

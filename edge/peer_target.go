@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"net/http"
 	"time"
 
 	"github.com/pico-edge/pico/quicutil"
@@ -10,18 +9,15 @@ import (
 
 // A peer is a target: streams to it are relayed to its agents.
 
-func (p *peer) inflightAdd(d int64) { p.inflight.Add(d) }
-func (p *peer) isLeaving() bool {
+func (p *peer) addLoad(d int64) { p.inflight.Add(d) }
+
+// leavingNow reports a node draining, or one whose relay is silent or
+// whose membership is doubted.
+func (p *peer) leavingNow() bool {
 	return p.isDraining() || p.suspect.Load() || p.doubted.Load()
 }
 
-// closeIdle closes the idle keep-alive streams to the peer.
-func (p *peer) closeIdle() {
-	p.h1.closeIdle(false)
-	p.rt.CloseIdleConnections()
-	p.rt2.CloseIdleConnections()
-}
-func (p *peer) h1pools() *streamPools { return &p.h1 }
+func (p *peer) upstreams() *upstreams { return &p.ups }
 func (p *peer) name() string          { return "node:" + p.node }
 
 // rtt is the relay connection's smoothed round-trip time plus that of the
@@ -53,13 +49,6 @@ func (p *peer) streamKind(id routing.EndpointID) quicutil.Kind {
 		return quicutil.KindHTTP
 	}
 	return quicutil.KindHTTP2
-}
-
-func (p *peer) transport(k quicutil.Kind) *http.Transport {
-	if k == quicutil.KindHTTP2 {
-		return p.rt2
-	}
-	return p.rt
 }
 
 // kindBit is a stream kind's bit in routing.Announcement.Kinds.

@@ -45,6 +45,7 @@ type requestInfo struct {
 	servedBy   string // the node whose agent served it
 	ttfb       time.Duration
 	body       *countingBody
+	at         attempts // the targets tried, and the next one
 	retried    bool
 	err        error
 }
@@ -132,7 +133,16 @@ func (f *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = info.body
 	}
 	r = r.WithContext(context.WithValue(r.Context(), requestInfoKey, info))
-	if canDirect(r) && f.serveDirect(rw, r, info) {
+	// The one choice of path: a request the direct path can write
+	// (canDirect) whose first target's upstream speaks HTTP/1.1 goes
+	// direct (h1direct.go), and so do its retries, to such targets only;
+	// every other request goes through ReverseProxy. Both send through
+	// roundTrip, with the same attempts, on the stream path (h1stream.go)
+	// or the target's http.Transport.
+	info.at = attempts{s: s, id: ep}
+	if tg, err := info.at.peek(); err == nil && canDirect(r) && tg.streamKind(ep) == quicutil.KindHTTP {
+		info.at.http1Only = true
+		f.serveDirect(rw, r, info)
 		return
 	}
 	f.rp.ServeHTTP(rw, r)
@@ -279,37 +289,33 @@ func (t *agentRoundTripper) RoundTrip(req *http.Request) (*http.Response, error)
 
 // roundTrip sends req to the agents of its endpoint, one after another
 // while retrying is safe. With d, req is the client's own request on the
-// direct stream path (h1direct.go): it goes only to agents that speak
-// HTTP/1.1, and errNotDirect, before any attempt, says the next target
-// speaks HTTP/2.
+// direct stream path (h1direct.go), whose attempts take only targets that
+// speak HTTP/1.1. The targets come from info.at, which ServeHTTP began.
 func (s *Server) roundTrip(req *http.Request, info *requestInfo, d *direct) (*http.Response, error) {
 	var body *replayBody
 	if d == nil && req.Body != nil && req.Body != http.NoBody {
 		body = newReplayBody(req.Body)
 		req.Body = body.reader()
 	}
-	at := attempts{s: s, id: info.endpoint}
+	at := &info.at
 	for {
 		tg, err := at.next()
 		if err != nil {
 			return nil, err
 		}
 		k := tg.streamKind(info.endpoint)
-		if d != nil && k != quicutil.KindHTTP {
-			return nil, errNotDirect
-		}
 		info.agent, info.servedBy = tg.name(), s.cfg.NodeID
 		if p, ok := tg.(*peer); ok {
 			info.agent, info.servedBy = "", p.node
 		}
-		tg.inflightAdd(1)
+		tg.addLoad(1)
 		s.live.add()
 		start := time.Now()
 		var resp *http.Response
 		if k == quicutil.KindHTTP && (d != nil || onStreamPath(req)) {
-			resp, err = s.roundTripStream(tg, tg.h1pools().get(info.endpoint), req, d)
+			resp, err = s.roundTripStream(tg, tg.upstreams().h1.get(info.endpoint), req, d)
 		} else {
-			resp, err = tg.transport(k).RoundTrip(req)
+			resp, err = tg.upstreams().transport(s, tg, k).RoundTrip(req)
 		}
 		if err == nil {
 			info.ttfb = time.Since(start)
@@ -317,7 +323,7 @@ func (s *Server) roundTrip(req *http.Request, info *requestInfo, d *direct) (*ht
 			resp.Body = trackBody(resp.Body, tg, s)
 			return resp, nil
 		}
-		tg.inflightAdd(-1)
+		tg.addLoad(-1)
 		s.live.done()
 		at.failed(err)
 		if !retryable(req, err) {
@@ -341,40 +347,53 @@ const maxAttempts = 2
 // target is where a stream to an endpoint goes: a local agent link
 // (*session) or another node that relays to its agents (*peer).
 type target interface {
-	routing.Target
+	routing.Target   // Load: the streams in flight there
+	addLoad(d int64) // counts a stream in flight (d = 1) or ended (d = -1)
 	// openStream opens a stream with header h.
 	openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error)
-	// transport is the HTTP transport over streams of kind k.
-	transport(k quicutil.Kind) *http.Transport
-	// h1pools are the idle HTTP/1.1 keep-alive streams of the stream
-	// path (h1stream.go), by endpoint.
-	h1pools() *streamPools
 	// streamKind is the kind of stream endpoint id's upstream speaks.
 	streamKind(id routing.EndpointID) quicutil.Kind
-	inflightAdd(d int64)
 	name() string // for logs: the agent's ID, or "node:" and the node's
-	// isLeaving reports an agent told to move, or a node draining: other
+	// leavingNow reports an agent told to move, or a node draining: other
 	// targets come first, and its keep-alive streams are not kept.
-	isLeaving() bool
-	closeIdle()
+	leavingNow() bool
 	// rtt is the round-trip time to the agent: of the link, or through the
 	// relay.
 	rtt() time.Duration
+	// upstreams is what the proxy keeps toward the target between
+	// requests (upstreams.go).
+	upstreams() *upstreams
 }
 
 // attempts picks the targets of one request or TCP connection: a different
 // one each time, up to maxAttempts. Local agents come first, then other
 // nodes, those draining last.
 type attempts struct {
-	s     *Server
-	id    routing.EndpointID
-	tried []routing.Target
-	err   error // why the last attempt failed
+	s         *Server
+	id        routing.EndpointID
+	http1Only bool // only targets whose upstream for id speaks HTTP/1.1
+	tried     []routing.Target
+	ahead     target // picked by peek, returned by the next next
+	err       error  // why the last attempt failed
+}
+
+// peek returns the target next will return.
+func (a *attempts) peek() (target, error) {
+	if a.ahead != nil {
+		return a.ahead, nil
+	}
+	tg, err := a.next()
+	a.ahead = tg
+	return tg, err
 }
 
 // next returns the agent to try next, or why there is none: the last
 // attempt's error once there was one, else routing.ErrNoRoute.
 func (a *attempts) next() (target, error) {
+	if tg := a.ahead; tg != nil {
+		a.ahead = nil
+		return tg, nil
+	}
 	if len(a.tried) == maxAttempts {
 		return nil, a.err
 	}
@@ -395,10 +414,12 @@ func (a *attempts) next() (target, error) {
 	return tg.(target), nil
 }
 
-func (a *attempts) skip(tg routing.Target) bool { return slices.Contains(a.tried, tg) }
+func (a *attempts) skip(tg routing.Target) bool {
+	return slices.Contains(a.tried, tg) || a.http1Only && tg.(target).streamKind(a.id) != quicutil.KindHTTP
+}
 
 func (a *attempts) skipDraining(tg routing.Target) bool {
-	return tg.(target).isLeaving() || a.skip(tg)
+	return tg.(target).leavingNow() || a.skip(tg)
 }
 
 func (a *attempts) failed(err error) { a.err = err }
@@ -649,11 +670,11 @@ type trackedBody struct {
 func (b *trackedBody) Close() error {
 	err := b.ReadCloser.Close()
 	if !b.done.Swap(true) {
-		b.tg.inflightAdd(-1)
+		b.tg.addLoad(-1)
 		b.s.live.done()
-		if b.tg.isLeaving() {
+		if b.tg.leavingNow() {
 			// The stream goes back to the pool just after this: close it then.
-			time.AfterFunc(50*time.Millisecond, b.tg.closeIdle)
+			time.AfterFunc(50*time.Millisecond, func() { b.tg.upstreams().closeIdle(false) })
 		}
 	}
 	return err

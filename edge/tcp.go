@@ -59,7 +59,7 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 			slog.Duration("duration", time.Since(start)), slog.String("err", msg))...)
 		return
 	}
-	defer tg.inflightAdd(-1)
+	defer tg.addLoad(-1)
 	s.live.add()
 	defer s.live.done()
 	answer(client, quicutil.StatusOK, "")
@@ -98,12 +98,12 @@ func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, client
 		if err != nil {
 			return nil, nil, err
 		}
-		tg.inflightAdd(1)
+		tg.addLoad(1)
 		c, err := s.openAnswered(ctx, tg, id, clientAddr)
 		if err == nil {
 			return c, tg, nil
 		}
-		tg.inflightAdd(-1)
+		tg.addLoad(-1)
 		at.failed(err)
 	}
 }
