@@ -165,7 +165,7 @@ func (s *Server) startSession(conn *quic.Conn) (sess *session, br quicutil.Messa
 		if errors.Is(err, context.DeadlineExceeded) {
 			code = quicutil.ConnCodeTimeout
 		}
-		log.Warn("agent connection refused", "err", err)
+		s.m.agentRefused["hello"].add("remote_addr", remote, "err", err)
 		conn.CloseWithError(code, err.Error())
 		return nil, nil, nil, err
 	}
@@ -174,14 +174,14 @@ func (s *Server) startSession(conn *quic.Conn) (sess *session, br quicutil.Messa
 	if s.auth != nil {
 		if g, err = s.auth.Verify(hello.Token); err != nil {
 			s.auth.Refused(auth.WhoAgent)
-			log.Warn("agent connection refused: token", "agent_id", hello.AgentID, "err", err)
+			s.m.agentRefused["token"].add("remote_addr", remote, "agent_id", hello.AgentID, "err", err)
 			conn.CloseWithError(quicutil.ConnCodeUnauthorized, err.Error())
 			return nil, nil, nil, err
 		}
 		tokenKey = sha256.Sum256([]byte(hello.Token))
 		if !s.takeTokenConn(tokenKey) {
 			msg := fmt.Sprintf("this token has %d agent connections to node %s already (the limit)", s.cfg.MaxConnsPerToken, s.cfg.NodeID)
-			log.Warn("agent connection refused: limit", "agent_id", hello.AgentID, "err", msg)
+			s.m.agentRefused["limit"].add("remote_addr", remote, "agent_id", hello.AgentID, "err", msg)
 			conn.CloseWithError(quicutil.ConnCodeLimit, msg)
 			return nil, nil, nil, errors.New(msg)
 		}

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/memberlist"
 
 	"github.com/pico-edge/pico/quicutil"
@@ -176,7 +177,7 @@ func (s *Server) startCluster(ctx context.Context, agentAddr net.Addr) error {
 	mc.DeadNodeReclaimTime = 10 * time.Second
 	mc.Delegate = c
 	mc.Events = c
-	mc.Logger = log.New(memberlistLog{c.log}, "", 0)
+	mc.Logger = log.New(newMemberlistLog(c.log, s.cfg.Metrics), "", 0)
 	if cfg.Memberlist != nil {
 		cfg.Memberlist(mc)
 	}
@@ -678,8 +679,43 @@ func (c *cluster) memberList() map[string]member {
 }
 
 // memberlistLog passes memberlist's log lines ("[WARN] memberlist: ...")
-// to slog at their level.
-type memberlistLog struct{ log *slog.Logger }
+// to slog at their level. What memberlist reports of a packet or stream it
+// dropped as bad input (another cluster's label, undecryptable, malformed:
+// from a node with another secret, a scanner, anyone who can reach the
+// gossip port) is counted in pico_gossip_dropped_total{reason} and logged
+// through a quietLog per reason, not once per packet.
+type memberlistLog struct {
+	log     *slog.Logger
+	dropped map[string]*gossipDrop // by reason
+}
+
+type gossipDrop struct {
+	count *metrics.Counter
+	log   *quietLog
+}
+
+// gossipDropReasons classify memberlist's lines about bad input: the first
+// reason whose substrings one of them contains.
+var gossipDropReasons = []struct {
+	reason string
+	says   []string
+}{
+	{"label", []string{"unacceptable label", "label header"}},
+	{"decrypt", []string{"decrypt", "Decrypt", "No installed keys"}},
+	{"malformed", []string{"failed to receive", "Failed to receive", "Failed to decode", "invalid msgType",
+		"missing message type", "not supported", "invalid checksum", "Failed to decompress"}},
+}
+
+func newMemberlistLog(log *slog.Logger, set *metrics.Set) memberlistLog {
+	w := memberlistLog{log: log, dropped: make(map[string]*gossipDrop)}
+	for _, r := range gossipDropReasons {
+		w.dropped[r.reason] = &gossipDrop{
+			count: set.GetOrCreateCounter(`pico_gossip_dropped_total{reason="` + r.reason + `"}`),
+			log:   newQuietLog(log, slog.LevelWarn, "memberlist: dropped gossip that is not this cluster's ("+r.reason+")"),
+		}
+	}
+	return w
+}
 
 func (w memberlistLog) Write(p []byte) (int, error) {
 	msg := strings.TrimRight(string(p), "\n")
@@ -692,12 +728,21 @@ func (w memberlistLog) Write(p []byte) (int, error) {
 		}
 	}
 	msg = strings.TrimPrefix(msg, "memberlist: ")
+	if level >= slog.LevelWarn {
+		for _, r := range gossipDropReasons {
+			for _, s := range r.says {
+				if strings.Contains(msg, s) {
+					d := w.dropped[r.reason]
+					d.count.Inc()
+					d.log.Log("last", msg)
+					return len(p), nil
+				}
+			}
+		}
+	}
 	// memberlist reports a failed probe or refused join as errors; they are
 	// routine while a node restarts, and say nothing an operator must act on.
-	// A failed receive is bad input from someone else (a node with another
-	// secret, a scanner): worth a warning, not an error of this node.
-	if level == slog.LevelError && (strings.Contains(msg, "Failed to send") || strings.Contains(msg, "Failed fallback ping") ||
-		strings.Contains(msg, "failed to receive")) {
+	if level == slog.LevelError && (strings.Contains(msg, "Failed to send") || strings.Contains(msg, "Failed fallback ping")) {
 		level = slog.LevelWarn
 	}
 	w.log.Log(context.Background(), level, "memberlist: "+msg)

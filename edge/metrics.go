@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"log/slog"
 	"sync/atomic"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -38,7 +39,12 @@ type serverMetrics struct {
 	registrationsThrottled *metrics.Counter
 	badStreams             *metrics.Counter
 	connRefused            map[string]*metrics.Counter // by limit: source, listener, global
-	set                    *metrics.Set
+	// agentRefused counts the agent connections refused at the hello, by
+	// reason (hello: no valid hello in time; token; limit), and logs them
+	// quietly: anyone who reaches the agent port can cause them.
+	agentRefused   map[string]*refusal
+	peerRefusedLog *quietLog
+	set            *metrics.Set
 }
 
 func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
@@ -103,6 +109,13 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	for _, r := range []string{"source", "listener", "global"} {
 		m.connRefused[r] = set.NewCounter(`pico_connections_refused_total{limit="` + r + `"}`)
 	}
+	m.agentRefused = make(map[string]*refusal)
+	for r, msg := range map[string]string{"hello": "agent connection refused", "token": "agent connection refused: token",
+		"limit": "agent connection refused: limit"} {
+		m.agentRefused[r] = &refusal{count: set.NewCounter(`pico_agent_refused_total{reason="` + r + `"}`),
+			log: newQuietLog(s.log, slog.LevelWarn, msg)}
+	}
+	m.peerRefusedLog = newQuietLog(s.log, slog.LevelWarn, "peer connection refused")
 	set.NewGauge("pico_cluster_members", func() float64 { return float64(s.memberCount()) })
 	set.NewGauge("pico_draining", func() float64 {
 		if s.draining.Load() {
@@ -120,4 +133,15 @@ func (m *serverMetrics) request(protoMajor, status int) *metrics.Counter {
 	}
 	p := min(max(protoMajor, 1), 3) - 1
 	return m.requests[p][c]
+}
+
+// refusal counts one kind of refusal and logs it quietly.
+type refusal struct {
+	count *metrics.Counter
+	log   *quietLog
+}
+
+func (r *refusal) add(args ...any) {
+	r.count.Inc()
+	r.log.Log(args...)
 }

@@ -357,7 +357,7 @@ func (s *Server) servePeerConn(conn *quic.Conn) {
 	node, err := s.acceptPeer(conn)
 	if err != nil {
 		s.m.peerRefused.Inc()
-		log.Warn("peer connection refused", "err", err)
+		s.m.peerRefusedLog.Log("remote_addr", conn.RemoteAddr().String(), "err", err)
 		conn.CloseWithError(quicutil.ConnCodeProtocolError, err.Error())
 		return
 	}
