@@ -115,3 +115,30 @@ func TestGuardRefusalIsNotLostToAReset(t *testing.T) {
 		}
 	}
 }
+
+// A chunk extension of 100 KB (a chunk-size line over 4 KiB) gets a 400
+// that says what was too long, not a bare 499 and a log line about the
+// request head.
+func TestGuardRefusesLongChunkLine(t *testing.T) {
+	n := edgetest.NewNode(t)
+	serve(t, n, "web", quicutil.KindHTTP, edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "read it all")
+	})))
+	c, err := net.Dial("tcp", strings.TrimPrefix(n.ProxyURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second)) // a ceiling for failure only
+	go io.WriteString(c, "POST / HTTP/1.1\r\nHost: web.localhost\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"5\r\nhello\r\n5;ext="+strings.Repeat("x", 100<<10)+"\r\nworld\r\n0\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "a chunk-size line (with its extensions) of more than 4096 bytes") {
+		t.Fatalf("got %s %q; want 400 saying the chunk-size line is too long", resp.Status, body)
+	}
+}

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/pico-edge/pico/edge/frontdoor"
 	"github.com/pico-edge/pico/routing"
 )
 
@@ -61,11 +63,24 @@ func (m *serverMetrics) peerCounter(name, direction, peer string) *metrics.Count
 
 // observe records a finished front-door request: metrics, and the access
 // log line unless sampling or the endpoint's switch leaves it out.
+// An upgraded connection is a 101 with the bytes it carried each way; a
+// response the agent's side cut counts as an error (no whole response was
+// sent), though its access-log line says the status the client got.
 func (s *Server) observe(r *http.Request, w *statusWriter, info *requestInfo, d time.Duration) {
-	s.m.request(r.ProtoMajor, w.status).Inc()
+	if u := info.upgraded; u != nil {
+		if w.status == 0 {
+			w.status = http.StatusSwitchingProtocols // ReverseProxy wrote it on the hijacked connection
+		}
+		w.bytes += u.out.Load()
+	}
+	class := w.status
+	if info.cut {
+		class = 0
+	}
+	s.m.request(r.ProtoMajor, class).Inc()
 	s.m.duration.Update(d.Seconds())
 	if info.endpoint != "" && info.known {
-		s.m.endpoints.counter(info.endpoint, w.status).Inc()
+		s.m.endpoints.counter(info.endpoint, class).Inc()
 	}
 	if s.logRequest(info.endpoint, w.status, info.err) {
 		s.accessLog(r, w, info, d)
@@ -89,12 +104,17 @@ func (s *Server) logRequest(id routing.EndpointID, status int, err error) bool {
 // countingBody counts the bytes of a request body read by the proxy.
 type countingBody struct {
 	io.ReadCloser
-	n atomic.Int64
+	n       atomic.Int64
+	refused atomic.Pointer[frontdoor.BodyError] // why the guard refused the rest of the body, if it did
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	var be *frontdoor.BodyError
+	if err != nil && errors.As(err, &be) {
+		b.refused.CompareAndSwap(nil, be) // read by the transport's goroutine, asked by the handler's
+	}
 	return n, err
 }
 
@@ -132,10 +152,14 @@ func (s *Server) accessLog(r *http.Request, w *statusWriter, info *requestInfo, 
 }
 
 func (info *requestInfo) bytesIn() int64 {
+	var n int64
 	if info.body != nil {
-		return info.body.n.Load()
+		n = info.body.n.Load()
 	}
-	return 0
+	if u := info.upgraded; u != nil {
+		n += u.in.Load()
+	}
+	return n
 }
 
 // linkStats sums the QUIC statistics of the node's agent links, for the

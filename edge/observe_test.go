@@ -230,3 +230,72 @@ func TestAgentConnectedLogWaitsForRegistration(t *testing.T) {
 	helloRaw(t, n, "") // stays, registers nothing
 	waitFor(t, "\"agent connected\" for a link that registers nothing", func() bool { return connected() == 2 })
 }
+
+// TestUpgradeLoggedAs101 checks that an upgraded connection is logged and
+// counted with its 101 and the bytes it carried each way, not as status 0
+// and counted as an error.
+func TestUpgradeLoggedAs101(t *testing.T) {
+	var logs logBuffer
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.AccessLog = slog.New(slog.NewJSONHandler(&logs, nil)) })
+	serve(t, n, "ws", quicutil.KindHTTP, edgetest.Upstream(t, upgradeEcho()))
+	conn, br := dialUpgrade(t, n, "ws")
+	msg := strings.Repeat("x", 999) + "\n"
+	for range 10 {
+		io.WriteString(conn, msg)
+		if got, err := br.ReadString('\n'); err != nil || got != msg {
+			t.Fatalf("echo: %d bytes, %v", len(got), err)
+		}
+	}
+	conn.Close()
+	waitFor(t, "the upgrade's access-log line", func() bool { return len(logs.lines(t, "request")) == 1 })
+	l := logs.lines(t, "request")[0]
+	if l["status"] != 101.0 || l["bytes_in"] != 10000.0 || l["bytes_out"] != 10000.0 || l["err"] != nil {
+		t.Fatalf("access log of an upgrade = %v; want status 101, bytes_in and bytes_out 10000, no err", l)
+	}
+	if got := metric(t, n, `pico_requests_total{proto="http1",code="1xx"}`); got != 1 {
+		t.Fatalf(`pico_requests_total{proto="http1",code="1xx"} = %d, want 1`, got)
+	}
+	if got := metric(t, n, `pico_requests_total{proto="http1",code="error"}`); got != 0 {
+		t.Fatalf(`pico_requests_total{proto="http1",code="error"} = %d, want 0`, got)
+	}
+}
+
+// TestCutResponseLogged: an upstream that ends its response before the
+// length it announced (it died mid-download) cuts the client's response:
+// the access log says so, with the bytes sent, and the request counts as
+// an error, on both the direct path and through ReverseProxy.
+func TestCutResponseLogged(t *testing.T) {
+	var logs logBuffer
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.AccessLog = slog.New(slog.NewJSONHandler(&logs, nil)) })
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1000000")
+		w.Write(make([]byte, 100000))
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close() // dies 100,000 bytes into 1,000,000
+		}
+	})
+	serve(t, n, "cut", quicutil.KindHTTP, edgetest.Upstream(t, up))
+	c := edgetest.Client(t)
+	for _, body := range []io.Reader{nil, strings.NewReader(strings.Repeat("b", 100<<10))} { // direct, ReverseProxy
+		resp, err := c.Do(n.Request(t, "POST", "cut", "/", body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err == nil || got >= 1000000 {
+			t.Fatalf("client read %d bytes, err %v; want the response cut", got, err)
+		}
+	}
+	waitFor(t, "two access-log lines", func() bool { return len(logs.lines(t, "request")) == 2 })
+	for _, l := range logs.lines(t, "request") {
+		err, _ := l["err"].(string)
+		if l["status"] != 200.0 || !strings.Contains(err, "response cut after") || !strings.Contains(err, "the agent's side ended it") {
+			t.Errorf("access log of a cut response = %v; want status 200 and an err saying it was cut by the agent's side", l)
+		}
+	}
+	if got := metric(t, n, `pico_requests_total{proto="http1",code="error"}`); got != 2 {
+		t.Fatalf(`pico_requests_total{proto="http1",code="error"} = %d, want 2`, got)
+	}
+}

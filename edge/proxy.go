@@ -47,7 +47,12 @@ type requestInfo struct {
 	body       *countingBody
 	at         attempts // the targets tried, and the next one
 	retried    bool
-	err        error
+	// respErr is why reading the agent's response body failed, if it did:
+	// the response was cut on the agent's side.
+	respErr  error
+	cut      bool           // the agent's side cut the response
+	upgraded *trackedRWBody // the connection after a 101, if it upgraded
+	err      error
 }
 
 // newProxy makes the handler of every client request: it finds the
@@ -80,7 +85,17 @@ func (f *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	active.Add(1)
 	defer func() {
 		active.Add(-1)
+		p := recover()
+		if p == http.ErrAbortHandler && info.err == nil {
+			// The response was cut (ReverseProxy and the direct path abort
+			// the client's connection or stream so that a cut body is not
+			// taken for a whole one): say so in the access log.
+			info.err = info.cutError(r, rw)
+		}
 		s.observe(r, rw, info, time.Since(start))
+		if p != nil {
+			panic(p)
+		}
 	}()
 
 	r.TLS = frontdoor.TLSState(r) // also HTTP/1.1 over TLS behind the request guard
@@ -320,7 +335,7 @@ func (s *Server) roundTrip(req *http.Request, info *requestInfo, d *direct) (*ht
 		if err == nil {
 			info.ttfb = time.Since(start)
 			s.m.ttfb.Update(info.ttfb.Seconds())
-			resp.Body = trackBody(resp.Body, tg, s)
+			resp.Body = trackBody(resp.Body, tg, s, info)
 			return resp, nil
 		}
 		tg.addLoad(-1)
@@ -497,6 +512,13 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	info := r.Context().Value(requestInfoKey).(*requestInfo)
 	info.err = err
 	ep := info.endpoint
+	if be := info.refusedBody(); be != nil {
+		// The guard refused the body's framing mid-way (net/http then ends
+		// the request's context too): say what was wrong.
+		info.err = be
+		writeError(w, r, be.Status, ep, be.Reason)
+		return
+	}
 	if r.Context().Err() != nil {
 		// The client went away; nobody reads the answer.
 		w.WriteHeader(statusClientClosed)
@@ -651,20 +673,32 @@ func (r *replayReader) Close() error { return nil }
 // trackBody counts the response's stream as in flight until its body is
 // closed. A 101 response's body is the upgraded connection: it stays
 // writable.
-func trackBody(body io.ReadCloser, tg target, s *Server) io.ReadCloser {
+func trackBody(body io.ReadCloser, tg target, s *Server, info *requestInfo) io.ReadCloser {
 	if rw, ok := body.(io.ReadWriteCloser); ok {
-		b := &trackedRWBody{trackedBody: trackedBody{ReadCloser: body, tg: tg, s: s}, w: rw}
+		b := &trackedRWBody{trackedBody: trackedBody{ReadCloser: body, tg: tg, s: s, info: info}, w: rw}
+		info.upgraded = b
 		s.live.onEnd(b, func() { b.Close() })
 		return b
 	}
-	return &trackedBody{ReadCloser: body, tg: tg, s: s}
+	return &trackedBody{ReadCloser: body, tg: tg, s: s, info: info}
 }
 
+// trackedBody is an agent's response body: it counts the stream in
+// flight until closed, and remembers why a read failed.
 type trackedBody struct {
 	io.ReadCloser
 	tg   target
 	s    *Server
+	info *requestInfo
 	done atomic.Bool
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.info.respErr == nil {
+		b.info.respErr = err // read by the handler's goroutine, as the body is
+	}
+	return n, err
 }
 
 func (b *trackedBody) Close() error {
@@ -680,9 +714,12 @@ func (b *trackedBody) Close() error {
 	return err
 }
 
+// trackedRWBody is the connection after a 101: the agent's side of an
+// upgraded connection. It counts the bytes each way for the access log.
 type trackedRWBody struct {
 	trackedBody
-	w io.Writer
+	w       io.Writer
+	in, out atomic.Int64 // bytes from the client to the agent, and back
 }
 
 func (b *trackedRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
@@ -735,3 +772,22 @@ func (w *statusWriter) Flush() {
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// cutError says why the response to r stopped before its end, and marks a
+// cut on the agent's side (an agent or upstream that died mid-response).
+func (info *requestInfo) cutError(r *http.Request, w *statusWriter) error {
+	if info.respErr != nil && r.Context().Err() == nil {
+		info.cut = true
+		return fmt.Errorf("response cut after %d bytes of its body: the agent's side ended it: %w", w.bytes, info.respErr)
+	}
+	return fmt.Errorf("response cut after %d bytes of its body: the client went away", w.bytes)
+}
+
+// refusedBody is why the guard refused the rest of the request's body, or
+// nil.
+func (info *requestInfo) refusedBody() *frontdoor.BodyError {
+	if info.body == nil {
+		return nil
+	}
+	return info.body.refused.Load()
+}

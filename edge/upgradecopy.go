@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 // An upgraded connection (a WebSocket) is copied both ways by
@@ -20,10 +21,12 @@ const leanWaitBuf = 1 << 10
 var leanBufs = sync.Pool{New: func() any { b := make([]byte, leanWaitBuf); return &b }}
 
 // copyLean copies src to dst until EOF (nil) or an error, as io.Copy
-// does, reading into a 1 KiB buffer while traffic is light and a pooled
+// does, adding each write to count as it goes (ReverseProxy returns when
+// the first direction ends, and the access log reads both counts then),
+// reading into a 1 KiB buffer while traffic is light and a pooled
 // 32 KiB one (proxyBufs) from a read that fills the small buffer until a
 // read that does not fill the big one.
-func copyLean(dst io.Writer, src io.Reader) (int64, error) {
+func copyLean(dst io.Writer, src io.Reader, count *atomic.Int64) (int64, error) {
 	small := leanBufs.Get().(*[]byte)
 	defer leanBufs.Put(small)
 	var big *[]byte
@@ -42,6 +45,7 @@ func copyLean(dst io.Writer, src io.Reader) (int64, error) {
 		if n > 0 {
 			w, werr := dst.Write(buf[:n])
 			written += int64(w)
+			count.Add(int64(w))
 			if werr != nil {
 				return written, werr
 			}
@@ -67,7 +71,7 @@ func copyLean(dst io.Writer, src io.Reader) (int64, error) {
 
 // WriteTo copies the upgraded connection's bytes from the agent to w (the
 // client); io.Copy calls it.
-func (b *trackedRWBody) WriteTo(w io.Writer) (int64, error) { return copyLean(w, b.ReadCloser) }
+func (b *trackedRWBody) WriteTo(w io.Writer) (int64, error) { return copyLean(w, b.ReadCloser, &b.out) }
 
 // ReadFrom copies the client's bytes from r to the agent; io.Copy calls it.
-func (b *trackedRWBody) ReadFrom(r io.Reader) (int64, error) { return copyLean(b.w, r) }
+func (b *trackedRWBody) ReadFrom(r io.Reader) (int64, error) { return copyLean(b.w, r, &b.in) }

@@ -147,7 +147,11 @@ func (g *guardConn) step() error {
 		}
 		g.out = g.checkHead(head)
 	case guardChunkLine:
-		line, err := g.readUntil(func(b []byte) bool { return bytes.HasSuffix(b, []byte("\n")) }, 4096)
+		line, err := g.readUntil(func(b []byte) bool { return bytes.HasSuffix(b, []byte("\n")) }, maxChunkLine)
+		if err == errTooLong {
+			return &BodyError{Status: http.StatusBadRequest,
+				Reason: "a chunk-size line (with its extensions) of more than " + strconv.Itoa(maxChunkLine) + " bytes"}
+		}
 		if err != nil {
 			return err
 		}
@@ -166,7 +170,11 @@ func (g *guardConn) step() error {
 			g.state, g.left = guardChunkData, n+2 // the data and its CRLF
 		}
 	case guardTrailer:
-		line, err := g.readUntil(func(b []byte) bool { return bytes.HasSuffix(b, []byte("\n")) }, 4096)
+		line, err := g.readUntil(func(b []byte) bool { return bytes.HasSuffix(b, []byte("\n")) }, maxChunkLine)
+		if err == errTooLong {
+			return &BodyError{Status: http.StatusBadRequest,
+				Reason: "a trailer line of more than " + strconv.Itoa(maxChunkLine) + " bytes"}
+		}
 		if err != nil {
 			return err
 		}
@@ -226,6 +234,11 @@ func (g *guardConn) checkHeadSlow(head []byte) []byte {
 	lines := strings.Split(strings.TrimRight(string(head), "\r\n"), "\n")
 	reqLine := strings.TrimRight(lines[0], "\r")
 	if strings.HasPrefix(reqLine, "PRI * HTTP/2.0") || strings.HasPrefix(reqLine, "CONNECT ") || !strings.HasSuffix(reqLine, " HTTP/1.1") {
+		if strings.HasSuffix(reqLine, " HTTP/1.0") && bothFramings(lines[1:]) {
+			// net/http would take the length and ignore the coding; a
+			// proxy in front might do the opposite.
+			return g.refuse(head, http.StatusBadRequest, "the request has both Transfer-Encoding and Content-Length")
+		}
 		g.state = guardPass
 		return head
 	}
@@ -277,6 +290,22 @@ func (g *guardConn) checkHeadSlow(head []byte) []byte {
 		g.state, g.left = guardBody, length
 	}
 	return []byte(strings.Join(append([]string{reqLine}, kept...), "\r\n") + "\r\n\r\n")
+}
+
+// bothFramings reports whether header lines name both Transfer-Encoding
+// and Content-Length.
+func bothFramings(lines []string) bool {
+	var te, cl bool
+	for _, l := range lines {
+		name, _, _ := strings.Cut(l, ":")
+		switch strings.ToLower(strings.TrimSpace(name)) {
+		case "transfer-encoding":
+			te = true
+		case "content-length":
+			cl = true
+		}
+	}
+	return te && cl
 }
 
 // checkHeadFast checks the common head without allocating: CRLF line ends
@@ -369,6 +398,20 @@ func parseLength(b []byte) (int64, bool) {
 }
 
 var errTooLong = errors.New("edge: request head too long")
+
+// maxChunkLine bounds a chunk-size line (with its extensions) and a
+// trailer line of a chunked request body.
+const maxChunkLine = 4096
+
+// BodyError is what reading a request body returns when the guard
+// refuses the body's framing mid-way (a chunk line over maxChunkLine):
+// the handler should answer Status with Reason, if it can still answer.
+type BodyError struct {
+	Status int
+	Reason string
+}
+
+func (e *BodyError) Error() string { return "request body refused: " + e.Reason }
 
 // refuse returns a bodiless request in place of head that makes the front
 // door answer status with reason, and ends the connection after it.
