@@ -31,78 +31,22 @@ import (
 	"github.com/pico-edge/pico/agent"
 	"github.com/pico-edge/pico/edge"
 	"github.com/pico-edge/pico/edge/auth"
+	"github.com/pico-edge/pico/edge/auth/authtest"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
 )
-
-// Keys of the auth tests, made once (an RSA key takes a while).
-var testKeys = sync.OnceValue(func() (k struct {
-	hmac []byte
-	rsa  *rsa.PrivateKey
-	ec   *ecdsa.PrivateKey
-	ed   ed25519.PrivateKey
-}) {
-	k.hmac = []byte("0123456789abcdef0123456789abcdef-test-secret")
-	k.rsa, _ = rsa.GenerateKey(rand.Reader, 2048)
-	k.ec, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	_, k.ed, _ = ed25519.GenerateKey(rand.Reader)
-	return k
-})
-
-const (
-	testIssuer   = "pico-test"
-	testAudience = "edge"
-)
-
-// claims returns valid claims at now for endpoints.
-func claims(now time.Time, endpoints ...string) jwt.MapClaims {
-	return jwt.MapClaims{
-		"iss":  testIssuer,
-		"aud":  testAudience,
-		"sub":  "test",
-		"iat":  now.Unix(),
-		"nbf":  now.Unix(),
-		"exp":  now.Add(time.Hour).Unix(),
-		"pico": map[string]any{"endpoints": endpoints},
-	}
-}
-
-// sign signs c with method and key; kid, if set, goes in the header.
-func sign(t testing.TB, method jwt.SigningMethod, key any, c jwt.MapClaims, kid string) string {
-	t.Helper()
-	tok := jwt.NewWithClaims(method, c)
-	if kid != "" {
-		tok.Header["kid"] = kid
-	}
-	s, err := tok.SignedString(key)
-	if err != nil {
-		t.Fatalf("sign: %v", err)
-	}
-	return s
-}
-
-func hs256(t testing.TB, c jwt.MapClaims) string {
-	return sign(t, jwt.SigningMethodHS256, testKeys().hmac, c, "")
-}
-
-// unsigned returns a token with alg "none".
-func unsigned(c jwt.MapClaims) string {
-	h, _ := json.Marshal(map[string]string{"alg": "none", "typ": "JWT"})
-	b, _ := json.Marshal(c)
-	return base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(b) + "."
-}
 
 // authOpt configures a node to verify tokens with the test keys, checking
 // them against clock; mut adjusts the rest.
 func authOpt(clock func() time.Time, mut ...func(*auth.Config)) func(*edge.Config) {
 	return func(c *edge.Config) {
-		k := testKeys()
+		k := authtest.Keys()
 		ac := &auth.Config{
-			HMACSecret:       k.hmac,
-			RSAPublicKey:     &k.rsa.PublicKey,
-			Ed25519PublicKey: k.ed.Public().(ed25519.PublicKey),
-			Issuer:           testIssuer,
-			Audience:         testAudience,
+			HMACSecret:       k.HMAC,
+			RSAPublicKey:     &k.RSA.PublicKey,
+			Ed25519PublicKey: k.Ed.Public().(ed25519.PublicKey),
+			Issuer:           authtest.Issuer,
+			Audience:         authtest.Audience,
 			Now:              clock,
 		}
 		for _, m := range mut {
@@ -146,52 +90,12 @@ func runAgent(t *testing.T, n *edgetest.Node, token string) error {
 func TestAgentAuthMatrix(t *testing.T) {
 	now := time.Now().Truncate(time.Second)
 	n := edgetest.NewNode(t, authOpt(fixedClock(now)))
-	k := testKeys()
-	rsaPub, _ := x509.MarshalPKIXPublicKey(&k.rsa.PublicKey)
-	rsaPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: rsaPub})
-	with := func(mut func(jwt.MapClaims)) jwt.MapClaims {
-		c := claims(now, "foo")
-		mut(c)
-		return c
-	}
-	otherSecret := []byte("another-secret-of-enough-length-0123456789")
-
-	refused := map[string]struct {
-		token string
-		want  string
-	}{
-		"no token":      {"", "no token: this edge requires one"},
-		"malformed":     {"not.a.jwt", "token is malformed"},
-		"bad signature": {sign(t, jwt.SigningMethodHS256, otherSecret, claims(now, "foo"), ""), "token signature is invalid"},
-		"alg none":      {unsigned(claims(now, "foo")), `token algorithm "none" is not accepted (this edge accepts EdDSA, HS256, HS384, HS512, PS256, PS384, PS512, RS256, RS384, RS512)`},
-		// The RSA public key's bytes as an HMAC secret: verified with the
-		// HMAC secret, never with the RSA key.
-		"HS/RS confusion":       {sign(t, jwt.SigningMethodHS256, rsaPEM, claims(now, "foo"), ""), "token signature is invalid"},
-		"RS256 signed by other": {sign(t, jwt.SigningMethodRS256, mustRSA(t), claims(now, "foo"), ""), "token signature is invalid"},
-		"ES256 without a key":   {sign(t, jwt.SigningMethodES256, k.ec, claims(now, "foo"), ""), `token algorithm "ES256" is not accepted`},
-		"expired": {hs256(t, with(func(c jwt.MapClaims) {
-			c["exp"] = now.Add(-31 * time.Second).Unix()
-			c["iat"] = now.Add(-time.Hour).Unix()
-		})), "token expired at " + now.Add(-31*time.Second).UTC().Format(time.RFC3339) + " (now " + now.UTC().Format(time.RFC3339) + ", leeway 30s)"},
-		"not yet valid":          {hs256(t, with(func(c jwt.MapClaims) { c["nbf"] = now.Add(31 * time.Second).Unix() })), "token is not valid before " + now.Add(31*time.Second).UTC().Format(time.RFC3339)},
-		"issued in the future":   {hs256(t, with(func(c jwt.MapClaims) { c["iat"] = now.Add(time.Minute).Unix() })), "token is issued in the future"},
-		"no exp":                 {hs256(t, with(func(c jwt.MapClaims) { delete(c, "exp") })), "token has no exp claim: the edge requires an expiry"},
-		"wrong aud":              {hs256(t, with(func(c jwt.MapClaims) { c["aud"] = "other" })), `token audience ["other"] does not include "edge"`},
-		"no aud":                 {hs256(t, with(func(c jwt.MapClaims) { delete(c, "aud") })), `token has no aud claim (want "edge")`},
-		"wrong iss":              {hs256(t, with(func(c jwt.MapClaims) { c["iss"] = "evil" })), `token issuer "evil" is not "pico-test"`},
-		"no iss":                 {hs256(t, with(func(c jwt.MapClaims) { delete(c, "iss") })), `token has no iss claim (want "pico-test")`},
-		"lifetime over 24h":      {hs256(t, with(func(c jwt.MapClaims) { c["exp"] = now.Add(25 * time.Hour).Unix() })), "token lifetime of 25h0m0s (exp - iat) exceeds the maximum of 24h0m0s"},
-		"lifetime without iat":   {hs256(t, with(func(c jwt.MapClaims) { delete(c, "iat"); c["exp"] = now.Add(48 * time.Hour).Unix() })), "token lifetime of 48h0m0s (exp - now (no iat)) exceeds the maximum of 24h0m0s"},
-		"bad endpoint entry":     {hs256(t, claims(now, "foo", "Team_A")), `token claim pico.endpoints: entry "Team_A" is neither an endpoint ID nor a prefix wildcard`},
-		"empty wildcard prefix":  {hs256(t, claims(now, "-*")), `token claim pico.endpoints: entry "-*": prefix "-" has "-"`},
-		"wildcard in the middle": {hs256(t, claims(now, "team-*-x")), `entry "team-*-x" is neither an endpoint ID nor a prefix wildcard`},
-		"endpoints not a list":   {hs256(t, with(func(c jwt.MapClaims) { c["pico"] = map[string]any{"endpoints": "foo"} })), "token is malformed"},
-	}
+	refused, accepted := authtest.Matrix(t, now)
 	for name, tc := range refused {
 		t.Run(name, func(t *testing.T) {
-			err := runAgent(t, n, tc.token)
-			if !errors.Is(err, agent.ErrUnauthorized) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Run = %v\nwant ErrUnauthorized saying %q", err, tc.want)
+			err := runAgent(t, n, tc.Token)
+			if !errors.Is(err, agent.ErrUnauthorized) || !strings.Contains(err.Error(), tc.Want) {
+				t.Fatalf("Run = %v\nwant ErrUnauthorized saying %q", err, tc.Want)
 			}
 			if got := n.Server.Table().Len(); got != 0 {
 				t.Fatalf("%d endpoints registered, want 0", got)
@@ -199,19 +103,6 @@ func TestAgentAuthMatrix(t *testing.T) {
 		})
 	}
 
-	accepted := map[string]string{
-		"HS256": hs256(t, claims(now, "foo")),
-		"HS512": sign(t, jwt.SigningMethodHS512, k.hmac, claims(now, "foo"), ""),
-		"RS256": sign(t, jwt.SigningMethodRS256, k.rsa, claims(now, "foo"), ""),
-		"PS384": sign(t, jwt.SigningMethodPS384, k.rsa, claims(now, "foo"), ""),
-		"EdDSA": sign(t, jwt.SigningMethodEdDSA, k.ed, claims(now, "foo"), ""),
-		"expired within leeway": hs256(t, with(func(c jwt.MapClaims) {
-			c["exp"] = now.Add(-20 * time.Second).Unix()
-			c["iat"] = now.Add(-time.Hour).Unix()
-		})),
-		"nbf within leeway": hs256(t, with(func(c jwt.MapClaims) { c["nbf"] = now.Add(29 * time.Second).Unix() })),
-		"lifetime of 24h":   hs256(t, with(func(c jwt.MapClaims) { c["exp"] = now.Add(24 * time.Hour).Unix() })),
-	}
 	for name, token := range accepted {
 		t.Run(name, func(t *testing.T) {
 			a := n.NewAgent(t, func(c *agent.Config) { c.Token = token })
@@ -236,17 +127,17 @@ func mustRSA(t testing.TB) *rsa.PrivateKey {
 // signed with the RSA public key's bytes.
 func TestAgentAuthAlgorithmConfusion(t *testing.T) {
 	now := time.Now()
-	k := testKeys()
+	k := authtest.Keys()
 	n := edgetest.NewNode(t, func(c *edge.Config) {
-		c.Auth = &auth.Config{RSAPublicKey: &k.rsa.PublicKey, Now: fixedClock(now)}
+		c.Auth = &auth.Config{RSAPublicKey: &k.RSA.PublicKey, Now: fixedClock(now)}
 	})
-	der, _ := x509.MarshalPKIXPublicKey(&k.rsa.PublicKey)
+	der, _ := x509.MarshalPKIXPublicKey(&k.RSA.PublicKey)
 	for name, secret := range map[string][]byte{
 		"PEM": pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}),
 		"DER": der,
 	} {
 		t.Run(name, func(t *testing.T) {
-			err := runAgent(t, n, sign(t, jwt.SigningMethodHS256, secret, claims(now, "foo"), ""))
+			err := runAgent(t, n, authtest.Sign(t, jwt.SigningMethodHS256, secret, authtest.Claims(now, "foo"), ""))
 			want := `token algorithm "HS256" is not accepted (this edge accepts PS256, PS384, PS512, RS256, RS384, RS512)`
 			if !errors.Is(err, agent.ErrUnauthorized) || !strings.Contains(err.Error(), want) {
 				t.Fatalf("Run = %v, want ErrUnauthorized saying %q", err, want)
@@ -285,11 +176,11 @@ func TestEndpointScope(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			c := claims(now, tc.scope...)
+			c := authtest.Claims(now, tc.scope...)
 			if tc.scope == nil {
 				delete(c, "pico")
 			}
-			a := n.NewAgent(t, func(cfg *agent.Config) { cfg.Token = hs256(t, c) })
+			a := n.NewAgent(t, func(cfg *agent.Config) { cfg.Token = authtest.HS256(t, c) })
 			for _, id := range tc.refused {
 				err := a.ServeUpstream(t.Context(), id, quicutil.KindHTTP, up)
 				var se *quicutil.StatusError
@@ -321,9 +212,9 @@ func TestTokenExpiryDisconnects(t *testing.T) {
 	const ahead = 28 * time.Second // the node's clock: 2 s of the 30 s leeway are left
 	n := edgetest.NewNode(t, authOpt(func() time.Time { return time.Now().Add(ahead) }))
 	now := time.Now()
-	c := claims(now.Add(-time.Minute), "foo")
+	c := authtest.Claims(now.Add(-time.Minute), "foo")
 	c["exp"] = now.Unix()
-	a, err := agent.New(agent.Config{Edges: []string{n.AgentAddr}, RootCAs: n.CAPool, Token: hs256(t, c), Logger: edgetest.Logger(t)})
+	a, err := agent.New(agent.Config{Edges: []string{n.AgentAddr}, RootCAs: n.CAPool, Token: authtest.HS256(t, c), Logger: edgetest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,9 +241,9 @@ func TestTokenRefresh(t *testing.T) {
 	const ahead = 26 * time.Second // the first token has 4 s left
 	n := edgetest.NewNode(t, authOpt(func() time.Time { return time.Now().Add(ahead) }))
 	now := time.Now()
-	c := claims(now.Add(-time.Minute), "foo", "bar")
+	c := authtest.Claims(now.Add(-time.Minute), "foo", "bar")
 	c["exp"] = now.Unix()
-	a := n.NewAgent(t, func(cfg *agent.Config) { cfg.Token = hs256(t, c) })
+	a := n.NewAgent(t, func(cfg *agent.Config) { cfg.Token = authtest.HS256(t, c) })
 	up := edgetest.Upstream(t, echoHeaders())
 	for _, id := range []string{"foo", "bar"} {
 		if err := a.ServeUpstream(t.Context(), id, quicutil.KindHTTP, up); err != nil {
@@ -360,15 +251,15 @@ func TestTokenRefresh(t *testing.T) {
 		}
 	}
 
-	bad := sign(t, jwt.SigningMethodHS256, []byte("not-the-secret-not-the-secret-not-the-secret"), claims(now, "foo"), "")
+	bad := authtest.Sign(t, jwt.SigningMethodHS256, []byte("not-the-secret-not-the-secret-not-the-secret"), authtest.Claims(now, "foo"), "")
 	err := a.SetToken(t.Context(), bad)
 	if !errors.Is(err, agent.ErrUnauthorized) || !strings.Contains(err.Error(), "token signature is invalid") {
 		t.Fatalf("SetToken(bad) = %v, want ErrUnauthorized", err)
 	}
 	n.WaitRoute(t, "bar", 1) // nothing changed
 
-	fresh := claims(now.Add(ahead), "foo") // bar is no longer allowed
-	err = a.SetToken(t.Context(), hs256(t, fresh))
+	fresh := authtest.Claims(now.Add(ahead), "foo") // bar is no longer allowed
+	err = a.SetToken(t.Context(), authtest.HS256(t, fresh))
 	var we *agent.WithdrawnError
 	if !errors.As(err, &we) || we.Endpoint != "bar" || !strings.Contains(we.Reason, `the new token does not allow endpoint "bar"`) {
 		t.Fatalf("SetToken(fresh) = %v, want bar withdrawn", err)
@@ -402,10 +293,10 @@ func jwk(kid string, key any) map[string]string {
 // most once per JWKSMinRefresh: a key rotated in works once fetched, and a
 // key rotated out stops working.
 func TestJWKSRotation(t *testing.T) {
-	k := testKeys()
+	k := authtest.Keys()
 	_, ed2, _ := ed25519.GenerateKey(rand.Reader)
 	var set atomic.Value
-	set.Store([]map[string]string{jwk("k1", &k.ec.PublicKey), jwk("r1", &k.rsa.PublicKey)})
+	set.Store([]map[string]string{jwk("k1", &k.EC.PublicKey), jwk("r1", &k.RSA.PublicKey)})
 	var fetches atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fetches.Add(1)
@@ -416,7 +307,7 @@ func TestJWKSRotation(t *testing.T) {
 	var offset atomic.Int64
 	clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 	n := edgetest.NewNode(t, func(c *edge.Config) {
-		c.Auth = &auth.Config{JWKSURL: srv.URL, JWKSRefresh: time.Hour, Now: clock, Audience: testAudience, Issuer: testIssuer}
+		c.Auth = &auth.Config{JWKSURL: srv.URL, JWKSRefresh: time.Hour, Now: clock, Audience: authtest.Audience, Issuer: authtest.Issuer}
 	})
 	register := func(t *testing.T, token string) error {
 		a := n.NewAgent(t, func(c *agent.Config) { c.Token = token })
@@ -428,20 +319,20 @@ func TestJWKSRotation(t *testing.T) {
 		return err
 	}
 
-	if err := register(t, sign(t, jwt.SigningMethodES256, k.ec, claims(clock(), "foo"), "k1")); err != nil {
+	if err := register(t, authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(clock(), "foo"), "k1")); err != nil {
 		t.Fatalf("ES256 with kid k1: %v", err)
 	}
-	if err := register(t, sign(t, jwt.SigningMethodRS256, k.rsa, claims(clock(), "foo"), "r1")); err != nil {
+	if err := register(t, authtest.Sign(t, jwt.SigningMethodRS256, k.RSA, authtest.Claims(clock(), "foo"), "r1")); err != nil {
 		t.Fatalf("RS256 with kid r1: %v", err)
 	}
-	if err := runAgent(t, n, sign(t, jwt.SigningMethodES256, k.ec, claims(clock(), "foo"), "r1")); err == nil ||
+	if err := runAgent(t, n, authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(clock(), "foo"), "r1")); err == nil ||
 		!strings.Contains(err.Error(), `token algorithm ES256 does not fit key "r1" (alg RS256)`) {
 		t.Fatalf("ES256 with the RSA key's kid: %v", err)
 	}
 
 	set.Store([]map[string]string{jwk("k2", ed2.Public())}) // rotation: k1 out, k2 in
 	before := fetches.Load()
-	err := runAgent(t, n, sign(t, jwt.SigningMethodEdDSA, ed2, claims(clock(), "foo"), "k2"))
+	err := runAgent(t, n, authtest.Sign(t, jwt.SigningMethodEdDSA, ed2, authtest.Claims(clock(), "foo"), "k2"))
 	if !errors.Is(err, agent.ErrUnauthorized) || !strings.Contains(err.Error(), `token key ID (kid) "k2" is unknown`) {
 		t.Fatalf("k2 before a fetch is allowed: %v", err)
 	}
@@ -450,10 +341,10 @@ func TestJWKSRotation(t *testing.T) {
 	}
 
 	offset.Store(int64(11 * time.Second)) // past JWKSMinRefresh
-	if err := register(t, sign(t, jwt.SigningMethodEdDSA, ed2, claims(clock(), "foo"), "k2")); err != nil {
+	if err := register(t, authtest.Sign(t, jwt.SigningMethodEdDSA, ed2, authtest.Claims(clock(), "foo"), "k2")); err != nil {
 		t.Fatalf("EdDSA with kid k2 after rotation: %v", err)
 	}
-	err = runAgent(t, n, sign(t, jwt.SigningMethodES256, k.ec, claims(clock(), "foo"), "k1"))
+	err = runAgent(t, n, authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(clock(), "foo"), "k1"))
 	if !errors.Is(err, agent.ErrUnauthorized) || !strings.Contains(err.Error(), `token key ID (kid) "k1" is unknown`) {
 		t.Fatalf("k1 after rotation: %v", err)
 	}
@@ -472,7 +363,7 @@ func TestJWKSRotation(t *testing.T) {
 }
 
 func TestAuthConfigValidation(t *testing.T) {
-	k := testKeys()
+	k := authtest.Keys()
 	small, _ := rsa.GenerateKey(rand.Reader, 1024)
 	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
 	tests := map[string]struct {
@@ -486,7 +377,7 @@ func TestAuthConfigValidation(t *testing.T) {
 		"bad JWKS":        {auth.Config{JWKS: []byte(`{"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}`)}, "P-256 coordinates of 1 and 1 bytes"},
 		"not a JWKS":      {auth.Config{JWKS: []byte(`{"kty": "EC"}`)}, `no "keys" array`},
 		"JWKS URL":        {auth.Config{JWKSURL: "file:///etc/keys"}, "want http:// or https://"},
-		"negative leeway": {auth.Config{HMACSecret: k.hmac, Leeway: -time.Second}, "Auth.Leeway is negative"},
+		"negative leeway": {auth.Config{HMACSecret: k.HMAC, Leeway: -time.Second}, "Auth.Leeway is negative"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -501,32 +392,36 @@ func TestAuthConfigValidation(t *testing.T) {
 // A JWKS from a file (no URL) verifies tokens by kid, and an unknown kid
 // is refused at once.
 func TestJWKSFile(t *testing.T) {
-	k := testKeys()
+	k := authtest.Keys()
 	now := time.Now()
 	b, _ := json.Marshal(map[string]any{"keys": []any{
-		jwk("e1", &k.ec.PublicKey),
+		jwk("e1", &k.EC.PublicKey),
 		map[string]string{"kty": "oct", "kid": "s", "k": "c2VjcmV0"}, // skipped: no secrets in a key set
 		map[string]string{"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
 	}})
 	n := edgetest.NewNode(t, func(c *edge.Config) { c.Auth = &auth.Config{JWKS: b, Now: fixedClock(now)} })
-	a := n.NewAgent(t, func(c *agent.Config) { c.Token = sign(t, jwt.SigningMethodES256, k.ec, claims(now, "foo"), "e1") })
+	a := n.NewAgent(t, func(c *agent.Config) {
+		c.Token = authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(now, "foo"), "e1")
+	})
 	if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, "127.0.0.1:1"); err != nil {
 		t.Fatal(err)
 	}
 	// No kid: the one ES256 key of the set.
-	b2 := n.NewAgent(t, func(c *agent.Config) { c.Token = sign(t, jwt.SigningMethodES256, k.ec, claims(now, "bar"), "") })
+	b2 := n.NewAgent(t, func(c *agent.Config) {
+		c.Token = authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(now, "bar"), "")
+	})
 	if err := b2.ServeUpstream(t.Context(), "bar", quicutil.KindHTTP, "127.0.0.1:1"); err != nil {
 		t.Fatal(err)
 	}
-	err := runAgent(t, n, sign(t, jwt.SigningMethodES256, k.ec, claims(now, "foo"), "nope"))
+	err := runAgent(t, n, authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(now, "foo"), "nope"))
 	if !errors.Is(err, agent.ErrUnauthorized) || !strings.Contains(err.Error(), `token key ID (kid) "nope" is unknown`) {
 		t.Fatalf("unknown kid: %v", err)
 	}
-	err = runAgent(t, n, sign(t, jwt.SigningMethodHS256, []byte("c2VjcmV0"), claims(now, "foo"), "s"))
+	err = runAgent(t, n, authtest.Sign(t, jwt.SigningMethodHS256, []byte("c2VjcmV0"), authtest.Claims(now, "foo"), "s"))
 	if !errors.Is(err, agent.ErrUnauthorized) || !strings.Contains(err.Error(), `token key ID (kid) "s" is unknown`) {
 		t.Fatalf("HS256 with the oct key's kid: %v", err)
 	}
-	err = runAgent(t, n, sign(t, jwt.SigningMethodHS256, []byte("c2VjcmV0"), claims(now, "foo"), ""))
+	err = runAgent(t, n, authtest.Sign(t, jwt.SigningMethodHS256, []byte("c2VjcmV0"), authtest.Claims(now, "foo"), ""))
 	if !errors.Is(err, agent.ErrUnauthorized) || !strings.Contains(err.Error(), `token algorithm "HS256" is not accepted (this edge accepts ES256)`) {
 		t.Fatalf("HS256 without kid: %v", err)
 	}
@@ -539,14 +434,14 @@ func TestClientAuth(t *testing.T) {
 	now := time.Now()
 	n := edgetest.NewNode(t, authOpt(fixedClock(now), func(c *auth.Config) { c.ProxyAuth = true }))
 	up := edgetest.Upstream(t, echoHeaders())
-	a := n.NewAgent(t, func(c *agent.Config) { c.Token = hs256(t, claims(now, "foo", "bar")) })
+	a := n.NewAgent(t, func(c *agent.Config) { c.Token = authtest.HS256(t, authtest.Claims(now, "foo", "bar")) })
 	for _, id := range []string{"foo", "bar"} {
 		if err := a.ServeUpstream(t.Context(), id, quicutil.KindHTTP, up); err != nil {
 			t.Fatal(err)
 		}
 	}
-	good := hs256(t, claims(now, "foo", "nowhere"))
-	expired := claims(now.Add(-2*time.Hour), "foo")
+	good := authtest.HS256(t, authtest.Claims(now, "foo", "nowhere"))
+	expired := authtest.Claims(now.Add(-2*time.Hour), "foo")
 
 	type result struct {
 		status  int
@@ -569,7 +464,7 @@ func TestClientAuth(t *testing.T) {
 		"bad signature": {endpoint: "foo", header: map[string]string{"Authorization": "Bearer " + good[:len(good)-4] + "AAAA"}, check: func(t *testing.T, r result) {
 			want(t, r.status, 401, r.auth, `Bearer realm="pico", error="invalid_token", error_description="token signature is invalid"`, r.body, "unauthorized: token signature is invalid")
 		}},
-		"expired": {endpoint: "foo", header: map[string]string{"X-Pico-Authorization": "Bearer " + hs256(t, expired)}, check: func(t *testing.T, r result) {
+		"expired": {endpoint: "foo", header: map[string]string{"X-Pico-Authorization": "Bearer " + authtest.HS256(t, expired)}, check: func(t *testing.T, r result) {
 			want(t, r.status, 401, r.auth, `error_description="token expired at `, r.body, "unauthorized: token expired at")
 		}},
 		"not bearer": {endpoint: "foo", header: map[string]string{"Authorization": "Basic dXNlcjpwYXNz"}, check: func(t *testing.T, r result) {
@@ -659,14 +554,14 @@ func want(t *testing.T, status, wantStatus int, auth, wantAuth, body, wantBody s
 func TestForwardAuth(t *testing.T) {
 	now := time.Now()
 	n := edgetest.NewNode(t, authOpt(fixedClock(now), func(c *auth.Config) { c.ProxyAuth = true }))
-	server := n.NewAgent(t, func(c *agent.Config) { c.Token = hs256(t, claims(now, "db", "other")) })
+	server := n.NewAgent(t, func(c *agent.Config) { c.Token = authtest.HS256(t, authtest.Claims(now, "db", "other")) })
 	echo := echoServer(t)
 	for _, id := range []string{"db", "other"} {
 		if err := server.ServeUpstream(t.Context(), id, quicutil.KindTCP, echo); err != nil {
 			t.Fatal(err)
 		}
 	}
-	fwd := n.NewAgent(t, func(c *agent.Config) { c.Token = hs256(t, claims(now, "db")) })
+	fwd := n.NewAgent(t, func(c *agent.Config) { c.Token = authtest.HS256(t, authtest.Claims(now, "db")) })
 
 	t.Run("allowed", func(t *testing.T) {
 		c, err := fwd.Dial(t.Context(), "db")
@@ -695,7 +590,7 @@ func TestForwardAuth(t *testing.T) {
 	})
 	// A connection whose Hello had a token, opening streams with none or
 	// a bad one in their header.
-	conn := helloRaw(t, n, hs256(t, claims(now, "db")))
+	conn := helloRaw(t, n, authtest.HS256(t, authtest.Claims(now, "db")))
 	for name, tc := range map[string]struct {
 		token string
 		code  quicutil.Status
@@ -703,8 +598,8 @@ func TestForwardAuth(t *testing.T) {
 	}{
 		"stream without token":   {"", quicutil.StatusUnauthorized, "no token: this edge requires one"},
 		"stream with bad token":  {"x.y.z", quicutil.StatusUnauthorized, "token is malformed"},
-		"stream with wrong aud":  {hs256(t, func() jwt.MapClaims { c := claims(now, "db"); c["aud"] = "x"; return c }()), quicutil.StatusUnauthorized, `token audience ["x"] does not include "edge"`},
-		"stream with good token": {hs256(t, claims(now, "db")), quicutil.StatusOK, ""},
+		"stream with wrong aud":  {authtest.HS256(t, func() jwt.MapClaims { c := authtest.Claims(now, "db"); c["aud"] = "x"; return c }()), quicutil.StatusUnauthorized, `token audience ["x"] does not include "edge"`},
+		"stream with good token": {authtest.HS256(t, authtest.Claims(now, "db")), quicutil.StatusOK, ""},
 	} {
 		t.Run(name, func(t *testing.T) {
 			str, err := conn.OpenStreamSync(t.Context())
@@ -784,17 +679,17 @@ func TestEndpointTakeoverAcrossNodes(t *testing.T) {
 	legitUp := edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { legit.Add(1) }))
 	thiefUp := edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { stolen.Add(1) }))
 
-	owner := c.Nodes[0].NewAgent(t, singleLink, func(cfg *agent.Config) { cfg.Token = hs256(t, claims(now, "foo")) })
+	owner := c.Nodes[0].NewAgent(t, singleLink, func(cfg *agent.Config) { cfg.Token = authtest.HS256(t, authtest.Claims(now, "foo")) })
 	if err := owner.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, legitUp); err != nil {
 		t.Fatal(err)
 	}
 	c.Nodes[1].WaitRemote(t, "foo", 1)
 
 	tokens := map[string]string{
-		"other endpoints": hs256(t, claims(now, "bar", "fo-*")),
-		"no endpoints":    hs256(t, claims(now)),
-		"bad signature":   sign(t, jwt.SigningMethodHS256, []byte("guessed-secret-guessed-secret-guessed"), claims(now, "foo"), ""),
-		"alg none":        unsigned(claims(now, "foo")),
+		"other endpoints": authtest.HS256(t, authtest.Claims(now, "bar", "fo-*")),
+		"no endpoints":    authtest.HS256(t, authtest.Claims(now)),
+		"bad signature":   authtest.Sign(t, jwt.SigningMethodHS256, []byte("guessed-secret-guessed-secret-guessed"), authtest.Claims(now, "foo"), ""),
+		"alg none":        authtest.Unsigned(authtest.Claims(now, "foo")),
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
@@ -847,38 +742,5 @@ func TestEndpointTakeoverAcrossNodes(t *testing.T) {
 	}
 	if _, targets, _ := c.Nodes[1].Server.Table().Lookup("foo"); len(targets) != 0 {
 		t.Fatalf("node 1 has %d local agents for foo, want 0", len(targets))
-	}
-}
-
-// TestScopeEndpointIDRule: edge/auth, a leaf, keeps its own copy of the
-// endpoint ID rule; it must agree with quicutil's, message and all.
-func TestScopeEndpointIDRule(t *testing.T) {
-	alphabet := []string{"a", "z", "0", "9", "-", "A", "_", ".", " ", "\u00e9"}
-	ids := []string{"", strings.Repeat("a", 62), strings.Repeat("a", 63), strings.Repeat("a", 64),
-		strings.Repeat("x", 200), "team-a-web-1", "-" + strings.Repeat("a", 62), strings.Repeat("a", 62) + "-"}
-	var gen func(prefix string, n int)
-	gen = func(prefix string, n int) {
-		if n == 0 {
-			ids = append(ids, prefix)
-			return
-		}
-		for _, c := range alphabet {
-			gen(prefix+c, n-1)
-		}
-	}
-	for n := 1; n <= 3; n++ {
-		gen("", n)
-	}
-	for _, id := range ids {
-		want := quicutil.ValidateEndpointID(id)
-		got := auth.ValidateEndpointPattern(id)
-		switch {
-		case want == nil && got != nil:
-			t.Errorf("%q: auth says %v, quicutil accepts it", id, got)
-		case want != nil && got == nil:
-			t.Errorf("%q: auth accepts it, quicutil says %v", id, want)
-		case want != nil && !strings.HasSuffix(got.Error(), ": "+want.Error()):
-			t.Errorf("%q: auth says %q, want it to end with quicutil's %q", id, got, want)
-		}
 	}
 }

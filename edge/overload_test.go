@@ -25,6 +25,7 @@ import (
 
 	"github.com/pico-edge/pico/agent"
 	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/auth/authtest"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
 )
@@ -375,7 +376,7 @@ func TestMalformedStreamFlood(t *testing.T) {
 func TestConnectionsPerToken(t *testing.T) {
 	now := time.Now()
 	n := edgetest.NewNode(t, authOpt(fixedClock(now)), func(c *edge.Config) { c.MaxConnsPerToken = 2 })
-	token := hs256(t, claims(now, "foo"))
+	token := authtest.HS256(t, authtest.Claims(now, "foo"))
 	// hello connects with tok and reports whether the edge welcomed it.
 	hello := func(tok string) (*quic.Conn, bool) {
 		conn := dialAgentRaw(t, n)
@@ -402,7 +403,7 @@ func TestConnectionsPerToken(t *testing.T) {
 		t.Fatalf("third connection: %v, want the per-token limit", err)
 	}
 	// Another token is not affected.
-	if _, ok := hello(hs256(t, claims(now.Add(time.Second), "foo"))); !ok {
+	if _, ok := hello(authtest.HS256(t, authtest.Claims(now.Add(time.Second), "foo"))); !ok {
 		t.Fatal("another token was refused")
 	}
 	// A place given back is taken again.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pico-edge/pico/agent"
 	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/auth/authtest"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
 )
@@ -58,7 +59,7 @@ func runSmugglingVectors(t *testing.T, auth bool) {
 	if auth {
 		now := time.Now()
 		opts = append(opts, authOpt(fixedClock(now), withProxyAuth))
-		token = hs256(t, claims(now, "v*"))
+		token = authtest.HS256(t, authtest.Claims(now, "v*"))
 	}
 	n := edgetest.NewNode(t, opts...)
 	a := n.NewAgent(t, func(c *agent.Config) { c.Token = token })

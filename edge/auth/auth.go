@@ -6,9 +6,9 @@
 // (Grant, Scope), the counters of refused tokens and the auth section of
 // the node's status.
 //
-// It imports no other package of ours, like the leaves routing, quicutil
-// and certs; only edge and cmd import it. Mapping a refusal to an HTTP
-// status or a wire code is the caller's business.
+// Of our packages it imports only quicutil, for the endpoint ID rule; only
+// edge and cmd import it. Mapping a refusal to an HTTP status or a wire
+// code is the caller's business.
 package auth
 
 import (

@@ -8,11 +8,9 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,76 +18,20 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/pico-edge/pico/edge/auth"
+	"github.com/pico-edge/pico/edge/auth/authtest"
 )
-
-// Keys of the tests, made once (an RSA key takes a while).
-var testKeys = sync.OnceValue(func() (k struct {
-	hmac []byte
-	rsa  *rsa.PrivateKey
-	ec   *ecdsa.PrivateKey
-	ed   ed25519.PrivateKey
-}) {
-	k.hmac = []byte("0123456789abcdef0123456789abcdef-test-secret")
-	k.rsa, _ = rsa.GenerateKey(rand.Reader, 2048)
-	k.ec, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	_, k.ed, _ = ed25519.GenerateKey(rand.Reader)
-	return k
-})
-
-const (
-	testIssuer   = "pico-test"
-	testAudience = "edge"
-)
-
-// claims returns valid claims at now for endpoints.
-func claims(now time.Time, endpoints ...string) jwt.MapClaims {
-	return jwt.MapClaims{
-		"iss":  testIssuer,
-		"aud":  testAudience,
-		"sub":  "test",
-		"iat":  now.Unix(),
-		"nbf":  now.Unix(),
-		"exp":  now.Add(time.Hour).Unix(),
-		"pico": map[string]any{"endpoints": endpoints},
-	}
-}
-
-// sign signs c with method and key; kid, if set, goes in the header.
-func sign(t testing.TB, method jwt.SigningMethod, key any, c jwt.MapClaims, kid string) string {
-	t.Helper()
-	tok := jwt.NewWithClaims(method, c)
-	if kid != "" {
-		tok.Header["kid"] = kid
-	}
-	s, err := tok.SignedString(key)
-	if err != nil {
-		t.Fatalf("sign: %v", err)
-	}
-	return s
-}
-
-func hs256(t testing.TB, c jwt.MapClaims) string {
-	return sign(t, jwt.SigningMethodHS256, testKeys().hmac, c, "")
-}
-
-// unsigned returns a token with alg "none".
-func unsigned(c jwt.MapClaims) string {
-	h, _ := json.Marshal(map[string]string{"alg": "none", "typ": "JWT"})
-	b, _ := json.Marshal(c)
-	return base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(b) + "."
-}
 
 func fixedClock(t time.Time) func() time.Time { return func() time.Time { return t } }
 
 // testConfig verifies with the HMAC, RSA and Ed25519 test keys at clock.
 func testConfig(clock func() time.Time) auth.Config {
-	k := testKeys()
+	k := authtest.Keys()
 	return auth.Config{
-		HMACSecret:       k.hmac,
-		RSAPublicKey:     &k.rsa.PublicKey,
-		Ed25519PublicKey: k.ed.Public().(ed25519.PublicKey),
-		Issuer:           testIssuer,
-		Audience:         testAudience,
+		HMACSecret:       k.HMAC,
+		RSAPublicKey:     &k.RSA.PublicKey,
+		Ed25519PublicKey: k.Ed.Public().(ed25519.PublicKey),
+		Issuer:           authtest.Issuer,
+		Audience:         authtest.Audience,
 		Now:              clock,
 	}
 }
@@ -119,54 +61,12 @@ func mustRSA(t testing.TB) *rsa.PrivateKey {
 func TestVerifyMatrix(t *testing.T) {
 	now := time.Now().Truncate(time.Second)
 	v := newVerifier(t, testConfig(fixedClock(now)))
-	k := testKeys()
-	rsaPub, _ := x509.MarshalPKIXPublicKey(&k.rsa.PublicKey)
-	rsaPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: rsaPub})
-	with := func(mut func(jwt.MapClaims)) jwt.MapClaims {
-		c := claims(now, "foo")
-		mut(c)
-		return c
-	}
-	otherSecret := []byte("another-secret-of-enough-length-0123456789")
-
-	refused := map[string]struct {
-		token string
-		want  string
-	}{
-		"no token":      {"", "no token: this edge requires one"},
-		"only space":    {" \t ", "no token: this edge requires one"},
-		"malformed":     {"not.a.jwt", "token is malformed"},
-		"bad signature": {sign(t, jwt.SigningMethodHS256, otherSecret, claims(now, "foo"), ""), "token signature is invalid"},
-		"alg none":      {unsigned(claims(now, "foo")), `token algorithm "none" is not accepted (this edge accepts EdDSA, HS256, HS384, HS512, PS256, PS384, PS512, RS256, RS384, RS512)`},
-		// The RSA public key's bytes as an HMAC secret: verified with the
-		// HMAC secret, never with the RSA key.
-		"HS/RS confusion":       {sign(t, jwt.SigningMethodHS256, rsaPEM, claims(now, "foo"), ""), "token signature is invalid"},
-		"RS256 signed by other": {sign(t, jwt.SigningMethodRS256, mustRSA(t), claims(now, "foo"), ""), "token signature is invalid"},
-		"ES256 without a key":   {sign(t, jwt.SigningMethodES256, k.ec, claims(now, "foo"), ""), `token algorithm "ES256" is not accepted`},
-		"expired": {hs256(t, with(func(c jwt.MapClaims) {
-			c["exp"] = now.Add(-31 * time.Second).Unix()
-			c["iat"] = now.Add(-time.Hour).Unix()
-		})), "token expired at " + now.Add(-31*time.Second).UTC().Format(time.RFC3339) + " (now " + now.UTC().Format(time.RFC3339) + ", leeway 30s)"},
-		"not yet valid":          {hs256(t, with(func(c jwt.MapClaims) { c["nbf"] = now.Add(31 * time.Second).Unix() })), "token is not valid before " + now.Add(31*time.Second).UTC().Format(time.RFC3339)},
-		"issued in the future":   {hs256(t, with(func(c jwt.MapClaims) { c["iat"] = now.Add(time.Minute).Unix() })), "token is issued in the future"},
-		"no exp":                 {hs256(t, with(func(c jwt.MapClaims) { delete(c, "exp") })), "token has no exp claim: the edge requires an expiry"},
-		"wrong aud":              {hs256(t, with(func(c jwt.MapClaims) { c["aud"] = "other" })), `token audience ["other"] does not include "edge"`},
-		"no aud":                 {hs256(t, with(func(c jwt.MapClaims) { delete(c, "aud") })), `token has no aud claim (want "edge")`},
-		"wrong iss":              {hs256(t, with(func(c jwt.MapClaims) { c["iss"] = "evil" })), `token issuer "evil" is not "pico-test"`},
-		"no iss":                 {hs256(t, with(func(c jwt.MapClaims) { delete(c, "iss") })), `token has no iss claim (want "pico-test")`},
-		"lifetime over 24h":      {hs256(t, with(func(c jwt.MapClaims) { c["exp"] = now.Add(25 * time.Hour).Unix() })), "token lifetime of 25h0m0s (exp - iat) exceeds the maximum of 24h0m0s"},
-		"lifetime without iat":   {hs256(t, with(func(c jwt.MapClaims) { delete(c, "iat"); c["exp"] = now.Add(48 * time.Hour).Unix() })), "token lifetime of 48h0m0s (exp - now (no iat)) exceeds the maximum of 24h0m0s"},
-		"bad endpoint entry":     {hs256(t, claims(now, "foo", "Team_A")), `token claim pico.endpoints: entry "Team_A" is neither an endpoint ID nor a prefix wildcard`},
-		"empty wildcard prefix":  {hs256(t, claims(now, "-*")), `token claim pico.endpoints: entry "-*": prefix "-" has "-"`},
-		"wildcard in the middle": {hs256(t, claims(now, "team-*-x")), `entry "team-*-x" is neither an endpoint ID nor a prefix wildcard`},
-		"endpoints not a list":   {hs256(t, with(func(c jwt.MapClaims) { c["pico"] = map[string]any{"endpoints": "foo"} })), "token is malformed"},
-		"too many endpoints":     {hs256(t, claims(now, strings.Split(strings.Repeat("a,", 1001), ",")...)), "token lists 1002 endpoints in pico.endpoints (max 1000)"},
-	}
+	refused, accepted := authtest.Matrix(t, now)
 	for name, tc := range refused {
 		t.Run(name, func(t *testing.T) {
-			g, err := v.Verify(tc.token)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Verify = %v, want an error saying %q", err, tc.want)
+			g, err := v.Verify(tc.Token)
+			if err == nil || !strings.Contains(err.Error(), tc.Want) {
+				t.Fatalf("Verify = %v, want an error saying %q", err, tc.Want)
 			}
 			if len(err.Error()) > 400 {
 				t.Fatalf("reason of %d bytes, want at most 400", len(err.Error()))
@@ -177,20 +77,6 @@ func TestVerifyMatrix(t *testing.T) {
 		})
 	}
 
-	accepted := map[string]string{
-		"HS256": hs256(t, claims(now, "foo")),
-		"HS512": sign(t, jwt.SigningMethodHS512, k.hmac, claims(now, "foo"), ""),
-		"RS256": sign(t, jwt.SigningMethodRS256, k.rsa, claims(now, "foo"), ""),
-		"PS384": sign(t, jwt.SigningMethodPS384, k.rsa, claims(now, "foo"), ""),
-		"EdDSA": sign(t, jwt.SigningMethodEdDSA, k.ed, claims(now, "foo"), ""),
-		"expired within leeway": hs256(t, with(func(c jwt.MapClaims) {
-			c["exp"] = now.Add(-20 * time.Second).Unix()
-			c["iat"] = now.Add(-time.Hour).Unix()
-		})),
-		"nbf within leeway":    hs256(t, with(func(c jwt.MapClaims) { c["nbf"] = now.Add(29 * time.Second).Unix() })),
-		"lifetime of 24h":      hs256(t, with(func(c jwt.MapClaims) { c["exp"] = now.Add(24 * time.Hour).Unix() })),
-		"surrounded by spaces": " " + hs256(t, claims(now, "foo")) + "\n",
-	}
 	for name, token := range accepted {
 		t.Run(name, func(t *testing.T) {
 			g, err := v.Verify(token)
@@ -208,15 +94,15 @@ func TestVerifyMatrix(t *testing.T) {
 // one signed with the RSA public key's bytes.
 func TestVerifyAlgorithmConfusion(t *testing.T) {
 	now := time.Now()
-	k := testKeys()
-	v := newVerifier(t, auth.Config{RSAPublicKey: &k.rsa.PublicKey, Now: fixedClock(now)})
-	der, _ := x509.MarshalPKIXPublicKey(&k.rsa.PublicKey)
+	k := authtest.Keys()
+	v := newVerifier(t, auth.Config{RSAPublicKey: &k.RSA.PublicKey, Now: fixedClock(now)})
+	der, _ := x509.MarshalPKIXPublicKey(&k.RSA.PublicKey)
 	for name, secret := range map[string][]byte{
 		"PEM": pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}),
 		"DER": der,
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := v.Verify(sign(t, jwt.SigningMethodHS256, secret, claims(now, "foo"), ""))
+			_, err := v.Verify(authtest.Sign(t, jwt.SigningMethodHS256, secret, authtest.Claims(now, "foo"), ""))
 			want := `token algorithm "HS256" is not accepted (this edge accepts PS256, PS384, PS512, RS256, RS384, RS512)`
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("Verify = %v, want an error saying %q", err, want)
@@ -228,9 +114,9 @@ func TestVerifyAlgorithmConfusion(t *testing.T) {
 func TestVerifyExpiry(t *testing.T) {
 	now := time.Now().Truncate(time.Second)
 	v := newVerifier(t, testConfig(fixedClock(now)))
-	c := claims(now, "foo")
+	c := authtest.Claims(now, "foo")
 	c["exp"] = now.Add(10 * time.Minute).Unix()
-	g, err := v.Verify(hs256(t, c))
+	g, err := v.Verify(authtest.HS256(t, c))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,11 +157,11 @@ func TestScopeAllows(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			c := claims(now, tc.scope...)
+			c := authtest.Claims(now, tc.scope...)
 			if tc.scope == nil {
 				delete(c, "pico")
 			}
-			g, err := v.Verify(hs256(t, c))
+			g, err := v.Verify(authtest.HS256(t, c))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -312,7 +198,7 @@ func TestScopeStringCut(t *testing.T) {
 	for i := range 100 {
 		ids = append(ids, "endpoint-"+strings.Repeat("x", i%5+1))
 	}
-	g, err := v.Verify(hs256(t, claims(now, ids...)))
+	g, err := v.Verify(authtest.HS256(t, authtest.Claims(now, ids...)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,7 +243,7 @@ func TestValidateEndpointPattern(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	k := testKeys()
+	k := authtest.Keys()
 	small, _ := rsa.GenerateKey(rand.Reader, 1024)
 	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
 	tests := map[string]struct {
@@ -373,8 +259,8 @@ func TestConfigValidate(t *testing.T) {
 		"bad JWKS":             {auth.Config{JWKS: []byte(`{"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}`)}, "JWKS: key 0: P-256 coordinates of 1 and 1 bytes"},
 		"not a JWKS":           {auth.Config{JWKS: []byte(`{"kty": "EC"}`)}, `no "keys" array`},
 		"JWKS URL":             {auth.Config{JWKSURL: "file:///etc/keys"}, `JWKS URL "file:///etc/keys": want http:// or https://`},
-		"negative leeway":      {auth.Config{HMACSecret: k.hmac, Leeway: -time.Second}, "Auth.Leeway is negative (-1s)"},
-		"negative lifetime":    {auth.Config{HMACSecret: k.hmac, MaxLifetime: -time.Second}, "Auth.MaxLifetime is negative"},
+		"negative leeway":      {auth.Config{HMACSecret: k.HMAC, Leeway: -time.Second}, "Auth.Leeway is negative (-1s)"},
+		"negative lifetime":    {auth.Config{HMACSecret: k.HMAC, MaxLifetime: -time.Second}, "Auth.MaxLifetime is negative"},
 		"negative refresh":     {auth.Config{JWKSURL: "http://127.0.0.1:1/", JWKSRefresh: -time.Second}, "Auth.JWKSRefresh is negative"},
 		"negative min refresh": {auth.Config{JWKSURL: "http://127.0.0.1:1/", JWKSMinRefresh: -time.Second}, "Auth.JWKSMinRefresh is negative"},
 	}
@@ -390,10 +276,10 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 	for name, cfg := range map[string]auth.Config{
-		"HMAC":     {HMACSecret: k.hmac[:auth.MinHMACSecret]},
-		"RSA":      {RSAPublicKey: &k.rsa.PublicKey},
-		"ECDSA":    {ECDSAPublicKey: &k.ec.PublicKey},
-		"Ed25519":  {Ed25519PublicKey: k.ed.Public().(ed25519.PublicKey)},
+		"HMAC":     {HMACSecret: k.HMAC[:auth.MinHMACSecret]},
+		"RSA":      {RSAPublicKey: &k.RSA.PublicKey},
+		"ECDSA":    {ECDSAPublicKey: &k.EC.PublicKey},
+		"Ed25519":  {Ed25519PublicKey: k.Ed.Public().(ed25519.PublicKey)},
 		"JWKS URL": {JWKSURL: "https://issuer.example/jwks.json"},
 	} {
 		if err := cfg.Validate(); err != nil {
@@ -485,7 +371,7 @@ func TestStatusAndMode(t *testing.T) {
 	}
 	v := newVerifier(t, testConfig(time.Now))
 	st := v.Status()
-	if st.Agents != "jwt" || st.Clients != "none" || st.Issuer != testIssuer || st.Audience != testAudience ||
+	if st.Agents != "jwt" || st.Clients != "none" || st.Issuer != authtest.Issuer || st.Audience != authtest.Audience ||
 		strings.Join(st.Algorithms, ",") != "EdDSA,HS256,HS384,HS512,PS256,PS384,PS512,RS256,RS384,RS512" || v.Mode() != "jwt (agents)" {
 		t.Fatalf("Status %+v, Mode %q", st, v.Mode())
 	}

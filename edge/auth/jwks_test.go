@@ -18,6 +18,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/pico-edge/pico/edge/auth"
+	"github.com/pico-edge/pico/edge/auth/authtest"
 )
 
 // jwk encodes a public key as a JWK.
@@ -44,10 +45,10 @@ func jwks(keys ...any) []byte {
 // TestJWKSParse checks what a key set may hold, through Config.Validate
 // (which parses Config.JWKS) and the algorithms of the keys kept.
 func TestJWKSParse(t *testing.T) {
-	k := testKeys()
-	ec := jwk("e1", &k.ec.PublicKey)
-	ed := jwk("d1", k.ed.Public())
-	rs := jwk("r1", &k.rsa.PublicKey)
+	k := authtest.Keys()
+	ec := jwk("e1", &k.EC.PublicKey)
+	ed := jwk("d1", k.Ed.Public())
+	rs := jwk("r1", &k.RSA.PublicKey)
 	with := func(m map[string]string, kv ...string) map[string]string {
 		c := map[string]string{}
 		for k, v := range m {
@@ -124,23 +125,23 @@ func TestJWKSParse(t *testing.T) {
 // A JWKS from a file (no URL) verifies tokens by kid, and an unknown kid
 // is refused at once.
 func TestJWKSFile(t *testing.T) {
-	k := testKeys()
+	k := authtest.Keys()
 	now := time.Now()
 	v := newVerifier(t, auth.Config{JWKS: jwks(
-		jwk("e1", &k.ec.PublicKey),
+		jwk("e1", &k.EC.PublicKey),
 		map[string]string{"kty": "oct", "kid": "s", "k": "c2VjcmV0"}, // skipped: no secrets in a key set
 		map[string]string{"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
 	), Now: fixedClock(now)})
-	if _, err := v.Verify(sign(t, jwt.SigningMethodES256, k.ec, claims(now, "foo"), "e1")); err != nil {
+	if _, err := v.Verify(authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(now, "foo"), "e1")); err != nil {
 		t.Fatalf("kid e1: %v", err)
 	}
-	if _, err := v.Verify(sign(t, jwt.SigningMethodES256, k.ec, claims(now, "foo"), "")); err != nil {
+	if _, err := v.Verify(authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(now, "foo"), "")); err != nil {
 		t.Fatalf("no kid, the one ES256 key: %v", err)
 	}
 	for name, tc := range map[string]struct{ token, want string }{
-		"unknown kid":       {sign(t, jwt.SigningMethodES256, k.ec, claims(now, "foo"), "nope"), `token key ID (kid) "nope" is unknown`},
-		"the oct key's kid": {sign(t, jwt.SigningMethodHS256, []byte("c2VjcmV0"), claims(now, "foo"), "s"), `token key ID (kid) "s" is unknown`},
-		"HS256 without kid": {sign(t, jwt.SigningMethodHS256, []byte("c2VjcmV0"), claims(now, "foo"), ""), `token algorithm "HS256" is not accepted (this edge accepts ES256)`},
+		"unknown kid":       {authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(now, "foo"), "nope"), `token key ID (kid) "nope" is unknown`},
+		"the oct key's kid": {authtest.Sign(t, jwt.SigningMethodHS256, []byte("c2VjcmV0"), authtest.Claims(now, "foo"), "s"), `token key ID (kid) "s" is unknown`},
+		"HS256 without kid": {authtest.Sign(t, jwt.SigningMethodHS256, []byte("c2VjcmV0"), authtest.Claims(now, "foo"), ""), `token algorithm "HS256" is not accepted (this edge accepts ES256)`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := v.Verify(tc.token); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -155,15 +156,15 @@ func TestJWKSFile(t *testing.T) {
 
 // Two keys of one algorithm: a token without kid cannot choose.
 func TestJWKSAmbiguous(t *testing.T) {
-	k := testKeys()
+	k := authtest.Keys()
 	_, ed2, _ := ed25519.GenerateKey(rand.Reader)
 	now := time.Now()
-	v := newVerifier(t, auth.Config{JWKS: jwks(jwk("d1", k.ed.Public()), jwk("d2", ed2.Public())), Now: fixedClock(now)})
-	_, err := v.Verify(sign(t, jwt.SigningMethodEdDSA, k.ed, claims(now, "foo"), ""))
+	v := newVerifier(t, auth.Config{JWKS: jwks(jwk("d1", k.Ed.Public()), jwk("d2", ed2.Public())), Now: fixedClock(now)})
+	_, err := v.Verify(authtest.Sign(t, jwt.SigningMethodEdDSA, k.Ed, authtest.Claims(now, "foo"), ""))
 	if want := "token has no key ID (kid) and the JWKS has 2 EdDSA keys"; err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("Verify = %v, want an error saying %q", err, want)
 	}
-	if _, err := v.Verify(sign(t, jwt.SigningMethodEdDSA, ed2, claims(now, "foo"), "d2")); err != nil {
+	if _, err := v.Verify(authtest.Sign(t, jwt.SigningMethodEdDSA, ed2, authtest.Claims(now, "foo"), "d2")); err != nil {
 		t.Fatalf("kid d2: %v", err)
 	}
 }
@@ -196,27 +197,27 @@ func newKeyServer(t testing.TB, keys ...map[string]string) *keyServer {
 // JWKSMinRefresh: a key rotated in works once fetched, and a key rotated
 // out stops working.
 func TestJWKSRotation(t *testing.T) {
-	k := testKeys()
+	k := authtest.Keys()
 	_, ed2, _ := ed25519.GenerateKey(rand.Reader)
-	ks := newKeyServer(t, jwk("k1", &k.ec.PublicKey), jwk("r1", &k.rsa.PublicKey))
+	ks := newKeyServer(t, jwk("k1", &k.EC.PublicKey), jwk("r1", &k.RSA.PublicKey))
 	var offset atomic.Int64
 	clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
-	v := newVerifier(t, auth.Config{JWKSURL: ks.URL, JWKSRefresh: time.Hour, Now: clock, Audience: testAudience, Issuer: testIssuer})
+	v := newVerifier(t, auth.Config{JWKSURL: ks.URL, JWKSRefresh: time.Hour, Now: clock, Audience: authtest.Audience, Issuer: authtest.Issuer})
 	// Without Run: the first token's kid fetches the set.
-	if _, err := v.Verify(sign(t, jwt.SigningMethodES256, k.ec, claims(clock(), "foo"), "k1")); err != nil {
+	if _, err := v.Verify(authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(clock(), "foo"), "k1")); err != nil {
 		t.Fatalf("ES256 with kid k1: %v", err)
 	}
-	if _, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa, claims(clock(), "foo"), "r1")); err != nil {
+	if _, err := v.Verify(authtest.Sign(t, jwt.SigningMethodRS256, k.RSA, authtest.Claims(clock(), "foo"), "r1")); err != nil {
 		t.Fatalf("RS256 with kid r1: %v", err)
 	}
-	if _, err := v.Verify(sign(t, jwt.SigningMethodES256, k.ec, claims(clock(), "foo"), "r1")); err == nil ||
+	if _, err := v.Verify(authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(clock(), "foo"), "r1")); err == nil ||
 		!strings.Contains(err.Error(), `token algorithm ES256 does not fit key "r1" (alg RS256)`) {
 		t.Fatalf("ES256 with the RSA key's kid: %v", err)
 	}
 
 	ks.keys.Store([]map[string]string{jwk("k2", ed2.Public())}) // rotation: k1 out, k2 in
 	before := ks.fetches.Load()
-	_, err := v.Verify(sign(t, jwt.SigningMethodEdDSA, ed2, claims(clock(), "foo"), "k2"))
+	_, err := v.Verify(authtest.Sign(t, jwt.SigningMethodEdDSA, ed2, authtest.Claims(clock(), "foo"), "k2"))
 	if err == nil || !strings.Contains(err.Error(), `token key ID (kid) "k2" is unknown`) {
 		t.Fatalf("k2 before a fetch is allowed: %v", err)
 	}
@@ -225,10 +226,10 @@ func TestJWKSRotation(t *testing.T) {
 	}
 
 	offset.Store(int64(11 * time.Second)) // past JWKSMinRefresh
-	if _, err := v.Verify(sign(t, jwt.SigningMethodEdDSA, ed2, claims(clock(), "foo"), "k2")); err != nil {
+	if _, err := v.Verify(authtest.Sign(t, jwt.SigningMethodEdDSA, ed2, authtest.Claims(clock(), "foo"), "k2")); err != nil {
 		t.Fatalf("EdDSA with kid k2 after rotation: %v", err)
 	}
-	_, err = v.Verify(sign(t, jwt.SigningMethodES256, k.ec, claims(clock(), "foo"), "k1"))
+	_, err = v.Verify(authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(clock(), "foo"), "k1"))
 	if err == nil || !strings.Contains(err.Error(), `token key ID (kid) "k1" is unknown`) {
 		t.Fatalf("k1 after rotation: %v", err)
 	}
@@ -242,8 +243,8 @@ func TestJWKSRotation(t *testing.T) {
 // Run fetches the set at once and every JWKSRefresh; a failed fetch keeps
 // the keys fetched before and shows in Status.
 func TestJWKSRunRefresh(t *testing.T) {
-	k := testKeys()
-	ks := newKeyServer(t, jwk("k1", &k.ec.PublicKey))
+	k := authtest.Keys()
+	ks := newKeyServer(t, jwk("k1", &k.EC.PublicKey))
 	v := newVerifier(t, auth.Config{JWKSURL: ks.URL, JWKSRefresh: 20 * time.Millisecond})
 	done := make(chan struct{})
 	go func() { v.Run(); close(done) }()
@@ -266,7 +267,7 @@ func TestJWKSRunRefresh(t *testing.T) {
 	if want := "GET " + ks.URL + ": 500 Internal Server Error"; st.JWKSError != want || st.JWKSKeys != 1 {
 		t.Fatalf("Status = %+v, want the key kept and the error %q", st, want)
 	}
-	if _, err := v.Verify(sign(t, jwt.SigningMethodES256, k.ec, claims(time.Now(), "foo"), "k1")); err != nil {
+	if _, err := v.Verify(authtest.Sign(t, jwt.SigningMethodES256, k.EC, authtest.Claims(time.Now(), "foo"), "k1")); err != nil {
 		t.Fatalf("k1 after a failed fetch: %v", err)
 	}
 	ks.status.Store(0)
@@ -294,7 +295,7 @@ func TestJWKSFetchErrors(t *testing.T) {
 			}))
 			defer srv.Close()
 			v := newVerifier(t, auth.Config{JWKSURL: srv.URL, JWKSRefresh: time.Hour})
-			_, err := v.Verify(sign(t, jwt.SigningMethodEdDSA, testKeys().ed, claims(time.Now(), "foo"), "x"))
+			_, err := v.Verify(authtest.Sign(t, jwt.SigningMethodEdDSA, authtest.Keys().Ed, authtest.Claims(time.Now(), "foo"), "x"))
 			if err == nil || !strings.Contains(err.Error(), `token key ID (kid) "x" is unknown`) {
 				t.Fatalf("Verify = %v, want the kid unknown", err)
 			}
@@ -323,7 +324,7 @@ func TestJWKSCloseEndsFetch(t *testing.T) {
 	}
 	runDone := make(chan struct{})
 	go func() { v.Run(); close(runDone) }()
-	token := sign(t, jwt.SigningMethodEdDSA, testKeys().ed, claims(time.Now(), "foo"), "x")
+	token := authtest.Sign(t, jwt.SigningMethodEdDSA, authtest.Keys().Ed, authtest.Claims(time.Now(), "foo"), "x")
 	verified := make(chan error, 1)
 	go func() {
 		_, err := v.Verify(token)

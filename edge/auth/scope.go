@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/pico-edge/pico/quicutil"
 )
 
 // Grant is what a verified token allows. The zero Grant allows nothing
@@ -72,37 +74,8 @@ func ValidateEndpointPattern(p string) error {
 		}
 		return nil
 	}
-	if err := validEndpointID(p); err != nil {
+	if err := quicutil.ValidateEndpointID(p); err != nil {
 		return fmt.Errorf("entry %q is neither an endpoint ID nor a prefix wildcard: %v", p, err)
-	}
-	return nil
-}
-
-// maxEndpointLen is the longest endpoint ID, quicutil.MaxEndpointLen.
-const maxEndpointLen = 63
-
-// validEndpointID is quicutil.ValidateEndpointID, messages and all: a DNS
-// label of 1 to 63 characters from a-z, 0-9 and '-', not starting or
-// ending with '-'. It is copied to keep this package a leaf; a test in
-// edge checks that the two agree.
-func validEndpointID(id string) error {
-	if id == "" {
-		return errors.New("endpoint ID is empty")
-	}
-	if len(id) > maxEndpointLen {
-		return fmt.Errorf("endpoint ID %.20q... is %d characters (max %d)", id, len(id), maxEndpointLen)
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '-':
-			if i == 0 || i == len(id)-1 {
-				return fmt.Errorf("endpoint ID %q starts or ends with '-'", id)
-			}
-		default:
-			return fmt.Errorf("endpoint ID %q has %q (allowed: a-z, 0-9, '-')", id, id[i:i+1])
-		}
 	}
 	return nil
 }
@@ -111,8 +84,8 @@ func validPrefix(p string) error {
 	if p == "" {
 		return errors.New("the prefix before '*' is empty (use \"*\" alone for every endpoint)")
 	}
-	if len(p) >= maxEndpointLen {
-		return fmt.Errorf("prefix of %d characters (max %d)", len(p), maxEndpointLen-1)
+	if len(p) >= quicutil.MaxEndpointLen {
+		return fmt.Errorf("prefix of %d characters (max %d)", len(p), quicutil.MaxEndpointLen-1)
 	}
 	for i := 0; i < len(p); i++ {
 		c := p[i]
