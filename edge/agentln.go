@@ -35,42 +35,18 @@ func (s *Server) acceptAgents(ln *quic.Listener) error {
 			return fmt.Errorf("accept agent connection: %w", err)
 		}
 		peer := conn.ConnectionState().TLS.NegotiatedProtocol == quicutil.ALPNPeer
-		s.mu.Lock()
-		if s.connsClosed || s.draining.Load() && !peer {
-			s.mu.Unlock()
+		if !s.sessions.admit(peer) {
 			conn.CloseWithError(quicutil.ConnCodeGoingAway, "edge node "+s.cfg.NodeID+" is shutting down; connect to another node")
 			continue
 		}
-		s.conns.Add(1)
-		s.mu.Unlock()
 		go func() {
-			defer s.conns.Done()
+			defer s.sessions.serving.Done()
 			if peer {
 				s.servePeerConn(conn)
 				return
 			}
 			s.serveAgentConn(conn)
 		}()
-	}
-}
-
-// takeTokenConn counts one more agent connection with the token of key,
-// or reports that the token has Config.MaxConnsPerToken on this node.
-func (s *Server) takeTokenConn(key [sha256.Size]byte) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.tokenConns[key] >= s.cfg.MaxConnsPerToken {
-		return false
-	}
-	s.tokenConns[key]++
-	return true
-}
-
-func (s *Server) giveTokenConn(key [sha256.Size]byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.tokenConns[key]--; s.tokenConns[key] <= 0 {
-		delete(s.tokenConns, key)
 	}
 }
 
@@ -179,13 +155,13 @@ func (s *Server) startSession(conn *quic.Conn) (sess *session, br quicutil.Messa
 			return nil, nil, nil, err
 		}
 		tokenKey = sha256.Sum256([]byte(hello.Token))
-		if !s.takeTokenConn(tokenKey) {
+		if !s.tokens.take(tokenKey, s.cfg.MaxConnsPerToken) {
 			msg := fmt.Sprintf("this token has %d agent connections to node %s already (the limit)", s.cfg.MaxConnsPerToken, s.cfg.NodeID)
 			s.m.agentRefused["limit"].add("remote_addr", remote, "agent_id", hello.AgentID, "err", msg)
 			conn.CloseWithError(quicutil.ConnCodeLimit, msg)
 			return nil, nil, nil, errors.New(msg)
 		}
-		release = func() { s.giveTokenConn(tokenKey) }
+		release = func() { s.tokens.give(tokenKey) }
 	}
 	hello.Token = "" // not kept
 	sess = &session{
@@ -197,13 +173,7 @@ func (s *Server) startSession(conn *quic.Conn) (sess *session, br quicutil.Messa
 		endpoints: make(map[routing.EndpointID]quicutil.Kind),
 		regLimit:  rate.NewLimiter(rate.Limit(s.cfg.RegistrationsPerSecond), 2*s.cfg.RegistrationsPerSecond),
 	}
-	s.mu.Lock()
-	s.nextID++
-	sess.id = s.nextID
-	s.sessions[sess.id] = sess
-	links := len(s.sessions)
-	s.mu.Unlock()
-	s.local.SetLinks(links)
+	s.local.SetLinks(s.sessions.add(sess))
 	sess.log = log.With("agent_id", hello.AgentID, "session", sess.id)
 	s.m.agentConnected.Inc()
 	sess.connAttrs = []any{"agent", hello.Agent}
@@ -480,12 +450,7 @@ func (sess *session) teardown(cause error) {
 	for _, id := range ids {
 		s.announce(id)
 	}
-	s.mu.Lock()
-	delete(s.sessions, sess.id)
-	links := len(s.sessions)
-	s.mu.Unlock()
-	s.sessionsGone.notify()
-	s.local.SetLinks(links)
+	s.local.SetLinks(s.sessions.remove(sess))
 	sess.conn.CloseWithError(quicutil.ConnCodeNormal, "")
 	sess.ups.closeIdle(true)
 	sess.wg.Wait()

@@ -363,19 +363,11 @@ func (s *Server) servePeerConn(conn *quic.Conn) {
 	}
 	log = log.With("node", node)
 	log.Debug("peer connected")
-	s.mu.Lock()
-	if s.peerIn == nil {
-		s.mu.Unlock()
+	if !s.peerIn.add(conn) {
 		conn.CloseWithError(quicutil.ConnCodeGoingAway, "edge node shutting down")
 		return
 	}
-	s.peerIn[conn] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.peerIn, conn) // a no-op on nil
-		s.mu.Unlock()
-	}()
+	defer s.peerIn.remove(conn)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {

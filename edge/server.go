@@ -6,7 +6,6 @@ package edge
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
@@ -55,25 +54,19 @@ type Server struct {
 	door     *frontdoor.Door // serves proxy to clients
 	adminSrv *http.Server
 
-	mu         sync.Mutex // guards the fields below
-	sessions   map[uint64]*session
-	tokenConns map[[sha256.Size]byte]int // agent connections by token (its hash), when tokens are checked
-	peerIn     map[*quic.Conn]struct{}   // relay connections other nodes opened; nil once closed
-	nextID     uint64
-	tr         *quic.Transport
-	ln         *quic.Listener
-	running    bool
-	// connsClosed: shutdown is closing every connection; acceptAgents
-	// adds none to conns from then on.
-	connsClosed bool
-
-	members      broadcast // membership changed
-	sessionsGone broadcast // a session left s.sessions
-
+	sessions *sessions  // agent links, and the connections of the agent listener
+	tokens   tokenConns // agent connections by token, when tokens are checked
+	peerIn   peerConns  // relay connections other nodes opened
 	live     liveStreams
+	members  broadcast // membership changed
+
+	mu      sync.Mutex // guards the fields below: the agent listener's
+	tr      *quic.Transport
+	ln      *quic.Listener
+	running bool
+
 	draining atomic.Bool
 	ready    atomic.Bool
-	conns    sync.WaitGroup // session goroutines
 
 	drainOnce sync.Once
 	drainReq  chan struct{} // closed by Drain
@@ -91,18 +84,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	epoch := uint64(time.Now().UnixNano())
 	s := &Server{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		table:      routing.NewTable(),
-		local:      routing.NewLocal(cfg.NodeID, epoch),
-		epoch:      epoch,
-		sessions:   make(map[uint64]*session),
-		peerIn:     make(map[*quic.Conn]struct{}),
-		tokenConns: make(map[[sha256.Size]byte]int),
-		started:    make(chan struct{}),
-		drainReq:   make(chan struct{}),
-		closed:     make(chan struct{}),
-		runDone:    make(chan struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		table:    routing.NewTable(),
+		local:    routing.NewLocal(cfg.NodeID, epoch),
+		epoch:    epoch,
+		sessions: newSessions(),
+		started:  make(chan struct{}),
+		drainReq: make(chan struct{}),
+		closed:   make(chan struct{}),
+		runDone:  make(chan struct{}),
 	}
 	if cfg.Auth != nil {
 		var err error
@@ -304,9 +295,8 @@ func (s *Server) shutdown(graceful bool) {
 // tells the cluster this node drains, and asks every agent to move.
 func (s *Server) stopTakingAgents(graceful bool, grace time.Duration) {
 	s.ready.Store(false)
-	s.mu.Lock() // after this, acceptAgents takes no new agent
 	s.draining.Store(true)
-	s.mu.Unlock()
+	s.sessions.drain() // after this, acceptAgents takes no new agent
 	s.log.Info("edge node shutting down", "node_id", s.cfg.NodeID, "grace", grace.String(),
 		"drain_delay", s.cfg.DrainDelay.String())
 	if graceful && s.cluster != nil {
@@ -343,7 +333,7 @@ func (s *Server) waitDrainDelay() {
 func (s *Server) waitStreams(ctx context.Context, graceful bool) {
 	waitAgents := graceful && s.cluster != nil && s.cluster.othersToMoveTo()
 	for ctx.Err() == nil {
-		gone := s.sessionsGone.wait() // before the count: a session leaving after it wakes us
+		gone := s.sessions.gone.wait() // before the count: a session leaving after it wakes us
 		if !waitAgents || s.sessionCount() == 0 {
 			select {
 			case <-s.live.idle():
@@ -408,22 +398,17 @@ func (s *Server) leaveCluster(graceful bool) {
 func (s *Server) closeAgents() {
 	s.mu.Lock()
 	ln, tr := s.ln, s.tr
-	s.connsClosed = true // after this, acceptAgents adds no connection to s.conns
 	s.mu.Unlock()
+	s.sessions.close() // after this, acceptAgents admits no connection
 	ln.Close()
 	for _, sess := range s.sessionList() {
 		sess.close(quicutil.ConnCodeGoingAway, "edge node shutting down")
 	}
-	s.mu.Lock()
-	for conn := range s.peerIn {
-		conn.CloseWithError(quicutil.ConnCodeGoingAway, "edge node shutting down")
-	}
-	s.peerIn = nil // one that completes its hello now closes itself
-	s.mu.Unlock()
+	s.peerIn.closeAll(quicutil.ConnCodeGoingAway, "edge node shutting down") // one that completes its hello now closes itself
 	if s.auth != nil {
 		s.auth.Close() // a Hello waiting on a JWKS fetch gives up
 	}
-	s.conns.Wait()
+	s.sessions.serving.Wait()
 	tr.Close()
 	tr.Conn.Close()
 }
@@ -455,15 +440,7 @@ func closeAll(lns Listeners) {
 	}
 }
 
-func (s *Server) sessionList() []*session {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*session, 0, len(s.sessions))
-	for _, sess := range s.sessions {
-		out = append(out, sess)
-	}
-	return out
-}
+func (s *Server) sessionList() []*session { return s.sessions.list() }
 
 // splice joins a and b until both directions end, and lets shutdown close
 // them cleanly when the grace period is over.
@@ -481,11 +458,7 @@ func (s *Server) memberCount() int {
 	return 1
 }
 
-func (s *Server) sessionCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.sessions)
-}
+func (s *Server) sessionCount() int { return s.sessions.count() }
 
 func randomHex(n int) string {
 	b := make([]byte, n)

@@ -94,11 +94,7 @@ func (n adminNode) EvictAgent(id uint64, remoteAddr string) (string, bool) {
 	return sess.hello.AgentID, true
 }
 
-func (s *Server) sessionByID(id uint64) *session {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.sessions[id]
-}
+func (s *Server) sessionByID(id uint64) *session { return s.sessions.get(id) }
 
 // Drain starts a graceful shutdown, as when Run's context ends: Run drains
 // and returns nil. It is safe to call more than once, and before Run.
