@@ -3,6 +3,7 @@ package pico_test
 import (
 	"encoding/json"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -35,7 +36,7 @@ func TestDeps(t *testing.T) {
 	// package of ours (edge composes them), but edge/auth, which checks
 	// endpoint IDs by quicutil's rule.
 	leaves := map[string]bool{"routing": true, "quicutil": true, "certs": true,
-		"edge/admin": true, "edge/auth": true, "edge/frontdoor": true}
+		"edge/admin": true, "edge/auth": true, "edge/frontdoor": true, "edge/internal/quiet": true}
 	for leaf := range leaves {
 		if _, ok := imports[leaf]; !ok {
 			t.Errorf("go list found no package %s", leaf)
@@ -47,6 +48,8 @@ func TestDeps(t *testing.T) {
 			switch {
 			case leaves[pkg] && ours && !(pkg == "edge/auth" && own == "quicutil"):
 				t.Errorf("%s imports %s: routing, quicutil, certs, edge/admin, edge/auth and edge/frontdoor import no package of ours (edge/auth: but quicutil)", pkg, d)
+			case pkg == "edge/cluster" && ours && !slices.Contains([]string{"routing", "quicutil", "edge/admin", "edge/internal/quiet"}, own):
+				t.Errorf("edge/cluster imports %s: of ours it may import routing, quicutil, edge/admin and edge/internal/quiet, never edge", d)
 			case pkg == "agent" && (own == "edge" || own == "routing" || strings.HasPrefix(own, "edge/")):
 				t.Errorf("agent imports %s", d)
 			case (pkg == "edge" || pkg == "routing") && own == "agent":

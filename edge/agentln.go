@@ -16,6 +16,7 @@ import (
 
 	"github.com/pico-edge/pico/edge/admin"
 	"github.com/pico-edge/pico/edge/auth"
+	"github.com/pico-edge/pico/edge/cluster"
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
 )
@@ -100,6 +101,16 @@ func (sess *session) Load() int64 { return sess.inflight.Load() }
 func (sess *session) addLoad(d int64)       { sess.inflight.Add(d) }
 func (sess *session) leavingNow() bool      { return sess.leaving.Load() }
 func (sess *session) upstreams() *upstreams { return &sess.ups }
+
+// The session as rebalancing sees it (cluster.Link).
+func (sess *session) LinkID() uint64     { return sess.id }
+func (sess *session) AgentID() string    { return sess.hello.AgentID }
+func (sess *session) Started() time.Time { return sess.started }
+func (sess *session) AskedToMove() bool  { return sess.movedAt.Load() != 0 }
+func (sess *session) AskToMove(reason string, now time.Time) {
+	sess.movedAt.Store(now.UnixNano())
+	sess.goAway(reason)
+}
 
 func (sess *session) name() string                                   { return sess.hello.AgentID }
 func (sess *session) rtt() time.Duration                             { return sess.conn.ConnectionStats().SmoothedRTT }
@@ -193,7 +204,7 @@ func (s *Server) startSession(conn *quic.Conn) (sess *session, br quicutil.Messa
 
 	welcome := &quicutil.Welcome{NodeID: s.cfg.NodeID, Version: s.cfg.Version}
 	if s.cluster != nil {
-		welcome.Peers = s.cluster.peerHints()
+		welcome.Peers = s.cluster.PeerHints()
 	}
 	return sess, br, release, sess.writeControl(welcome)
 }
@@ -400,7 +411,7 @@ func (s *Server) announce(id routing.EndpointID) {
 		a.Proto = proto
 		for _, tg := range targets {
 			if sess, ok := tg.(*session); ok {
-				a.Kinds |= kindBit(sess.endpointKind(id))
+				a.Kinds |= cluster.KindBit(sess.endpointKind(id))
 				a.Agents++
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/pico-edge/pico/edge/auth"
+	"github.com/pico-edge/pico/edge/cluster"
 )
 
 // Config configures a Server. Zero values select the documented defaults
@@ -105,7 +106,7 @@ type Config struct {
 	// zero: it stops at once.
 	DrainDelay time.Duration
 	// Cluster makes the node a member of a cluster; nil: a single node.
-	Cluster *ClusterConfig
+	Cluster *cluster.Config
 	// Auth makes agents (and, with Auth.ProxyAuth, clients) present a
 	// token; nil: no authentication, which the node warns about at start.
 	Auth *auth.Config
@@ -188,7 +189,7 @@ func (c Config) withDefaults() Config {
 		c.Metrics = metrics.NewSet()
 	}
 	if c.Cluster != nil {
-		cc := c.Cluster.withDefaults()
+		cc := c.Cluster.WithDefaults()
 		c.Cluster = &cc
 	}
 	if c.Auth != nil {
@@ -245,7 +246,9 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.Cluster != nil {
-		return c.Cluster.validate()
+		if err := c.Cluster.Validate(); err != nil {
+			return fmt.Errorf("edge: config: %w", err)
+		}
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/pico-edge/pico/edge/internal/quiet"
 	"github.com/pico-edge/pico/routing"
 )
 
@@ -43,7 +44,7 @@ type serverMetrics struct {
 	// reason (hello: no valid hello in time; token; limit), and logs them
 	// quietly: anyone who reaches the agent port can cause them.
 	agentRefused   map[string]*refusal
-	peerRefusedLog *quietLog
+	peerRefusedLog *quiet.Log
 	set            *metrics.Set
 }
 
@@ -113,9 +114,9 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	for r, msg := range map[string]string{"hello": "agent connection refused", "token": "agent connection refused: token",
 		"limit": "agent connection refused: limit"} {
 		m.agentRefused[r] = &refusal{count: set.NewCounter(`pico_agent_refused_total{reason="` + r + `"}`),
-			log: newQuietLog(s.log, slog.LevelWarn, msg)}
+			log: quiet.New(s.log, slog.LevelWarn, msg)}
 	}
-	m.peerRefusedLog = newQuietLog(s.log, slog.LevelWarn, "peer connection refused")
+	m.peerRefusedLog = quiet.New(s.log, slog.LevelWarn, "peer connection refused")
 	set.NewGauge("pico_cluster_members", func() float64 { return float64(s.memberCount()) })
 	set.NewGauge("pico_draining", func() float64 {
 		if s.draining.Load() {
@@ -138,7 +139,7 @@ func (m *serverMetrics) request(protoMajor, status int) *metrics.Counter {
 // refusal counts one kind of refusal and logs it quietly.
 type refusal struct {
 	count *metrics.Counter
-	log   *quietLog
+	log   *quiet.Log
 }
 
 func (r *refusal) add(args ...any) {

@@ -320,8 +320,8 @@ func (s *Server) roundTrip(req *http.Request, info *requestInfo, d *direct) (*ht
 		}
 		k := tg.streamKind(info.endpoint)
 		info.agent, info.servedBy = tg.name(), s.cfg.NodeID
-		if p, ok := tg.(*peer); ok {
-			info.agent, info.servedBy = "", p.node
+		if t, ok := tg.(*relayTarget); ok {
+			info.agent, info.servedBy = "", t.p.Node()
 		}
 		tg.addLoad(1)
 		s.live.add()

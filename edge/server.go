@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pico-edge/pico/edge/auth"
+	"github.com/pico-edge/pico/edge/cluster"
 	"github.com/pico-edge/pico/edge/frontdoor"
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
@@ -42,10 +43,10 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	table   *routing.Table
-	local   *routing.Local // what this node announces to the cluster
-	epoch   uint64         // this start of the node, for the cluster
-	cluster *cluster       // nil unless Config.Cluster
-	auth    *auth.Verifier // nil unless Config.Auth
+	local   *routing.Local   // what this node announces to the cluster
+	epoch   uint64           // this start of the node, for the cluster
+	cluster *cluster.Cluster // nil unless Config.Cluster
+	auth    *auth.Verifier   // nil unless Config.Auth
 	m       *serverMetrics
 
 	gate *endpointGate // requests in flight per endpoint
@@ -146,7 +147,7 @@ func (s *Server) GossipAddr() string {
 	if s.cluster == nil {
 		return ""
 	}
-	return s.cluster.gossip
+	return s.cluster.Gossip()
 }
 
 // MembersChanged returns a channel closed at the next membership change.
@@ -213,7 +214,7 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	g, gctx := errgroup.WithContext(ctx)
 	if err := s.door.Start(frontdoor.Listeners{Plain: lns.Proxy, TLS: lns.TLS, H3: lns.H3}, g.Go); err != nil {
 		if s.cluster != nil {
-			s.cluster.leave(0)
+			s.cluster.Leave(0)
 		}
 		closeAll(lns)
 		tr.Close()
@@ -288,6 +289,9 @@ func (s *Server) shutdown(graceful bool) {
 	}
 	s.stopAdmin()
 	s.leaveCluster(graceful)
+	if graceful {
+		s.settle()
+	}
 	s.closeAgents()
 }
 
@@ -300,7 +304,7 @@ func (s *Server) stopTakingAgents(graceful bool, grace time.Duration) {
 	s.log.Info("edge node shutting down", "node_id", s.cfg.NodeID, "grace", grace.String(),
 		"drain_delay", s.cfg.DrainDelay.String())
 	if graceful && s.cluster != nil {
-		s.cluster.setDraining() // other nodes route elsewhere when they can
+		s.cluster.SetDraining() // other nodes route elsewhere when they can
 	}
 	for _, sess := range s.sessionList() {
 		sess.goAway("edge node " + s.cfg.NodeID + " is shutting down")
@@ -331,7 +335,7 @@ func (s *Server) waitDrainDelay() {
 // yet. A node alone has nobody to hand its agents to: it does not wait for
 // them.
 func (s *Server) waitStreams(ctx context.Context, graceful bool) {
-	waitAgents := graceful && s.cluster != nil && s.cluster.othersToMoveTo()
+	waitAgents := graceful && s.cluster != nil && s.cluster.OthersToMoveTo()
 	for ctx.Err() == nil {
 		gone := s.sessions.gone.wait() // before the count: a session leaving after it wakes us
 		if !waitAgents || s.sessionCount() == 0 {
@@ -389,7 +393,25 @@ func (s *Server) leaveCluster(graceful bool) {
 	if graceful {
 		leave = 2 * time.Second
 	}
-	s.cluster.leave(leave)
+	s.cluster.Leave(leave)
+}
+
+// settle lets the last bytes and FINs of the streams that just ended reach
+// the agents before their connections close: closing a QUIC connection
+// drops the stream data it has not had acknowledged, and an agent would
+// then reset a TCP forward that ended cleanly. It waits two round trips of
+// the slowest link and 20 ms, at most a second, or until Close.
+func (s *Server) settle() {
+	var rtt time.Duration
+	for _, sess := range s.sessionList() {
+		rtt = max(rtt, sess.rtt())
+	}
+	t := time.NewTimer(min(2*rtt+20*time.Millisecond, time.Second))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.closed:
+	}
 }
 
 // closeAgents closes the agent listener, every agent's link and every
@@ -452,8 +474,13 @@ func (s *Server) splice(a, b *quicutil.Conn, idle time.Duration) quicutil.JoinRe
 }
 
 func (s *Server) memberCount() int {
-	if c := s.cluster; c != nil && c.ml != nil {
-		return c.ml.NumMembers()
+	select {
+	case <-s.started: // s.cluster is set before
+	default:
+		return 1
+	}
+	if c := s.cluster; c != nil {
+		return c.NumMembers()
 	}
 	return 1
 }

@@ -25,7 +25,7 @@ func (n adminNode) Ready() error {
 	if !s.ready.Load() || s.draining.Load() {
 		return errors.New("node is starting or draining")
 	}
-	if c := s.cluster; c != nil && !c.ready() {
+	if c := s.cluster; c != nil && !c.Ready() {
 		return errors.New("joining the cluster and learning who serves what")
 	}
 	return nil
@@ -44,9 +44,9 @@ func (n adminNode) Endpoints() admin.Endpoints {
 		}
 		st.Nodes = make([]string, 0, len(e.Remote))
 		for _, tg := range e.Remote {
-			p := tg.(*peer)
-			st.Nodes = append(st.Nodes, p.node)
-			st.InFlight += p.inflight.Load()
+			t := tg.(*relayTarget)
+			st.Nodes = append(st.Nodes, t.p.Node())
+			st.InFlight += t.Load()
 		}
 		sort.Strings(st.Nodes)
 		out = append(out, st)
@@ -70,7 +70,16 @@ func (n adminNode) Status() admin.NodeStatus {
 	return admin.NodeStatus{NodeID: s.cfg.NodeID, Version: s.cfg.Version, Draining: s.draining.Load(), Auth: s.auth.Status()}
 }
 
-func (n adminNode) Members() admin.Members { return n.s.memberStatus() }
+func (n adminNode) Members() admin.Members {
+	s := n.s
+	self := admin.Member{NodeID: s.cfg.NodeID, Self: true, State: "alive", Draining: s.draining.Load(),
+		Epoch: s.epoch, Version: s.local.Version(), Endpoints: len(s.local.Announced()), Links: uint32(s.sessionCount()),
+		Routed: true}
+	if s.cluster == nil {
+		return admin.Members{NodeID: s.cfg.NodeID, Members: []admin.Member{self}}
+	}
+	return s.cluster.Members(self)
+}
 func (n adminNode) Traffic() admin.Traffic { return n.s.trafficStatus() }
 func (n adminNode) Drain()                 { n.s.Drain() }
 

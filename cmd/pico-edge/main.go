@@ -25,6 +25,7 @@ import (
 	"github.com/pico-edge/pico/certs"
 	"github.com/pico-edge/pico/cmd/internal/cli"
 	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/cluster"
 )
 
 type CLI struct {
@@ -239,7 +240,7 @@ func (c *CLI) adminToken() (string, error) {
 }
 
 // cluster returns the cluster configuration, or nil without --gossip-addr.
-func (c *CLI) cluster(log *slog.Logger) (*edge.ClusterConfig, error) {
+func (c *CLI) cluster(log *slog.Logger) (*cluster.Config, error) {
 	if c.GossipAddr == "" {
 		if len(c.Join) > 0 {
 			return nil, errors.New("--join needs --gossip-addr")
@@ -251,7 +252,7 @@ func (c *CLI) cluster(log *slog.Logger) (*edge.ClusterConfig, error) {
 	case rebalance < 0 || rebalance > 0 && rebalance < time.Second:
 		return nil, fmt.Errorf("--rebalance-interval %s: want 0 (rebalancing off) or at least 1s", rebalance)
 	case rebalance == 0:
-		rebalance = -1 // edge.ClusterConfig: never
+		rebalance = -1 // cluster.Config: never
 	}
 	var secret []byte
 	var err error
@@ -268,7 +269,7 @@ func (c *CLI) cluster(log *slog.Logger) (*edge.ClusterConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &edge.ClusterConfig{
+	return &cluster.Config{
 		Secret:            secret,
 		Label:             c.ClusterLabel,
 		GossipAddr:        c.GossipAddr,
@@ -452,7 +453,7 @@ func loadResetKey(path string) (*quic.StatelessResetKey, error) {
 // defaultVars gives the flags their defaults (the ${...} in their tags)
 // from edge.DefaultConfig, the one source of them.
 func defaultVars() kong.Vars {
-	d, dc := edge.DefaultConfig(), edge.DefaultClusterConfig()
+	d, dc := edge.DefaultConfig(), cluster.DefaultConfig()
 	num := strconv.Itoa
 	return kong.Vars{
 		"data_dir":                  cli.DataDir(),

@@ -17,6 +17,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/cluster"
 )
 
 // With no command, pico-edge runs the node (serve) with the flags given;
@@ -231,7 +232,7 @@ func TestFlagDefaults(t *testing.T) {
 	if compared < 15 {
 		t.Fatalf("compared %d flags with edge.DefaultConfig, want at least 15", compared)
 	}
-	if c.ClusterLabel != edge.DefaultClusterConfig().Label {
-		t.Errorf("--cluster-label defaults to %q, want %q", c.ClusterLabel, edge.DefaultClusterConfig().Label)
+	if c.ClusterLabel != cluster.DefaultConfig().Label {
+		t.Errorf("--cluster-label defaults to %q, want %q", c.ClusterLabel, cluster.DefaultConfig().Label)
 	}
 }

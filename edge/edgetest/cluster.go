@@ -10,6 +10,7 @@ import (
 
 	"github.com/pico-edge/pico/certs"
 	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/cluster"
 	"github.com/pico-edge/pico/routing"
 )
 
@@ -46,7 +47,7 @@ func NewSecret(tb testing.TB) []byte {
 func ClusterNode(id string, secret []byte, join ...string) func(*edge.Config) {
 	return func(c *edge.Config) {
 		c.NodeID = id
-		c.Cluster = &edge.ClusterConfig{
+		c.Cluster = &cluster.Config{
 			Secret:            secret,
 			GossipAddr:        "127.0.0.1:0",
 			Join:              join,

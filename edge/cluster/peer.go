@@ -1,4 +1,4 @@
-package edge
+package cluster
 
 import (
 	"bufio"
@@ -8,9 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -55,10 +53,10 @@ func peerProof(secret []byte, label string, st tls.ConnectionState) ([]byte, err
 	return mac.Sum(nil), nil
 }
 
-// peer is another node seen by membership: the target of relayed streams,
+// Peer is another node seen by membership: the target of relayed streams,
 // over one QUIC connection dialled on first use and kept.
-type peer struct {
-	c     *cluster
+type Peer struct {
+	c     *Cluster
 	node  string
 	epoch uint64
 	// ctx ends when the peer is closed or the node leaves: it cancels a
@@ -82,38 +80,39 @@ type peer struct {
 	dialing  chan struct{} // closed when the dial in progress ends
 	lastErr  error
 	closed   bool
-	ups      upstreams // the proxy's idle streams and transports to the peer
+	target   routing.Target // what the routing table holds for it (Host.Target)
 }
 
-func newPeer(c *cluster, name string, epoch uint64) *peer {
-	p := &peer{c: c, node: name, epoch: epoch}
+func newPeer(c *Cluster, name string, epoch uint64) *Peer {
+	p := &Peer{c: c, node: name, epoch: epoch}
 	p.ctx, p.cancel = context.WithCancel(c.ctx)
+	p.target = c.h.Target(p)
 	return p
 }
 
 // Load implements routing.Target.
-func (p *peer) Load() int64 { return p.inflight.Load() }
+func (p *Peer) Load() int64 { return p.inflight.Load() }
 
-func (p *peer) update(addr string, draining bool) {
+func (p *Peer) update(addr string, draining bool) {
 	p.mu.Lock()
 	p.addr, p.draining = addr, draining
 	p.mu.Unlock()
 }
 
-func (p *peer) state() (addr string, draining bool) {
+func (p *Peer) state() (addr string, draining bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.addr, p.draining
 }
 
-func (p *peer) isDraining() bool {
+func (p *Peer) isDraining() bool {
 	_, d := p.state()
 	return d
 }
 
 // connection returns the connection to the peer, dialling it if needed.
 // Concurrent callers share one dial.
-func (p *peer) connection(ctx context.Context) (*quic.Conn, error) {
+func (p *Peer) connection(ctx context.Context) (*quic.Conn, error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -165,7 +164,7 @@ func (p *peer) connection(ctx context.Context) (*quic.Conn, error) {
 		close(ch)
 		if conn != nil {
 			p.suspect.Store(false) // a new connection starts afresh
-			p.c.s.m.peerDials.Inc()
+			p.c.h.Metrics.PeerDials.Inc()
 		} else {
 			p.suspect.Store(true) // unreachable for now: others first
 		}
@@ -175,7 +174,7 @@ func (p *peer) connection(ctx context.Context) (*quic.Conn, error) {
 
 // predial dials the peer ahead of the first relayed stream; a failure is
 // only logged: the first stream dials again.
-func (p *peer) predial() {
+func (p *Peer) predial() {
 	ctx, cancel := context.WithTimeout(p.ctx, peerDialTimeout)
 	defer cancel()
 	if _, err := p.connection(ctx); err != nil {
@@ -184,8 +183,7 @@ func (p *peer) predial() {
 }
 
 // dial connects to the peer and proves membership, both ways.
-func (p *peer) dial(addr string) (*quic.Conn, error) {
-	s := p.c.s
+func (p *Peer) dial(addr string) (*quic.Conn, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("node %s has no relay address", p.node)
 	}
@@ -195,9 +193,7 @@ func (p *peer) dial(addr string) (*quic.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolve node %s at %s: %w", p.node, addr, err)
 	}
-	s.mu.Lock()
-	tr := s.tr
-	s.mu.Unlock()
+	tr := p.c.h.Transport()
 	// The peer's certificate is not checked against a CA: each node may
 	// serve its own. Membership is proved by both sides' MAC of this TLS
 	// connection under the cluster secret, which no one without the secret
@@ -225,7 +221,7 @@ func (p *peer) dial(addr string) (*quic.Conn, error) {
 		return fail(err)
 	}
 	msg := (&quicutil.StreamHeader{Kind: quicutil.KindControl}).Append(nil)
-	msg, _ = quicutil.AppendMessage(msg, &quicutil.PeerHello{NodeID: s.cfg.NodeID, Proof: proof})
+	msg, _ = quicutil.AppendMessage(msg, &quicutil.PeerHello{NodeID: p.c.h.NodeID, Proof: proof})
 	deadline, _ := ctx.Deadline()
 	str.SetDeadline(deadline)
 	if _, err := str.Write(msg); err != nil {
@@ -258,7 +254,7 @@ func (p *peer) dial(addr string) (*quic.Conn, error) {
 // PeerKeepAlive, a live peer sends a packet well within PeerDeadAfter. The
 // streams in flight then fail at once, and idempotent requests move to
 // another owner instead of waiting for the QUIC idle timeout.
-func (p *peer) watch(conn *quic.Conn) {
+func (p *Peer) watch(conn *quic.Conn) {
 	t := time.NewTicker(quicutil.PeerKeepAlive)
 	defer t.Stop()
 	last := conn.ConnectionStats().PacketsReceived
@@ -296,7 +292,7 @@ func (p *peer) watch(conn *quic.Conn) {
 
 // close ends the peer: its dials, its relay connection and the watch of
 // it, and its idle streams. It is safe more than once.
-func (p *peer) close() {
+func (p *Peer) close() {
 	p.cancel()
 	p.mu.Lock()
 	p.closed = true
@@ -306,82 +302,51 @@ func (p *peer) close() {
 		conn.CloseWithError(quicutil.ConnCodeGoingAway, "node left the cluster")
 	}
 	p.watching.Wait()
-	p.ups.closeIdle(true)
+	p.c.h.PeerClosed(p)
 }
 
 // answering reports whether the peer's relay connection is up: watch
 // closes it once the peer has been silent for PeerDeadAfter. A peer silent
 // for less (suspect) still counts: under CPU load both its gossip and its
 // keep-alives come late, and its streams in flight may still complete.
-func (p *peer) answering() bool {
+func (p *Peer) answering() bool {
 	p.mu.Lock()
 	conn, closed := p.conn, p.closed
 	p.mu.Unlock()
 	return !closed && conn != nil && conn.Context().Err() == nil
 }
 
-// openStream opens a relayed stream to the peer: it waits for the
+// OpenStream opens a relayed stream to the peer: it waits for the
 // connection up to peerDialTimeout (a dial in progress), then for the
 // stream up to relayOpenTimeout.
-func (p *peer) openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error) {
+func (p *Peer) OpenStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error) {
 	dctx, dcancel := context.WithTimeout(ctx, peerDialTimeout)
 	conn, err := p.connection(dctx)
 	dcancel()
 	if err != nil {
-		return nil, &linkError{via: "relay to node " + p.node, err: err}
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, relayOpenTimeout)
 	defer cancel()
 	str, err := conn.OpenStreamSync(ctx)
 	if err != nil {
-		return nil, &linkError{via: "relay to node " + p.node, err: err}
+		return nil, err
 	}
 	p.streams.Add(1)
-	p.c.s.m.relayOut.Inc()
-	p.c.s.m.peerCounter("pico_relay_peer_streams_total", "out", p.node).Inc()
+	p.c.h.Metrics.RelayOut.Inc()
+	p.c.h.Metrics.Set.GetOrCreateCounter(`pico_relay_peer_streams_total{direction="out",peer="` + p.node + `"}`).Inc()
 	rh := *h
 	rh.Flags |= quicutil.FlagRelayed
 	hdr := rh.Append(make([]byte, 0, 16+len(h.Endpoint)+len(h.ClientAddr)))
 	return quicutil.OpenConn(str, conn.LocalAddr(), conn.RemoteAddr(), hdr, wantAnswer), nil
 }
 
-// servePeerConn serves a connection from another node: after it proved
-// membership, each stream it opens is relayed to a local agent.
-func (s *Server) servePeerConn(conn *quic.Conn) {
-	c := s.cluster
-	if c == nil {
-		conn.CloseWithError(quicutil.ConnCodeProtocolError, errNotClustered.Error())
-		return
-	}
-	log := c.log.With("remote_addr", conn.RemoteAddr().String())
-	node, err := s.acceptPeer(conn)
-	if err != nil {
-		s.m.peerRefused.Inc()
-		s.m.peerRefusedLog.Log("remote_addr", conn.RemoteAddr().String(), "err", err)
-		conn.CloseWithError(quicutil.ConnCodeProtocolError, err.Error())
-		return
-	}
-	log = log.With("node", node)
-	log.Debug("peer connected")
-	if !s.peerIn.add(conn) {
-		conn.CloseWithError(quicutil.ConnCodeGoingAway, "edge node shutting down")
-		return
-	}
-	defer s.peerIn.remove(conn)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		str, err := conn.AcceptStream(conn.Context())
-		if err != nil {
-			return
-		}
-		wg.Go(func() { s.relayStream(conn, str, node, log) })
-	}
-}
-
-// acceptPeer reads the PeerHello and answers it, or says why not.
-func (s *Server) acceptPeer(conn *quic.Conn) (string, error) {
-	ctx, cancel := context.WithTimeout(conn.Context(), s.cfg.HelloTimeout)
+// AcceptPeer reads the PeerHello of conn, a connection another node
+// opened (ALPN pico-peer/1), checks its proof of the cluster secret and
+// answers with this node's; it returns the node's ID, or says why not,
+// within timeout.
+func (c *Cluster) AcceptPeer(conn *quic.Conn, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(conn.Context(), timeout)
 	defer cancel()
 	str, err := conn.AcceptStream(ctx)
 	if err != nil {
@@ -405,108 +370,22 @@ func (s *Server) acceptPeer(conn *quic.Conn) (string, error) {
 		return "", fmt.Errorf("first control message is %T, want PeerHello", m)
 	}
 	st := conn.ConnectionState().TLS
-	want, err := peerProof(s.cluster.cfg.Secret, proofDialer, st)
+	want, err := peerProof(c.cfg.Secret, proofDialer, st)
 	if err != nil {
 		return "", err
 	}
 	if !hmac.Equal(hello.Proof, want) {
 		return "", fmt.Errorf("node %q does not prove the cluster secret", hello.NodeID)
 	}
-	proof, err := peerProof(s.cluster.cfg.Secret, proofAcceptor, st)
+	proof, err := peerProof(c.cfg.Secret, proofAcceptor, st)
 	if err != nil {
 		return "", err
 	}
-	if err := quicutil.WriteMessage(str, &quicutil.PeerReady{NodeID: s.cfg.NodeID, Proof: proof}); err != nil {
+	if err := quicutil.WriteMessage(str, &quicutil.PeerReady{NodeID: c.h.NodeID, Proof: proof}); err != nil {
 		return "", err
 	}
 	str.SetDeadline(time.Time{})
 	return hello.NodeID, nil
-}
-
-// relayStream serves one stream from a peer: it opens a stream with the
-// same header to a local agent that speaks the same kind, and copies bytes
-// both ways, the agent's answer included. It never relays further.
-func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log interface {
-	Warn(string, ...any)
-}) {
-	c := quicutil.NewConn(str, conn.LocalAddr(), conn.RemoteAddr())
-	str.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
-	h, err := quicutil.ReadStreamHeader(str)
-	str.SetReadDeadline(time.Time{})
-	if err == nil && !h.Kind.IsHTTP() && h.Kind != quicutil.KindTCP {
-		err = fmt.Errorf("peer opened a %s stream; only http and tcp streams are relayed", h.Kind)
-	}
-	if err != nil {
-		log.Warn("relayed stream refused", "err", err)
-		str.CancelRead(quicutil.StreamCodeBadHeader)
-		answer(c, quicutil.StatusBadHeader, err.Error())
-		c.Close()
-		return
-	}
-	s.m.relayIn.Inc()
-	s.m.peerCounter("pico_relay_peer_streams_total", "in", node).Inc()
-	id := routing.EndpointID(h.Endpoint)
-	h.Flags &^= quicutil.FlagRelayed
-	var tried []routing.Target
-	var lastErr error
-	for range maxAttempts {
-		tg, err := s.table.Pick(id, func(tg routing.Target) bool {
-			sess, ok := tg.(*session)
-			return !ok || slices.Contains(tried, tg) || sess.endpointKind(id) != h.Kind
-		})
-		if err != nil {
-			break
-		}
-		tried = append(tried, tg)
-		sess := tg.(*session)
-		sess.inflight.Add(1)
-		target, err := sess.openStream(conn.Context(), &h, false)
-		if err == nil {
-			err = target.Flush()
-			if err != nil {
-				target.Abort(quicutil.StreamCodeCanceled)
-			}
-		}
-		if err != nil {
-			sess.inflight.Add(-1)
-			lastErr = err
-			continue
-		}
-		s.live.add()
-		idle := s.cfg.StreamIdleTimeout
-		if h.Kind == quicutil.KindTCP {
-			idle = s.cfg.TCPIdleTimeout
-		}
-		start := time.Now()
-		res := s.splice(c, target, idle)
-		s.live.done()
-		sess.inflight.Add(-1)
-		if !s.cfg.AccessLogOff[h.Endpoint] {
-			// The node that received the request logs it; this line says
-			// which agent served it here.
-			attrs := []slog.Attr{slog.String("endpoint_id", h.Endpoint), slog.String("kind", h.Kind.String()),
-				slog.String("from_node", node), slog.String("node_id", s.cfg.NodeID), slog.String("agent_id", sess.hello.AgentID),
-				slog.String("remote_addr", h.ClientAddr), slog.Int64("bytes_in", res.AToB), slog.Int64("bytes_out", res.BToA),
-				slog.Duration("duration", time.Since(start))}
-			if res.Err != nil {
-				attrs = append(attrs, slog.String("err", res.Err.Error()))
-			}
-			s.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "relayed stream", attrs...)
-		}
-		s.m.relayBytes.Add(int(res.AToB + res.BToA))
-		s.m.peerCounter("pico_relay_peer_bytes_total", "in", node).Add(int(res.AToB + res.BToA))
-		return
-	}
-	code, msg := quicutil.StatusNoRoute, fmt.Sprintf("node %s has no agent for endpoint %q", s.cfg.NodeID, h.Endpoint)
-	var se *quicutil.StatusError
-	switch {
-	case errors.As(lastErr, &se):
-		code, msg = se.Code, se.Message
-	case lastErr != nil:
-		code, msg = quicutil.StatusUpstreamUnreachable, fmt.Sprintf("node %s: agent link failed: %v", s.cfg.NodeID, lastErr)
-	}
-	answer(c, code, msg)
-	c.Close()
 }
 
 func splitHostPort(a string) (net.IP, uint16, error) {

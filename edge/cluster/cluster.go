@@ -1,8 +1,7 @@
-package edge
+package cluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -17,14 +16,15 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/memberlist"
 
+	"github.com/pico-edge/pico/edge/internal/quiet"
 	"github.com/pico-edge/pico/quicutil"
 	"github.com/pico-edge/pico/routing"
 )
 
-// ClusterConfig makes a node a member of a cluster: nodes gossip which
+// Config makes a node a member of a cluster: nodes gossip which
 // endpoints their agents serve (hashicorp/memberlist), and relay requests
 // to each other over QUIC (ALPN pico-peer/1).
-type ClusterConfig struct {
+type Config struct {
 	// Secret is the cluster's shared key (16, 24 or 32 bytes): it encrypts
 	// and authenticates gossip, and peers prove it before they may relay.
 	Secret []byte
@@ -64,10 +64,10 @@ type ClusterConfig struct {
 	Memberlist func(*memberlist.Config)
 }
 
-// DefaultClusterConfig returns the values a node uses for the fields of
-// ClusterConfig left zero (see DefaultConfig).
-func DefaultClusterConfig() ClusterConfig {
-	return ClusterConfig{
+// DefaultConfig returns the values a node uses for the fields of Config
+// left zero (WithDefaults); pico-edge's flags take them too.
+func DefaultConfig() Config {
+	return Config{
 		Label:             "pico",
 		RejoinInterval:    10 * time.Second,
 		RebalanceInterval: 5 * time.Second,
@@ -75,33 +75,44 @@ func DefaultClusterConfig() ClusterConfig {
 	}
 }
 
-func (c ClusterConfig) withDefaults() ClusterConfig {
-	d := DefaultClusterConfig()
-	fill(&c.Label, d.Label)
-	fill(&c.RejoinInterval, d.RejoinInterval)
-	fill(&c.RebalanceInterval, d.RebalanceInterval)
+// WithDefaults fills the fields left zero from DefaultConfig.
+func (c Config) WithDefaults() Config {
+	d := DefaultConfig()
+	if c.Label == "" {
+		c.Label = d.Label
+	}
+	if c.RejoinInterval == 0 {
+		c.RejoinInterval = d.RejoinInterval
+	}
+	if c.RebalanceInterval == 0 {
+		c.RebalanceInterval = d.RebalanceInterval
+	}
 	if c.RebalanceBackoff <= 0 {
 		c.RebalanceBackoff = d.RebalanceBackoff
 	}
 	return c
 }
 
-func (c ClusterConfig) validate() error {
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
 	switch len(c.Secret) {
 	case 16, 24, 32:
 	default:
-		return fmt.Errorf("edge: config: cluster secret of %d bytes; want 16, 24 or 32", len(c.Secret))
+		return fmt.Errorf("cluster secret of %d bytes; want 16, 24 or 32", len(c.Secret))
 	}
 	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
-		return fmt.Errorf("edge: config: gossip address %q: %v", c.GossipAddr, err)
+		return fmt.Errorf("gossip address %q: %v", c.GossipAddr, err)
 	}
 	return nil
 }
 
-// cluster is the node's membership and ownership gossip.
-type cluster struct {
-	s      *Server
-	cfg    ClusterConfig
+// Cluster is a node's membership of its cluster: memberlist, the ownership
+// gossip (what each node's agents serve), relay connections to the other
+// members, rebalancing of agent links, and the drain's part of it. Make it
+// with Start; Leave ends it.
+type Cluster struct {
+	h      Host
+	cfg    Config
 	log    *slog.Logger
 	ml     *memberlist.Memberlist
 	local  *routing.Local
@@ -112,7 +123,7 @@ type cluster struct {
 
 	mu         sync.Mutex        // guards the fields below
 	members    map[string]member // other live members, as memberlist told
-	peers      map[string]*peer
+	peers      map[string]*Peer
 	senders    map[string]*sender
 	draining   bool
 	meta       []byte
@@ -130,20 +141,21 @@ type cluster struct {
 	moves moveMemory // used by the rebalance loop only
 }
 
-// startCluster joins memberlist; agentAddr is the QUIC listener's address.
-// The cluster's context carries ctx's values but not its end: Run's
-// context ending starts a drain, during which the relay must go on (other
-// nodes relay to agents here until they moved); leave ends it.
-func (s *Server) startCluster(ctx context.Context, agentAddr net.Addr) error {
-	cfg := s.cfg.Cluster
-	c := &cluster{
-		s:         s,
-		cfg:       *cfg,
-		log:       s.log.With("component", "cluster"),
-		local:     s.local,
-		remote:    routing.NewCluster(s.table),
-		epoch:     s.epoch,
-		peers:     make(map[string]*peer),
+// Start joins the cluster of cfg as h's node and starts its loops. The
+// cluster's context carries ctx's values but not its end: when the node's
+// Run context ends the node drains, and the relay must go on meanwhile
+// (other nodes relay to agents here until they moved); Leave ends it.
+func Start(ctx context.Context, cfg Config, h Host) (*Cluster, error) {
+	cfg = cfg.WithDefaults()
+	agentAddr := h.AgentAddr
+	c := &Cluster{
+		h:         h,
+		cfg:       cfg,
+		log:       h.Log.With("component", "cluster"),
+		local:     h.Local,
+		remote:    routing.NewCluster(h.Table),
+		epoch:     h.Epoch,
+		peers:     make(map[string]*Peer),
 		members:   make(map[string]member),
 		startedAt: time.Now(),
 		senders:   make(map[string]*sender),
@@ -152,7 +164,7 @@ func (s *Server) startCluster(ctx context.Context, agentAddr net.Addr) error {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	mc := memberlist.DefaultLANConfig()
-	mc.Name = s.cfg.NodeID
+	mc.Name = h.NodeID
 	host, port, _ := net.SplitHostPort(cfg.GossipAddr)
 	mc.BindAddr = host
 	if mc.BindAddr == "" {
@@ -177,13 +189,12 @@ func (s *Server) startCluster(ctx context.Context, agentAddr net.Addr) error {
 	mc.DeadNodeReclaimTime = 10 * time.Second
 	mc.Delegate = c
 	mc.Events = c
-	mc.Logger = log.New(newMemberlistLog(c.log, s.cfg.Metrics), "", 0)
+	mc.Logger = log.New(newMemberlistLog(c.log, h.Metrics.Set), "", 0)
 	if cfg.Memberlist != nil {
 		cfg.Memberlist(mc)
 	}
 	c.relay = cfg.RelayAddr
 	c.meta = c.encodeMeta(agentAddr, mc)
-	s.cluster = c // before Create: memberlist calls the delegate at once
 	ml, err := memberlist.Create(mc)
 	if err != nil && mc.AdvertiseAddr == "" && strings.Contains(err.Error(), "no private IP") {
 		c.log.Warn("no private IP address to advertise to other nodes; using 127.0.0.1 (set --advertise-addr)")
@@ -192,8 +203,7 @@ func (s *Server) startCluster(ctx context.Context, agentAddr net.Addr) error {
 		ml, err = memberlist.Create(mc)
 	}
 	if err != nil {
-		s.cluster = nil
-		return fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
+		return nil, fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}
 	c.ml = ml
 	// memberlist hands out its own node by pointer and changes it in
@@ -212,14 +222,14 @@ func (s *Server) startCluster(ctx context.Context, agentAddr net.Addr) error {
 			c.log.Debug("update node metadata", "err", err)
 		}
 	}
-	c.log.Info("cluster member started", "node_id", s.cfg.NodeID, "gossip_addr", c.gossip,
+	c.log.Info("cluster member started", "node_id", h.NodeID, "gossip_addr", c.gossip,
 		"relay_addr", c.relay, "label", cfg.Label)
 	c.wg.Go(c.joinLoop)
 	c.wg.Go(c.rebalanceLoop)
-	return nil
+	return c, nil
 }
 
-func (c *cluster) encodeMeta(agentAddr net.Addr, mc *memberlist.Config) []byte {
+func (c *Cluster) encodeMeta(agentAddr net.Addr, mc *memberlist.Config) []byte {
 	relay := c.relay
 	if relay == "" {
 		// A provisional address until memberlist knows its own.
@@ -239,7 +249,7 @@ func (c *cluster) encodeMeta(agentAddr net.Addr, mc *memberlist.Config) []byte {
 // joinLoop joins the configured nodes until one answers, then checks every
 // RejoinInterval that each of them is a live member and joins those that
 // are not (a healed partition, a restarted node, a new pod).
-func (c *cluster) joinLoop() {
+func (c *Cluster) joinLoop() {
 	if len(c.cfg.Join) == 0 {
 		return
 	}
@@ -286,7 +296,7 @@ func (c *cluster) joinLoop() {
 
 // missingJoinAddrs resolves the join list and leaves out the addresses of
 // live members (and this node's).
-func (c *cluster) missingJoinAddrs() []string {
+func (c *Cluster) missingJoinAddrs() []string {
 	live := map[string]bool{c.gossip: true}
 	c.mu.Lock()
 	for name, m := range c.members {
@@ -327,7 +337,9 @@ const (
 	readyAnyway    = 10 * time.Second
 )
 
-func (c *cluster) ready() bool {
+// Ready reports whether the node may take traffic as far as the cluster
+// goes: it joined and learned who serves what (or waited long enough).
+func (c *Cluster) Ready() bool {
 	if len(c.cfg.Join) == 0 {
 		return true
 	}
@@ -358,8 +370,9 @@ func (c *cluster) ready() bool {
 	return true
 }
 
-// setDraining tells the cluster this node is shutting down.
-func (c *cluster) setDraining() {
+// SetDraining tells the cluster this node is shutting down: others route
+// elsewhere when they can.
+func (c *Cluster) SetDraining() {
 	c.mu.Lock()
 	c.draining = true
 	c.meta = routing.AppendMeta(nil, routing.NodeMeta{Epoch: c.epoch, RelayAddr: c.relay, Draining: true})
@@ -369,8 +382,10 @@ func (c *cluster) setDraining() {
 	}
 }
 
-// leave tells the other nodes this one is gone, and stops gossip and relay.
-func (c *cluster) leave(timeout time.Duration) {
+// Leave tells the other nodes this one is gone (waiting up to timeout for
+// that to spread), and stops gossip, relay connections and rebalancing. It
+// is safe more than once.
+func (c *Cluster) Leave(timeout time.Duration) {
 	c.mu.Lock()
 	if c.left {
 		c.mu.Unlock()
@@ -388,7 +403,7 @@ func (c *cluster) leave(timeout time.Duration) {
 	c.ml.Shutdown()
 	c.wg.Wait()
 	c.mu.Lock()
-	peers := make([]*peer, 0, len(c.peers))
+	peers := make([]*Peer, 0, len(c.peers))
 	for _, p := range c.peers {
 		peers = append(peers, p)
 	}
@@ -400,7 +415,7 @@ func (c *cluster) leave(timeout time.Duration) {
 }
 
 // NodeMeta implements memberlist.Delegate.
-func (c *cluster) NodeMeta(limit int) []byte {
+func (c *Cluster) NodeMeta(limit int) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Clone(c.meta)
@@ -408,10 +423,10 @@ func (c *cluster) NodeMeta(limit int) []byte {
 
 // NotifyMsg implements memberlist.Delegate: ownership deltas and requests
 // for the full state, sent to this node (SendReliable). It must not block.
-func (c *cluster) NotifyMsg(b []byte) {
+func (c *Cluster) NotifyMsg(b []byte) {
 	m, err := routing.ParseMessage(b)
 	if err != nil {
-		c.s.m.gossipErrors.Inc()
+		c.h.Metrics.GossipErrors.Inc()
 		c.log.Warn("gossip message dropped", "err", err)
 		return
 	}
@@ -427,14 +442,14 @@ func (c *cluster) NotifyMsg(b []byte) {
 	}
 }
 
-func (c *cluster) apply(st *routing.State) {
-	if st.Node == c.s.cfg.NodeID {
+func (c *Cluster) apply(st *routing.State) {
+	if st.Node == c.h.NodeID {
 		return
 	}
-	c.s.m.gossipStates.Inc()
+	c.h.Metrics.GossipStates.Inc()
 	wantSync, err := c.remote.Apply(st)
 	if err != nil {
-		c.s.m.gossipErrors.Inc()
+		c.h.Metrics.GossipErrors.Inc()
 		c.log.Warn("gossip state dropped", "node", st.Node, "err", err)
 		return
 	}
@@ -443,7 +458,7 @@ func (c *cluster) apply(st *routing.State) {
 	}
 }
 
-func (c *cluster) askFullState(node string) {
+func (c *Cluster) askFullState(node string) {
 	c.mu.Lock()
 	snd := c.senders[node]
 	c.mu.Unlock()
@@ -454,14 +469,14 @@ func (c *cluster) askFullState(node string) {
 
 // GetBroadcasts implements memberlist.Delegate: ownership travels in
 // direct messages, not in memberlist's gossip broadcasts.
-func (c *cluster) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (c *Cluster) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 
 // LocalState implements memberlist.Delegate: this node's full state, for
 // push/pull (anti-entropy every PushPullInterval, and on join).
-func (c *cluster) LocalState(join bool) []byte { return routing.AppendState(nil, c.local.Full()) }
+func (c *Cluster) LocalState(join bool) []byte { return routing.AppendState(nil, c.local.Full()) }
 
 // MergeRemoteState implements memberlist.Delegate.
-func (c *cluster) MergeRemoteState(buf []byte, join bool) {
+func (c *Cluster) MergeRemoteState(buf []byte, join bool) {
 	if len(buf) == 0 {
 		return
 	}
@@ -470,13 +485,13 @@ func (c *cluster) MergeRemoteState(buf []byte, join bool) {
 
 // NotifyJoin implements memberlist.EventDelegate. memberlist holds its
 // locks: no call back into it from here.
-func (c *cluster) NotifyJoin(n *memberlist.Node) { c.nodeUp(n, "joined") }
+func (c *Cluster) NotifyJoin(n *memberlist.Node) { c.nodeUp(n, "joined") }
 
 // NotifyUpdate implements memberlist.EventDelegate.
-func (c *cluster) NotifyUpdate(n *memberlist.Node) { c.nodeUp(n, "updated") }
+func (c *Cluster) NotifyUpdate(n *memberlist.Node) { c.nodeUp(n, "updated") }
 
-func (c *cluster) nodeUp(n *memberlist.Node, what string) {
-	if n.Name == c.s.cfg.NodeID {
+func (c *Cluster) nodeUp(n *memberlist.Node, what string) {
+	if n.Name == c.h.NodeID {
 		return
 	}
 	meta, err := routing.ParseMeta(n.Meta)
@@ -519,10 +534,10 @@ func (c *cluster) nodeUp(n *memberlist.Node, what string) {
 	}
 	snd.setAddr(addr)
 	c.mu.Unlock()
-	if c.remote.Alive(n.Name, meta.Epoch, p) {
+	if c.remote.Alive(n.Name, meta.Epoch, p.target) {
 		snd.wantFullState()
 	}
-	c.s.notifyMembers()
+	c.h.MembersChanged()
 	c.log.Info("cluster member "+what, "node", n.Name, "addr", addr.Addr, "relay_addr", meta.RelayAddr, "draining", meta.Draining)
 }
 
@@ -535,8 +550,8 @@ func (c *cluster) nodeUp(n *memberlist.Node, what string) {
 // owners, and its streams in flight go on. It is gone once the connection
 // closes (closed by the node when it leaves, or by watch after
 // PeerDeadAfter of silence), unless membership sees it alive again first.
-func (c *cluster) NotifyLeave(n *memberlist.Node) {
-	if n.Name == c.s.cfg.NodeID {
+func (c *Cluster) NotifyLeave(n *memberlist.Node) {
+	if n.Name == c.h.NodeID {
 		return
 	}
 	c.mu.Lock()
@@ -557,7 +572,7 @@ func (c *cluster) NotifyLeave(n *memberlist.Node) {
 // confirmGone waits until the relay connection to the doubted peer p of
 // node closes, then drops it, unless membership saw it alive again
 // meanwhile.
-func (c *cluster) confirmGone(node string, p *peer) {
+func (c *Cluster) confirmGone(node string, p *Peer) {
 	t := time.NewTicker(quicutil.PeerKeepAlive)
 	defer t.Stop()
 	for p.doubted.Load() && p.answering() {
@@ -579,7 +594,7 @@ func (c *cluster) confirmGone(node string, p *peer) {
 
 // gone drops node: its routes, its relay connection and its sender. With
 // p set, only if p is still its peer and still doubted (confirmGone).
-func (c *cluster) gone(node string, p *peer, by string) {
+func (c *Cluster) gone(node string, p *Peer, by string) {
 	c.mu.Lock()
 	if c.left || p != nil && (c.peers[node] != p || !p.doubted.Load()) {
 		c.mu.Unlock()
@@ -600,7 +615,7 @@ func (c *cluster) gone(node string, p *peer, by string) {
 	if snd != nil {
 		snd.stop()
 	}
-	c.s.notifyMembers()
+	c.h.MembersChanged()
 	c.log.Info("cluster member gone", "node", node, "confirmed_by", by)
 }
 
@@ -619,7 +634,7 @@ func stateName(s memberlist.NodeStateType) string {
 }
 
 // forgetAcked drops the tombstones every peer has been sent.
-func (c *cluster) forgetAcked() {
+func (c *Cluster) forgetAcked() {
 	c.mu.Lock()
 	acked := uint64(1<<64 - 1)
 	for _, snd := range c.senders {
@@ -631,9 +646,9 @@ func (c *cluster) forgetAcked() {
 	}
 }
 
-// peerHints lists other live, not draining nodes' relay addresses, for
+// PeerHints lists other live, not draining nodes' relay addresses, for
 // agents that keep links to several nodes.
-func (c *cluster) peerHints() []quicutil.NodeAddr {
+func (c *Cluster) PeerHints() []quicutil.NodeAddr {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make([]quicutil.NodeAddr, 0, len(c.peers))
@@ -654,9 +669,9 @@ type member struct {
 	state  memberlist.NodeStateType
 }
 
-// othersToMoveTo reports whether another live node that is not draining
+// OthersToMoveTo reports whether another live node that is not draining
 // is in the cluster: somewhere this node's agents can move to.
-func (c *cluster) othersToMoveTo() bool {
+func (c *Cluster) OthersToMoveTo() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, m := range c.members {
@@ -668,7 +683,7 @@ func (c *cluster) othersToMoveTo() bool {
 }
 
 // memberList returns the other live members, by name.
-func (c *cluster) memberList() map[string]member {
+func (c *Cluster) memberList() map[string]member {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make(map[string]member, len(c.members))
@@ -691,7 +706,7 @@ type memberlistLog struct {
 
 type gossipDrop struct {
 	count *metrics.Counter
-	log   *quietLog
+	log   *quiet.Log
 }
 
 // gossipDropReasons classify memberlist's lines about bad input: the first
@@ -711,7 +726,7 @@ func newMemberlistLog(log *slog.Logger, set *metrics.Set) memberlistLog {
 	for _, r := range gossipDropReasons {
 		w.dropped[r.reason] = &gossipDrop{
 			count: set.GetOrCreateCounter(`pico_gossip_dropped_total{reason="` + r.reason + `"}`),
-			log:   newQuietLog(log, slog.LevelWarn, "memberlist: dropped gossip that is not this cluster's ("+r.reason+")"),
+			log:   quiet.New(log, slog.LevelWarn, "memberlist: dropped gossip that is not this cluster's ("+r.reason+")"),
 		}
 	}
 	return w
@@ -750,8 +765,11 @@ func (w memberlistLog) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = memberlistLog{}
-var _ memberlist.Delegate = (*cluster)(nil)
-var _ memberlist.EventDelegate = (*cluster)(nil)
+var _ memberlist.Delegate = (*Cluster)(nil)
+var _ memberlist.EventDelegate = (*Cluster)(nil)
 
-// errNotClustered answers a peer connection to a node without a cluster.
-var errNotClustered = errors.New("this node is not in a cluster")
+// Gossip is the node's gossip address, as advertised.
+func (c *Cluster) Gossip() string { return c.gossip }
+
+// NumMembers is the number of live members, this node included.
+func (c *Cluster) NumMembers() int { return c.ml.NumMembers() }

@@ -1,4 +1,4 @@
-package edge
+package cluster
 
 import (
 	"slices"
@@ -33,7 +33,7 @@ const (
 	rebalanceMaxHolds = 60
 )
 
-func (c *cluster) rebalanceLoop() {
+func (c *Cluster) rebalanceLoop() {
 	every := c.cfg.RebalanceInterval
 	if every < 0 {
 		return
@@ -52,11 +52,10 @@ func (c *cluster) rebalanceLoop() {
 
 // rebalance judges the moves asked in earlier rounds, then sheds this
 // node's excess agent links, if any.
-func (c *cluster) rebalance(now time.Time) {
-	s := c.s
-	list := s.sessionList()
+func (c *Cluster) rebalance(now time.Time) {
+	list := c.h.Links()
 	c.judgeMoves(list, now)
-	if s.draining.Load() {
+	if c.h.Draining() {
 		return
 	}
 	c.mu.Lock()
@@ -85,32 +84,31 @@ func (c *cluster) rebalance(now time.Time) {
 	}
 	excess = min(excess+rebalanceSlack, rebalanceBatch) // down to the share itself
 	// Move the links that carry the least: fewest streams in flight.
-	slices.SortFunc(list, func(a, b *session) int { return int(a.inflight.Load() - b.inflight.Load()) })
-	movable := make([]*session, 0, excess)
+	slices.SortFunc(list, func(a, b Link) int { return int(a.Load() - b.Load()) })
+	movable := make([]Link, 0, excess)
 	held := 0
-	for _, sess := range list {
+	for _, l := range list {
 		if len(movable) == excess {
 			break
 		}
-		if sess.movedAt.Load() != 0 {
+		if l.AskedToMove() {
 			continue // asked already
 		}
-		switch c.moves.state(sess.hello.AgentID, now) {
+		switch c.moves.state(l.AgentID(), now) {
 		case moveHeld:
 			held++
 			continue
 		case movePending:
 			continue // its agent's last move is not judged yet
 		}
-		movable = append(movable, sess)
+		movable = append(movable, l)
 	}
 	skipped := min(excess, len(movable)+held) - len(movable)
-	s.m.rebalanceSkipped.Add(skipped)
-	for _, sess := range movable {
-		sess.movedAt.Store(now.UnixNano())
-		c.moves.asked(sess.hello.AgentID, sess.id, now)
-		sess.goAway("rebalancing: edge node " + s.cfg.NodeID + " has more than its share of agents")
-		s.m.rebalanced.Inc()
+	c.h.Metrics.RebalanceSkipped.Add(skipped)
+	for _, l := range movable {
+		c.moves.asked(l.AgentID(), l.LinkID(), now)
+		l.AskToMove("rebalancing: edge node "+c.h.NodeID+" has more than its share of agents", now)
+		c.h.Metrics.Rebalanced.Inc()
 	}
 	switch {
 	case len(movable) > 0:
@@ -124,17 +122,17 @@ func (c *cluster) rebalance(now time.Time) {
 
 // judgeMoves tells the move memory which agents have links here now, and
 // logs the moves that came back.
-func (c *cluster) judgeMoves(list []*session, now time.Time) {
+func (c *Cluster) judgeMoves(list []Link, now time.Time) {
 	links := agentLinks{live: make(map[uint64]bool, len(list)), newest: make(map[string]time.Time)}
-	for _, sess := range list {
-		links.live[sess.id] = true
-		if id := sess.hello.AgentID; id != "" && sess.started.After(links.newest[id]) {
-			links.newest[id] = sess.started
+	for _, l := range list {
+		links.live[l.LinkID()] = true
+		if id := l.AgentID(); id != "" && l.Started().After(links.newest[id]) {
+			links.newest[id] = l.Started()
 		}
 	}
 	futile, hold := c.moves.judge(links, now)
 	if futile > 0 {
-		c.s.m.rebalanceFutile.Add(futile)
+		c.h.Metrics.RebalanceFutile.Add(futile)
 		c.log.Info("agents asked to move came back to this node: they reach no other; not asking them again for a while",
 			"agents", futile, "hold", hold.String())
 	}

@@ -1,4 +1,4 @@
-package edge
+package cluster
 
 import (
 	"sort"
@@ -7,18 +7,11 @@ import (
 	"github.com/pico-edge/pico/routing"
 )
 
-// memberStatus is /status/members.
-func (s *Server) memberStatus() admin.Members {
-	out := admin.Members{NodeID: s.cfg.NodeID, Members: []admin.Member{}}
-	self := admin.Member{NodeID: s.cfg.NodeID, Self: true, State: "alive", Draining: s.draining.Load(),
-		Epoch: s.epoch, Version: s.local.Version(), Endpoints: len(s.local.Announced()), Links: uint32(s.sessionCount()),
-		Routed: true}
-	c := s.cluster
-	if c == nil || c.ml == nil {
-		out.Members = append(out.Members, self)
-		return out
-	}
-	out.Clustered = true
+// Members is /status/members of a node in a cluster: self (what the
+// node says of itself) first, with its gossip and relay addresses, then the
+// other members as this node sees them.
+func (c *Cluster) Members(self admin.Member) admin.Members {
+	out := admin.Members{NodeID: self.NodeID, Clustered: true, Members: []admin.Member{}}
 	self.GossipAddr = c.gossip
 	self.RelayAddr = c.relay
 	out.Members = append(out.Members, self)

@@ -1,4 +1,4 @@
-package edge
+package cluster
 
 import (
 	"sync"
@@ -23,7 +23,7 @@ const (
 
 // sender sends this node's ownership changes to one other node.
 type sender struct {
-	c     *cluster
+	c     *Cluster
 	node  string
 	epoch uint64 // of the receiving node
 
@@ -39,7 +39,7 @@ type sender struct {
 	stopOnce sync.Once
 }
 
-func newSender(c *cluster, node string, epoch uint64) *sender {
+func newSender(c *Cluster, node string, epoch uint64) *sender {
 	return &sender{c: c, node: node, epoch: epoch, full: true,
 		kick: make(chan struct{}, 1), done: make(chan struct{})}
 }
@@ -105,7 +105,7 @@ func (s *sender) run() {
 		}
 		var err error
 		if wantFull {
-			err = c.sendTo(addr, routing.AppendSyncRequest(nil, c.s.cfg.NodeID))
+			err = c.sendTo(addr, routing.AppendSyncRequest(nil, c.h.NodeID))
 			if err == nil {
 				s.mu.Lock()
 				s.wantFull = false
@@ -127,7 +127,7 @@ func (s *sender) run() {
 				s.mu.Unlock()
 				s.acked.Store(st.Version)
 				c.forgetAcked()
-				c.s.m.gossipSent.Inc()
+				c.h.Metrics.GossipSent.Inc()
 			}
 		}
 		if err == nil {
@@ -147,7 +147,7 @@ func (s *sender) run() {
 }
 
 // sendTo sends one message to a node over memberlist's reliable channel.
-func (c *cluster) sendTo(a memberlist.Address, msg []byte) error {
+func (c *Cluster) sendTo(a memberlist.Address, msg []byte) error {
 	host, port, err := splitHostPort(a.Addr)
 	if err != nil {
 		return err
