@@ -196,6 +196,19 @@ func (d *Door) acceptTLS(conns *chanListener, maxHead int) {
 	}
 }
 
+// StopKeepAlives makes every HTTP/1.1 response from now on close its
+// connection (Connection: close), so that clients and balancers open new
+// connections, which go elsewhere once the node's readiness fails, rather
+// than send their next request on a connection that Shutdown will close.
+// A draining node calls it when the drain begins.
+func (d *Door) StopKeepAlives() {
+	for _, srv := range []*http.Server{d.plain, d.tcp} {
+		if srv != nil {
+			srv.SetKeepAlivesEnabled(false)
+		}
+	}
+}
+
 // Shutdown stops taking connections and waits for the requests in flight
 // on every door until ctx ends, then closes every connection and listener.
 // It is safe before Start (it then does nothing) and more than once.
