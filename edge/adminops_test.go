@@ -56,7 +56,7 @@ func TestAdminOperations(t *testing.T) {
 		t.Fatalf("pprof with the token: %d", code)
 	}
 
-	session := func() string {
+	link := func() string {
 		var st struct {
 			Agents []struct {
 				Session uint64 `json:"session"`
@@ -71,7 +71,7 @@ func TestAdminOperations(t *testing.T) {
 	waitNewSession := func(old string) string {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if s := session(); s != "" && s != old {
+			if s := link(); s != "" && s != old {
 				return s
 			}
 			if time.Now().After(deadline) {
@@ -80,7 +80,7 @@ func TestAdminOperations(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	first := session()
+	first := link()
 	if code, body := adminDo(t, "POST", n.AdminURL+"/admin/agents/"+first+"/goaway", token); code != 200 || !strings.Contains(body, "asked to move") {
 		t.Fatalf("goaway: %d %s", code, body)
 	}

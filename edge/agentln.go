@@ -36,12 +36,12 @@ func (s *Server) acceptAgents(ln *quic.Listener) error {
 			return fmt.Errorf("accept agent connection: %w", err)
 		}
 		peer := conn.ConnectionState().TLS.NegotiatedProtocol == quicutil.ALPNPeer
-		if !s.sessions.admit(peer) {
+		if !s.links.admit(peer) {
 			conn.CloseWithError(quicutil.ConnCodeGoingAway, "edge node "+s.cfg.NodeID+" is shutting down; connect to another node")
 			continue
 		}
 		go func() {
-			defer s.sessions.serving.Done()
+			defer s.links.serving.Done()
 			if peer {
 				s.servePeerConn(conn)
 				return
@@ -55,9 +55,9 @@ func (s *Server) acceptAgents(ln *quic.Listener) error {
 // before the edge closes it: a bug is reported, a flood is cut.
 const maxBadStreams = 10
 
-// session is one agent connection: its control stream, the endpoints it
+// link is one agent connection: its control stream, the endpoints it
 // serves, and an HTTP transport whose connections are streams to it.
-type session struct {
+type link struct {
 	srv     *Server
 	id      uint64
 	conn    *quic.Conn
@@ -90,31 +90,31 @@ type session struct {
 
 	connAttrs    []any       // of the "agent connected" log line
 	connLogTimer *time.Timer // logs it when no registration came first
-	connLogged   bool        // it was logged (or the session ended first)
+	connLogged   bool        // it was logged (or the link ended first)
 
 	wg sync.WaitGroup // stream handlers
 }
 
 // Load implements routing.Target.
-func (sess *session) Load() int64 { return sess.inflight.Load() }
+func (l *link) Load() int64 { return l.inflight.Load() }
 
-func (sess *session) addLoad(d int64)       { sess.inflight.Add(d) }
-func (sess *session) leavingNow() bool      { return sess.leaving.Load() }
-func (sess *session) upstreams() *upstreams { return &sess.ups }
+func (l *link) addLoad(d int64)       { l.inflight.Add(d) }
+func (l *link) leavingNow() bool      { return l.leaving.Load() }
+func (l *link) upstreams() *upstreams { return &l.ups }
 
-// The session as rebalancing sees it (cluster.Link).
-func (sess *session) LinkID() uint64     { return sess.id }
-func (sess *session) AgentID() string    { return sess.hello.AgentID }
-func (sess *session) Started() time.Time { return sess.started }
-func (sess *session) AskedToMove() bool  { return sess.movedAt.Load() != 0 }
-func (sess *session) AskToMove(reason string, now time.Time) {
-	sess.movedAt.Store(now.UnixNano())
-	sess.goAway(reason)
+// The link as rebalancing sees it (cluster.Link).
+func (l *link) LinkID() uint64     { return l.id }
+func (l *link) AgentID() string    { return l.hello.AgentID }
+func (l *link) Started() time.Time { return l.started }
+func (l *link) AskedToMove() bool  { return l.movedAt.Load() != 0 }
+func (l *link) AskToMove(reason string, now time.Time) {
+	l.movedAt.Store(now.UnixNano())
+	l.goAway(reason)
 }
 
-func (sess *session) name() string                                   { return sess.hello.AgentID }
-func (sess *session) rtt() time.Duration                             { return sess.conn.ConnectionStats().SmoothedRTT }
-func (sess *session) streamKind(id routing.EndpointID) quicutil.Kind { return sess.endpointKind(id) }
+func (l *link) name() string                                   { return l.hello.AgentID }
+func (l *link) rtt() time.Duration                             { return l.conn.ConnectionStats().SmoothedRTT }
+func (l *link) streamKind(id routing.EndpointID) quicutil.Kind { return l.endpointKind(id) }
 
 // serveAgentConn serves one agent connection; its goroutine reads the
 // control stream for the life of the link. The setup is a function of its
@@ -123,25 +123,25 @@ func (sess *session) streamKind(id routing.EndpointID) quicutil.Kind { return se
 // stack only while it uses less than a quarter of it (800 bytes of guard
 // included), so with that frame the stack stayed at 8 KiB on some links.
 func (s *Server) serveAgentConn(conn *quic.Conn) {
-	sess, br, release, err := s.startSession(conn)
-	if sess == nil {
+	l, br, release, err := s.startLink(conn)
+	if l == nil {
 		return
 	}
 	if release != nil {
 		defer release()
 	}
 	if err == nil {
-		sess.wg.Go(sess.acceptStreams)
-		err = sess.controlLoop(br)
+		l.wg.Go(l.acceptStreams)
+		err = l.controlLoop(br)
 	}
-	sess.teardown(err)
+	l.teardown(err)
 }
 
 // startSession reads the agent's Hello, checks its token, registers the
-// session and sends the Welcome, whose error it returns. It returns a nil
-// session if it refused the agent (and closed the connection), and a
-// release to call once the session is torn down, or nil.
-func (s *Server) startSession(conn *quic.Conn) (sess *session, br quicutil.MessageReader, release func(), err error) {
+// link and sends the Welcome, whose error it returns. It returns a nil
+// link if it refused the agent (and closed the connection), and a
+// release to call once the link is torn down, or nil.
+func (s *Server) startLink(conn *quic.Conn) (l *link, br quicutil.MessageReader, release func(), err error) {
 	remote := conn.RemoteAddr().String()
 	log := s.log.With("remote_addr", remote)
 	ctx, cancel := context.WithTimeout(conn.Context(), s.cfg.HelloTimeout)
@@ -175,7 +175,7 @@ func (s *Server) startSession(conn *quic.Conn) (sess *session, br quicutil.Messa
 		release = func() { s.tokens.give(tokenKey) }
 	}
 	hello.Token = "" // not kept
-	sess = &session{
+	l = &link{
 		srv:       s,
 		conn:      conn,
 		hello:     hello,
@@ -184,29 +184,29 @@ func (s *Server) startSession(conn *quic.Conn) (sess *session, br quicutil.Messa
 		endpoints: make(map[routing.EndpointID]quicutil.Kind),
 		regLimit:  rate.NewLimiter(rate.Limit(s.cfg.RegistrationsPerSecond), 2*s.cfg.RegistrationsPerSecond),
 	}
-	s.local.SetLinks(s.sessions.add(sess))
-	sess.log = log.With("agent_id", hello.AgentID, "session", sess.id)
+	s.local.SetLinks(s.links.add(l))
+	l.log = log.With("agent_id", hello.AgentID, "session", l.id)
 	s.m.agentConnected.Inc()
-	sess.connAttrs = []any{"agent", hello.Agent}
+	l.connAttrs = []any{"agent", hello.Agent}
 	if s.auth != nil {
-		sess.mu.Lock()
-		sess.setGrantLocked(g)
-		sess.mu.Unlock()
-		sess.connAttrs = append(sess.connAttrs, "subject", g.Subject(),
+		l.mu.Lock()
+		l.setGrantLocked(g)
+		l.mu.Unlock()
+		l.connAttrs = append(l.connAttrs, "subject", g.Subject(),
 			"endpoints_allowed", g.Scope().String(), "token_expires", g.Expires().UTC().Format(time.RFC3339))
 	}
 	// "agent connected" waits for the first registration or a second: an
 	// agent that only looks at which node it reached (a link slot finding
 	// a node it is linked to already) leaves before, at debug level.
-	sess.mu.Lock()
-	sess.connLogTimer = time.AfterFunc(connectedLogDelay, sess.logConnected)
-	sess.mu.Unlock()
+	l.mu.Lock()
+	l.connLogTimer = time.AfterFunc(connectedLogDelay, l.logConnected)
+	l.mu.Unlock()
 
 	welcome := &quicutil.Welcome{NodeID: s.cfg.NodeID, Version: s.cfg.Version}
 	if s.cluster != nil {
 		welcome.Peers = s.cluster.PeerHints()
 	}
-	return sess, br, release, sess.writeControl(welcome)
+	return l, br, release, l.writeControl(welcome)
 }
 
 // readHello accepts the control stream and reads the agent's Hello.
@@ -239,68 +239,68 @@ func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (quicutil.Hello
 	return *hello, str, br, nil
 }
 
-func (sess *session) writeControl(m quicutil.Message) error {
-	sess.ctrlMu.Lock()
-	defer sess.ctrlMu.Unlock()
-	sess.ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	return quicutil.WriteMessage(sess.ctrl, m)
+func (l *link) writeControl(m quicutil.Message) error {
+	l.ctrlMu.Lock()
+	defer l.ctrlMu.Unlock()
+	l.ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	return quicutil.WriteMessage(l.ctrl, m)
 }
 
 // controlLoop serves registration messages until the control stream or the
 // connection ends. It returns nil when the agent closed on purpose.
-func (sess *session) controlLoop(br quicutil.MessageReader) error {
+func (l *link) controlLoop(br quicutil.MessageReader) error {
 	for {
 		msg, err := quicutil.ReadMessage(br)
 		if err != nil {
 			var ce *quicutil.ControlError
 			if errors.As(err, &ce) {
-				sess.srv.m.registrations["protocol_error"].Inc()
-				sess.conn.CloseWithError(quicutil.ConnCodeProtocolError, ce.Error())
+				l.srv.m.registrations["protocol_error"].Inc()
+				l.conn.CloseWithError(quicutil.ConnCodeProtocolError, ce.Error())
 			}
 			return err
 		}
 		var res *quicutil.Result
 		switch m := msg.(type) {
 		case *quicutil.Register:
-			sess.logConnected()
+			l.logConnected()
 			// Beyond the rate, the agent waits: its registrations are
 			// slowed down, not refused.
-			if !sess.regLimit.Allow() {
-				sess.srv.m.registrationsThrottled.Inc()
-				if err := sess.regLimit.Wait(sess.conn.Context()); err != nil {
+			if !l.regLimit.Allow() {
+				l.srv.m.registrationsThrottled.Inc()
+				if err := l.regLimit.Wait(l.conn.Context()); err != nil {
 					return err
 				}
 			}
-			res = sess.register(m)
+			res = l.register(m)
 		case *quicutil.Deregister:
-			res = sess.deregister(m)
+			res = l.deregister(m)
 		case *quicutil.Refresh:
-			res = sess.refresh(m)
+			res = l.refresh(m)
 		default:
 			err := fmt.Errorf("unexpected control message %T", msg)
-			sess.conn.CloseWithError(quicutil.ConnCodeProtocolError, err.Error())
+			l.conn.CloseWithError(quicutil.ConnCodeProtocolError, err.Error())
 			return err
 		}
-		if err := sess.writeControl(res); err != nil {
+		if err := l.writeControl(res); err != nil {
 			return err
 		}
 	}
 }
 
-func (sess *session) register(m *quicutil.Register) *quicutil.Result {
+func (l *link) register(m *quicutil.Register) *quicutil.Result {
 	res := &quicutil.Result{Seq: m.Seq, Results: make([]quicutil.EndpointResult, 0, len(m.Endpoints))}
-	s := sess.srv
+	s := l.srv
 	for _, ep := range m.Endpoints {
-		r := sess.registerOne(ep)
+		r := l.registerOne(ep)
 		res.Results = append(res.Results, r)
 		switch r.Code {
 		case quicutil.StatusOK:
 			s.announce(routing.EndpointID(ep.ID))
 			s.m.registrations["ok"].Inc()
-			sess.log.Info("endpoint registered", "endpoint_id", ep.ID, "protocol", ep.Kind.String())
+			l.log.Info("endpoint registered", "endpoint_id", ep.ID, "protocol", ep.Kind.String())
 		default:
 			s.m.registrations[registrationLabel(r.Code)].Inc()
-			sess.log.Warn("endpoint refused", "endpoint_id", ep.ID, "err", r.Err())
+			l.log.Warn("endpoint refused", "endpoint_id", ep.ID, "err", r.Err())
 		}
 	}
 	return res
@@ -318,7 +318,7 @@ func registrationLabel(code quicutil.Status) string {
 	return "invalid_endpoint"
 }
 
-func (sess *session) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
+func (l *link) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
 	r := quicutil.EndpointResult{ID: ep.ID}
 	fail := func(code quicutil.Status, format string, args ...any) quicutil.EndpointResult {
 		r.Code, r.Message = code, fmt.Sprintf(format, args...)
@@ -331,21 +331,21 @@ func (sess *session) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
 		return fail(quicutil.StatusInvalidEndpoint, "endpoint %q: unknown protocol %s", ep.ID, ep.Kind)
 	}
 	id := routing.EndpointID(ep.ID)
-	sess.mu.Lock()
-	defer sess.mu.Unlock()
-	if sess.closing {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closing {
 		return fail(quicutil.StatusShuttingDown, "connection closing")
 	}
-	if !sess.allowsLocked(ep.ID) {
-		return fail(quicutil.StatusForbidden, "%s", auth.Forbidden(sess.grant.Scope(), ep.ID))
+	if !l.allowsLocked(ep.ID) {
+		return fail(quicutil.StatusForbidden, "%s", auth.Forbidden(l.grant.Scope(), ep.ID))
 	}
-	if k, ok := sess.endpoints[id]; ok && k == ep.Kind {
+	if k, ok := l.endpoints[id]; ok && k == ep.Kind {
 		return r // registered already
 	}
-	if max := sess.srv.cfg.MaxEndpointsPerAgent; len(sess.endpoints) >= max {
-		return fail(quicutil.StatusLimit, "agent serves %d endpoints already (max %d per connection)", len(sess.endpoints), max)
+	if max := l.srv.cfg.MaxEndpointsPerAgent; len(l.endpoints) >= max {
+		return fail(quicutil.StatusLimit, "agent serves %d endpoints already (max %d per connection)", len(l.endpoints), max)
 	}
-	if err := sess.srv.table.Add(id, tableProto(ep.Kind), sess); err != nil {
+	if err := l.srv.table.Add(id, tableProto(ep.Kind), l); err != nil {
 		other := protoTCP
 		if ep.Kind == quicutil.KindTCP {
 			other = protoHTTP
@@ -353,7 +353,7 @@ func (sess *session) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
 		return fail(quicutil.StatusConflict, "endpoint %q is served as %s by another agent; it cannot also be %s",
 			ep.ID, other, tableProto(ep.Kind))
 	}
-	sess.endpoints[id] = ep.Kind
+	l.endpoints[id] = ep.Kind
 	return r
 }
 
@@ -372,32 +372,32 @@ func tableProto(k quicutil.Kind) string {
 }
 
 // endpointKind returns what the agent speaks on the streams of endpoint id.
-func (sess *session) endpointKind(id routing.EndpointID) quicutil.Kind {
-	sess.mu.Lock()
-	defer sess.mu.Unlock()
-	return sess.endpoints[id]
+func (l *link) endpointKind(id routing.EndpointID) quicutil.Kind {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.endpoints[id]
 }
 
-func (sess *session) deregister(m *quicutil.Deregister) *quicutil.Result {
+func (l *link) deregister(m *quicutil.Deregister) *quicutil.Result {
 	res := &quicutil.Result{Seq: m.Seq}
 	defer func() {
 		for _, r := range res.Results {
 			if r.Code == quicutil.StatusOK {
-				sess.srv.announce(routing.EndpointID(r.ID))
+				l.srv.announce(routing.EndpointID(r.ID))
 			}
 		}
 	}()
-	sess.mu.Lock()
-	defer sess.mu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	for _, raw := range m.IDs {
 		id := routing.EndpointID(raw)
 		r := quicutil.EndpointResult{ID: raw}
-		if _, ok := sess.endpoints[id]; !ok {
+		if _, ok := l.endpoints[id]; !ok {
 			r.Code, r.Message = quicutil.StatusNoRoute, fmt.Sprintf("endpoint %q is not registered on this connection", raw)
 		} else {
-			delete(sess.endpoints, id)
-			sess.srv.table.Remove(id, sess)
-			sess.log.Info("endpoint deregistered", "endpoint_id", raw)
+			delete(l.endpoints, id)
+			l.srv.table.Remove(id, l)
+			l.log.Info("endpoint deregistered", "endpoint_id", raw)
 		}
 		res.Results = append(res.Results, r)
 	}
@@ -410,8 +410,8 @@ func (s *Server) announce(id routing.EndpointID) {
 	if proto, targets, err := s.table.Lookup(id); err == nil {
 		a.Proto = proto
 		for _, tg := range targets {
-			if sess, ok := tg.(*session); ok {
-				a.Kinds |= cluster.KindBit(sess.endpointKind(id))
+			if l, ok := tg.(*link); ok {
+				a.Kinds |= cluster.KindBit(l.endpointKind(id))
 				a.Agents++
 			}
 		}
@@ -425,71 +425,71 @@ func (s *Server) announce(id routing.EndpointID) {
 // goAway asks the agent to move to another node. New streams go to other
 // targets from now on when there are any, and its idle keep-alive streams
 // close, so that the agent's old link empties and retires.
-func (sess *session) goAway(reason string) {
-	sess.leaving.Store(true)
-	sess.ups.closeIdle(false)
+func (l *link) goAway(reason string) {
+	l.leaving.Store(true)
+	l.ups.closeIdle(false)
 	// A stream whose response just ended goes back to the pool a moment
 	// after its body closed: close those too.
-	time.AfterFunc(200*time.Millisecond, func() { sess.ups.closeIdle(false) })
-	if err := sess.writeControl(&quicutil.GoAway{Reason: reason}); err != nil {
-		sess.log.Debug("send goaway", "err", err)
+	time.AfterFunc(200*time.Millisecond, func() { l.ups.closeIdle(false) })
+	if err := l.writeControl(&quicutil.GoAway{Reason: reason}); err != nil {
+		l.log.Debug("send goaway", "err", err)
 	}
 }
 
-func (sess *session) close(code quic.ApplicationErrorCode, reason string) {
-	sess.conn.CloseWithError(code, reason)
+func (l *link) close(code quic.ApplicationErrorCode, reason string) {
+	l.conn.CloseWithError(code, reason)
 }
 
-// teardown withdraws the session's endpoints at once, closes the
+// teardown withdraws the link's endpoints at once, closes the
 // connection and waits for its stream handlers.
-func (sess *session) teardown(cause error) {
-	sess.mu.Lock()
-	sess.closing = true
-	if sess.expiry != nil {
-		sess.expiry.Stop()
+func (l *link) teardown(cause error) {
+	l.mu.Lock()
+	l.closing = true
+	if l.expiry != nil {
+		l.expiry.Stop()
 	}
-	if sess.connLogTimer != nil {
-		sess.connLogTimer.Stop()
+	if l.connLogTimer != nil {
+		l.connLogTimer.Stop()
 	}
-	ids := make([]routing.EndpointID, 0, len(sess.endpoints))
-	for id := range sess.endpoints {
+	ids := make([]routing.EndpointID, 0, len(l.endpoints))
+	for id := range l.endpoints {
 		ids = append(ids, id)
 	}
-	sess.mu.Unlock()
-	s := sess.srv
-	s.table.RemoveAll(ids, sess)
+	l.mu.Unlock()
+	s := l.srv
+	s.table.RemoveAll(ids, l)
 	for _, id := range ids {
 		s.announce(id)
 	}
-	s.local.SetLinks(s.sessions.remove(sess))
-	sess.conn.CloseWithError(quicutil.ConnCodeNormal, "")
-	sess.ups.closeIdle(true)
-	sess.wg.Wait()
+	s.local.SetLinks(s.links.remove(l))
+	l.conn.CloseWithError(quicutil.ConnCodeNormal, "")
+	l.ups.closeIdle(true)
+	l.wg.Wait()
 	attrs := []any{"endpoints", len(ids), "reason", disconnectReason(cause),
-		"connected_for", time.Since(sess.started).Round(time.Millisecond).String()}
-	sess.mu.Lock()
-	logged := sess.connLogged
-	sess.connLogged = true // a timer that fired meanwhile logs nothing now
-	sess.mu.Unlock()
+		"connected_for", time.Since(l.started).Round(time.Millisecond).String()}
+	l.mu.Lock()
+	logged := l.connLogged
+	l.connLogged = true // a timer that fired meanwhile logs nothing now
+	l.mu.Unlock()
 	if !logged {
-		sess.log.Debug("agent connected and left before registering", append(sess.connAttrs, attrs...)...)
+		l.log.Debug("agent connected and left before registering", append(l.connAttrs, attrs...)...)
 		return
 	}
-	sess.log.Info("agent disconnected", attrs...)
+	l.log.Info("agent disconnected", attrs...)
 }
 
 // connectedLogDelay is how long "agent connected" waits for a first
 // registration.
 const connectedLogDelay = time.Second
 
-// logConnected logs "agent connected", once, unless the session ended.
-func (sess *session) logConnected() {
-	sess.mu.Lock()
-	logged := sess.connLogged
-	sess.connLogged = true
-	sess.mu.Unlock()
+// logConnected logs "agent connected", once, unless the link ended.
+func (l *link) logConnected() {
+	l.mu.Lock()
+	logged := l.connLogged
+	l.connLogged = true
+	l.mu.Unlock()
 	if !logged {
-		sess.log.Info("agent connected", sess.connAttrs...)
+		l.log.Info("agent connected", l.connAttrs...)
 	}
 }
 
@@ -514,21 +514,21 @@ func disconnectReason(err error) string {
 }
 
 // acceptStreams serves streams the agent opens (Dial and pico-agent forward).
-func (sess *session) acceptStreams() {
+func (l *link) acceptStreams() {
 	for {
-		str, err := sess.conn.AcceptStream(sess.conn.Context())
+		str, err := l.conn.AcceptStream(l.conn.Context())
 		if err != nil {
 			return
 		}
-		sess.wg.Go(func() { sess.handleDial(str) })
+		l.wg.Go(func() { l.handleDial(str) })
 	}
 }
 
 // handleDial serves one stream opened by the agent: a TCP connection to
 // an endpoint, routed like any other.
-func (sess *session) handleDial(str *quic.Stream) {
-	s := sess.srv
-	c := quicutil.NewConn(str, sess.conn.LocalAddr(), sess.conn.RemoteAddr())
+func (l *link) handleDial(str *quic.Stream) {
+	s := l.srv
+	c := quicutil.NewConn(str, l.conn.LocalAddr(), l.conn.RemoteAddr())
 	str.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
 	h, err := quicutil.ReadStreamHeader(str)
 	str.SetReadDeadline(time.Time{})
@@ -540,26 +540,26 @@ func (sess *session) handleDial(str *quic.Stream) {
 		answer(c, quicutil.StatusBadHeader, err.Error())
 		c.Close()
 		s.m.badStreams.Inc()
-		switch n := sess.badStreams.Add(1); {
+		switch n := l.badStreams.Add(1); {
 		case n < maxBadStreams:
-			sess.log.Warn("stream refused", "err", err)
+			l.log.Warn("stream refused", "err", err)
 		case n == maxBadStreams:
-			sess.log.Warn("connection closed: too many malformed streams", "streams", n, "err", err)
-			sess.conn.CloseWithError(quicutil.ConnCodeProtocolError,
+			l.log.Warn("connection closed: too many malformed streams", "streams", n, "err", err)
+			l.conn.CloseWithError(quicutil.ConnCodeProtocolError,
 				fmt.Sprintf("%d malformed streams; last: %v", n, err))
 		}
 		return
 	}
 	if code, msg := s.authorizeDial(h); code != quicutil.StatusOK {
-		sess.log.Warn("forward refused", "endpoint_id", h.Endpoint, "err", msg)
+		l.log.Warn("forward refused", "endpoint_id", h.Endpoint, "err", msg)
 		answer(c, code, msg)
 		c.Close()
 		return
 	}
 	if h.ClientAddr == "" {
-		h.ClientAddr = sess.conn.RemoteAddr().String()
+		h.ClientAddr = l.conn.RemoteAddr().String()
 	}
-	s.forwardTCP(c, h, sess.conn.Context())
+	s.forwardTCP(c, h, l.conn.Context())
 }
 
 // answer writes a stream answer; errors are left to the caller's next step.
@@ -570,27 +570,27 @@ func answer(c *quicutil.Conn, code quicutil.Status, msg string) {
 }
 
 // openStream opens a stream to the agent with header h.
-func (sess *session) openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error) {
-	if max := int64(sess.srv.cfg.MaxStreamsPerAgent); sess.open.Add(1) > max {
-		sess.open.Add(-1)
+func (l *link) openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error) {
+	if max := int64(l.srv.cfg.MaxStreamsPerAgent); l.open.Add(1) > max {
+		l.open.Add(-1)
 		return nil, &quicutil.StatusError{Code: quicutil.StatusOverloaded,
 			Message: fmt.Sprintf("the agent connection has %d streams open (the limit on this node)", max)}
 	}
-	ctx, cancel := context.WithTimeout(ctx, sess.srv.cfg.OpenStreamTimeout)
+	ctx, cancel := context.WithTimeout(ctx, l.srv.cfg.OpenStreamTimeout)
 	defer cancel()
-	str, err := sess.conn.OpenStreamSync(ctx)
+	str, err := l.conn.OpenStreamSync(ctx)
 	if err != nil {
-		sess.open.Add(-1)
-		if errors.Is(err, context.DeadlineExceeded) && sess.conn.Context().Err() == nil {
+		l.open.Add(-1)
+		if errors.Is(err, context.DeadlineExceeded) && l.conn.Context().Err() == nil {
 			return nil, &quicutil.StatusError{Code: quicutil.StatusOverloaded,
 				Message: fmt.Sprintf("agent has %d streams open", quicutil.MaxStreamsToAgent)}
 		}
 		return nil, &linkError{err: err}
 	}
-	sess.streams.Add(1)
+	l.streams.Add(1)
 	hdr := h.Append(make([]byte, 0, 16+len(h.Endpoint)+len(h.ClientAddr)))
-	c := quicutil.OpenConn(str, sess.conn.LocalAddr(), sess.conn.RemoteAddr(), hdr, wantAnswer)
-	c.OnClose(func() { sess.open.Add(-1) })
+	c := quicutil.OpenConn(str, l.conn.LocalAddr(), l.conn.RemoteAddr(), hdr, wantAnswer)
+	c.OnClose(func() { l.open.Add(-1) })
 	return c, nil
 }
 
@@ -610,23 +610,23 @@ func (e *linkError) Error() string {
 func (e *linkError) Unwrap() error { return e.err }
 
 // info describes the link for /status/agents.
-func (sess *session) info() admin.Agent {
-	sess.mu.Lock()
-	eps := make([]string, 0, len(sess.endpoints))
-	for id, k := range sess.endpoints {
+func (l *link) info() admin.Agent {
+	l.mu.Lock()
+	eps := make([]string, 0, len(l.endpoints))
+	for id, k := range l.endpoints {
 		eps = append(eps, string(id)+"/"+k.String())
 	}
-	sess.mu.Unlock()
+	l.mu.Unlock()
 	return admin.Agent{
-		Session:    sess.id,
-		AgentID:    sess.hello.AgentID,
-		Agent:      sess.hello.Agent,
-		RemoteAddr: sess.conn.RemoteAddr().String(),
-		Connected:  sess.started.UTC(),
+		Session:    l.id,
+		AgentID:    l.hello.AgentID,
+		Agent:      l.hello.Agent,
+		RemoteAddr: l.conn.RemoteAddr().String(),
+		Connected:  l.started.UTC(),
 		Endpoints:  eps,
-		InFlight:   sess.inflight.Load(),
-		Streams:    sess.streams.Load(),
-		RTTMillis:  float64(sess.conn.ConnectionStats().SmoothedRTT.Microseconds()) / 1000,
+		InFlight:   l.inflight.Load(),
+		Streams:    l.streams.Load(),
+		RTTMillis:  float64(l.conn.ConnectionStats().SmoothedRTT.Microseconds()) / 1000,
 	}
 }
 

@@ -113,78 +113,78 @@ func (s *Server) logMode() {
 	}
 }
 
-// setGrantLocked makes g the session's token and arms the timer that
+// setGrantLocked makes g the link's token and arms the timer that
 // closes the connection when it expires (exp + leeway); the caller holds
-// sess.mu.
-func (sess *session) setGrantLocked(g auth.Grant) {
-	c := sess.srv.auth.Config()
-	sess.grant = g
-	sess.grantGen++
-	gen := sess.grantGen
-	if sess.expiry != nil {
-		sess.expiry.Stop()
+// l.mu.
+func (l *link) setGrantLocked(g auth.Grant) {
+	c := l.srv.auth.Config()
+	l.grant = g
+	l.grantGen++
+	gen := l.grantGen
+	if l.expiry != nil {
+		l.expiry.Stop()
 	}
 	reason := "token expired at " + g.Expires().UTC().Format(time.RFC3339)
-	sess.expiry = time.AfterFunc(max(g.Expires().Add(c.Leeway).Sub(c.Now()), 0), func() {
-		sess.mu.Lock()
-		current := sess.grantGen == gen && !sess.closing
-		sess.mu.Unlock()
+	l.expiry = time.AfterFunc(max(g.Expires().Add(c.Leeway).Sub(c.Now()), 0), func() {
+		l.mu.Lock()
+		current := l.grantGen == gen && !l.closing
+		l.mu.Unlock()
 		if current {
-			sess.log.Info("token expired: closing the agent connection", "expired", g.Expires().UTC().Format(time.RFC3339))
-			sess.conn.CloseWithError(quicutil.ConnCodeUnauthorized, reason)
+			l.log.Info("token expired: closing the agent connection", "expired", g.Expires().UTC().Format(time.RFC3339))
+			l.conn.CloseWithError(quicutil.ConnCodeUnauthorized, reason)
 		}
 	})
 }
 
-// allowsLocked reports whether the session's token allows endpoint id;
-// the caller holds sess.mu.
-func (sess *session) allowsLocked(id string) bool {
-	return sess.srv.auth == nil || sess.grant.Scope().Allows(id)
+// allowsLocked reports whether the link's token allows endpoint id;
+// the caller holds l.mu.
+func (l *link) allowsLocked(id string) bool {
+	return l.srv.auth == nil || l.grant.Scope().Allows(id)
 }
 
 // refresh verifies the token of a Refresh. A refused token changes
-// nothing; an accepted one becomes the session's token, moves its expiry,
+// nothing; an accepted one becomes the link's token, moves its expiry,
 // and withdraws the endpoints it does not allow.
-func (sess *session) refresh(m *quicutil.Refresh) *quicutil.Result {
+func (l *link) refresh(m *quicutil.Refresh) *quicutil.Result {
 	res := &quicutil.Result{Seq: m.Seq, Results: []quicutil.EndpointResult{}}
-	s := sess.srv
+	s := l.srv
 	var g auth.Grant
 	if s.auth != nil {
 		var err error
 		if g, err = s.auth.Verify(m.Token); err != nil {
 			s.auth.Refused(auth.WhoRefresh)
-			sess.log.Warn("token refresh refused; the connection keeps its token", "err", err)
+			l.log.Warn("token refresh refused; the connection keeps its token", "err", err)
 			res.Results = append(res.Results, quicutil.EndpointResult{Code: quicutil.StatusUnauthorized, Message: err.Error()})
 			return res
 		}
 	}
 	var withdrawn []routing.EndpointID
-	sess.mu.Lock()
+	l.mu.Lock()
 	if s.auth != nil {
-		sess.setGrantLocked(g)
+		l.setGrantLocked(g)
 	}
-	ids := make([]routing.EndpointID, 0, len(sess.endpoints))
-	for id := range sess.endpoints {
+	ids := make([]routing.EndpointID, 0, len(l.endpoints))
+	for id := range l.endpoints {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
 		r := quicutil.EndpointResult{ID: string(id)}
-		if !sess.allowsLocked(string(id)) {
-			delete(sess.endpoints, id)
-			s.table.Remove(id, sess)
+		if !l.allowsLocked(string(id)) {
+			delete(l.endpoints, id)
+			s.table.Remove(id, l)
 			withdrawn = append(withdrawn, id)
 			r.Code, r.Message = quicutil.StatusForbidden, fmt.Sprintf("the new token does not allow endpoint %q: withdrawn", id)
 		}
 		res.Results = append(res.Results, r)
 	}
-	sess.mu.Unlock()
+	l.mu.Unlock()
 	for _, id := range withdrawn {
 		s.announce(id)
-		sess.log.Warn("endpoint withdrawn: the refreshed token does not allow it", "endpoint_id", string(id))
+		l.log.Warn("endpoint withdrawn: the refreshed token does not allow it", "endpoint_id", string(id))
 	}
 	if s.auth != nil {
-		sess.log.Info("token refreshed", "expires", g.Expires().UTC().Format(time.RFC3339), "withdrawn", len(withdrawn))
+		l.log.Info("token refreshed", "expires", g.Expires().UTC().Format(time.RFC3339), "withdrawn", len(withdrawn))
 	}
 	return res
 }

@@ -67,7 +67,7 @@ func doAsync(c *http.Client, req *http.Request) <-chan asyncResult {
 	return res
 }
 
-// sessionServing returns the session number of n's one agent link that
+// sessionServing returns the link number of n's one agent link that
 // serves endpoint id (from /status/agents).
 func sessionServing(t *testing.T, n *edgetest.Node, id string) uint64 {
 	t.Helper()
@@ -355,14 +355,14 @@ func TestIdempotentRequestRetriedWhenLinkDiesMidHead(t *testing.T) {
 				t.Fatal(err)
 			}
 			n.WaitRoute(t, id, 1)
-			session := sessionServing(t, n, id)
+			link := sessionServing(t, n, id)
 			res := doAsync(edgetest.Client(t), n.Request(t, tc.method, id, "/", strings.NewReader("x")))
 			<-partial
 			time.Sleep(100 * time.Millisecond) // for the partial head to reach the edge
 			serve(t, n, id, quicutil.KindHTTP, edgetest.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				io.WriteString(w, "ok")
 			})))
-			if code, body := adminDo(t, "DELETE", fmt.Sprintf("%s/admin/agents/%d", n.AdminURL, session), token); code != 200 {
+			if code, body := adminDo(t, "DELETE", fmt.Sprintf("%s/admin/agents/%d", n.AdminURL, link), token); code != 200 {
 				t.Fatalf("evict: %d %s", code, body)
 			}
 			r := <-res

@@ -81,7 +81,7 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 	set.NewGauge("pico_agent_link_packets_lost", func() float64 { _, _, l, _ := s.linkStats(); return float64(l) })
 	set.NewGauge("pico_agent_link_packets_sent", func() float64 { _, _, _, n := s.linkStats(); return float64(n) })
 	set.NewGauge("pico_active_streams", func() float64 { return float64(s.live.count()) })
-	set.NewGauge("pico_agents", func() float64 { return float64(s.sessionCount()) })
+	set.NewGauge("pico_agents", func() float64 { return float64(s.linkCount()) })
 	set.NewGauge("pico_endpoints", func() float64 { return float64(s.table.Len()) })
 	m.tcpConns = set.NewCounter("pico_tcp_connections_total")
 	m.tcpBytesIn = set.NewCounter(`pico_tcp_bytes_total{direction="to_upstream"}`)

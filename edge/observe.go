@@ -165,10 +165,10 @@ func (info *requestInfo) bytesIn() int64 {
 // linkStats sums the QUIC statistics of the node's agent links, for the
 // gauges read at each scrape.
 func (s *Server) linkStats() (rttAvg, rttMax float64, lost, sent uint64) {
-	list := s.sessionList()
+	list := s.linkList()
 	var sum time.Duration
-	for _, sess := range list {
-		st := sess.conn.ConnectionStats()
+	for _, l := range list {
+		st := l.conn.ConnectionStats()
 		sum += st.SmoothedRTT
 		rttMax = max(rttMax, st.SmoothedRTT.Seconds())
 		lost += st.PacketsLost

@@ -360,7 +360,7 @@ func (s *Server) roundTrip(req *http.Request, info *requestInfo, d *direct) (*ht
 const maxAttempts = 2
 
 // target is where a stream to an endpoint goes: a local agent link
-// (*session) or another node that relays to its agents (*peer).
+// (*link) or another node that relays to its agents (*peer).
 type target interface {
 	routing.Target   // Load: the streams in flight there
 	addLoad(d int64) // counts a stream in flight (d = 1) or ended (d = -1)

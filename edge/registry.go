@@ -7,26 +7,26 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
-// sessions are the node's agent links (sessions) and the connections it
+// links are the node's agent links (links) and the connections it
 // serves on its agent listener, with one lock of their own. A connection
 // is admitted only while the set is open; shutdown closes it and then
 // waits for every admitted connection's goroutine.
-type sessions struct {
+type links struct {
 	mu       sync.Mutex // guards the fields below
-	byID     map[uint64]*session
+	byID     map[uint64]*link
 	nextID   uint64
 	closed   bool // shutdown is closing every connection: none is admitted
 	draining bool // agents are refused; peers still admitted
 
 	serving sync.WaitGroup // one goroutine per admitted connection
-	gone    broadcast      // a session left byID
+	gone    broadcast      // a link left byID
 }
 
-func newSessions() *sessions { return &sessions{byID: make(map[uint64]*session)} }
+func newLinks() *links { return &links{byID: make(map[uint64]*link)} }
 
 // admit reports whether a new connection (from a peer node, or an agent)
 // may be served, and if so counts its goroutine in serving.
-func (ss *sessions) admit(peer bool) bool {
+func (ss *links) admit(peer bool) bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.closed || ss.draining && !peer {
@@ -37,57 +37,57 @@ func (ss *sessions) admit(peer bool) bool {
 }
 
 // drain refuses new agents from now on (peers may still connect).
-func (ss *sessions) drain() {
+func (ss *links) drain() {
 	ss.mu.Lock()
 	ss.draining = true
 	ss.mu.Unlock()
 }
 
 // close admits no connection from now on.
-func (ss *sessions) close() {
+func (ss *links) close() {
 	ss.mu.Lock()
 	ss.closed = true
 	ss.mu.Unlock()
 }
 
 // add numbers sess and adds it; it returns how many there are now.
-func (ss *sessions) add(sess *session) int {
+func (ss *links) add(l *link) int {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	ss.nextID++
-	sess.id = ss.nextID
-	ss.byID[sess.id] = sess
+	l.id = ss.nextID
+	ss.byID[l.id] = l
 	return len(ss.byID)
 }
 
 // remove removes sess and wakes the waiters of gone; it returns how many
 // are left.
-func (ss *sessions) remove(sess *session) int {
+func (ss *links) remove(l *link) int {
 	ss.mu.Lock()
-	delete(ss.byID, sess.id)
+	delete(ss.byID, l.id)
 	n := len(ss.byID)
 	ss.mu.Unlock()
 	ss.gone.notify()
 	return n
 }
 
-func (ss *sessions) list() []*session {
+func (ss *links) list() []*link {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	out := make([]*session, 0, len(ss.byID))
-	for _, sess := range ss.byID {
-		out = append(out, sess)
+	out := make([]*link, 0, len(ss.byID))
+	for _, l := range ss.byID {
+		out = append(out, l)
 	}
 	return out
 }
 
-func (ss *sessions) count() int {
+func (ss *links) count() int {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return len(ss.byID)
 }
 
-func (ss *sessions) get(id uint64) *session {
+func (ss *links) get(id uint64) *link {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return ss.byID[id]

@@ -80,16 +80,16 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 	var lastErr error
 	for range maxAttempts {
 		tg, err := s.table.Pick(id, func(tg routing.Target) bool {
-			sess, ok := tg.(*session)
-			return !ok || slices.Contains(tried, tg) || sess.endpointKind(id) != h.Kind
+			l, ok := tg.(*link)
+			return !ok || slices.Contains(tried, tg) || l.endpointKind(id) != h.Kind
 		})
 		if err != nil {
 			break
 		}
 		tried = append(tried, tg)
-		sess := tg.(*session)
-		sess.inflight.Add(1)
-		target, err := sess.openStream(conn.Context(), &h, false)
+		l := tg.(*link)
+		l.inflight.Add(1)
+		target, err := l.openStream(conn.Context(), &h, false)
 		if err == nil {
 			err = target.Flush()
 			if err != nil {
@@ -97,7 +97,7 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 			}
 		}
 		if err != nil {
-			sess.inflight.Add(-1)
+			l.inflight.Add(-1)
 			lastErr = err
 			continue
 		}
@@ -109,12 +109,12 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 		start := time.Now()
 		res := s.splice(c, target, idle)
 		s.live.done()
-		sess.inflight.Add(-1)
+		l.inflight.Add(-1)
 		if !s.cfg.AccessLogOff[h.Endpoint] {
 			// The node that received the request logs it; this line says
 			// which agent served it here.
 			attrs := []slog.Attr{slog.String("endpoint_id", h.Endpoint), slog.String("kind", h.Kind.String()),
-				slog.String("from_node", node), slog.String("node_id", s.cfg.NodeID), slog.String("agent_id", sess.hello.AgentID),
+				slog.String("from_node", node), slog.String("node_id", s.cfg.NodeID), slog.String("agent_id", l.hello.AgentID),
 				slog.String("remote_addr", h.ClientAddr), slog.Int64("bytes_in", res.AToB), slog.Int64("bytes_out", res.BToA),
 				slog.Duration("duration", time.Since(start))}
 			if res.Err != nil {

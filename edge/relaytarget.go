@@ -57,10 +57,10 @@ func (s *Server) startCluster(ctx context.Context, agentAddr net.Addr) error {
 			return s.tr
 		},
 		Links: func() []cluster.Link {
-			list := s.sessionList()
+			list := s.linkList()
 			out := make([]cluster.Link, len(list))
-			for i, sess := range list {
-				out[i] = sess
+			for i, l := range list {
+				out[i] = l
 			}
 			return out
 		},

@@ -55,11 +55,11 @@ type Server struct {
 	door     *frontdoor.Door // serves proxy to clients
 	adminSrv *http.Server
 
-	sessions *sessions  // agent links, and the connections of the agent listener
-	tokens   tokenConns // agent connections by token, when tokens are checked
-	peerIn   peerConns  // relay connections other nodes opened
-	live     liveStreams
-	members  broadcast // membership changed
+	links   *links     // agent links, and the connections of the agent listener
+	tokens  tokenConns // agent connections by token, when tokens are checked
+	peerIn  peerConns  // relay connections other nodes opened
+	live    liveStreams
+	members broadcast // membership changed
 
 	mu      sync.Mutex // guards the fields below: the agent listener's
 	tr      *quic.Transport
@@ -90,7 +90,7 @@ func New(cfg Config) (*Server, error) {
 		table:    routing.NewTable(),
 		local:    routing.NewLocal(cfg.NodeID, epoch),
 		epoch:    epoch,
-		sessions: newSessions(),
+		links:    newLinks(),
 		started:  make(chan struct{}),
 		drainReq: make(chan struct{}),
 		closed:   make(chan struct{}),
@@ -300,15 +300,15 @@ func (s *Server) shutdown(graceful bool) {
 func (s *Server) stopTakingAgents(graceful bool, grace time.Duration) {
 	s.ready.Store(false)
 	s.draining.Store(true)
-	s.sessions.drain() // after this, acceptAgents takes no new agent
+	s.links.drain() // after this, acceptAgents takes no new agent
 	s.door.StopKeepAlives()
 	s.log.Info("edge node shutting down", "node_id", s.cfg.NodeID, "grace", grace.String(),
 		"drain_delay", s.cfg.DrainDelay.String())
 	if graceful && s.cluster != nil {
 		s.cluster.SetDraining() // other nodes route elsewhere when they can
 	}
-	for _, sess := range s.sessionList() {
-		sess.goAway("edge node " + s.cfg.NodeID + " is shutting down")
+	for _, l := range s.linkList() {
+		l.goAway("edge node " + s.cfg.NodeID + " is shutting down")
 	}
 }
 
@@ -338,8 +338,8 @@ func (s *Server) waitDrainDelay() {
 func (s *Server) waitStreams(ctx context.Context, graceful bool) {
 	waitAgents := graceful && s.cluster != nil && s.cluster.OthersToMoveTo()
 	for ctx.Err() == nil {
-		gone := s.sessions.gone.wait() // before the count: a session leaving after it wakes us
-		if !waitAgents || s.sessionCount() == 0 {
+		gone := s.links.gone.wait() // before the count: a link leaving after it wakes us
+		if !waitAgents || s.linkCount() == 0 {
 			select {
 			case <-s.live.idle():
 				return
@@ -404,8 +404,8 @@ func (s *Server) leaveCluster(graceful bool) {
 // the slowest link and 20 ms, at most a second, or until Close.
 func (s *Server) settle() {
 	var rtt time.Duration
-	for _, sess := range s.sessionList() {
-		rtt = max(rtt, sess.rtt())
+	for _, l := range s.linkList() {
+		rtt = max(rtt, l.rtt())
 	}
 	t := time.NewTimer(min(2*rtt+20*time.Millisecond, time.Second))
 	defer t.Stop()
@@ -422,16 +422,16 @@ func (s *Server) closeAgents() {
 	s.mu.Lock()
 	ln, tr := s.ln, s.tr
 	s.mu.Unlock()
-	s.sessions.close() // after this, acceptAgents admits no connection
+	s.links.close() // after this, acceptAgents admits no connection
 	ln.Close()
-	for _, sess := range s.sessionList() {
-		sess.close(quicutil.ConnCodeGoingAway, "edge node shutting down")
+	for _, l := range s.linkList() {
+		l.close(quicutil.ConnCodeGoingAway, "edge node shutting down")
 	}
 	s.peerIn.closeAll(quicutil.ConnCodeGoingAway, "edge node shutting down") // one that completes its hello now closes itself
 	if s.auth != nil {
 		s.auth.Close() // a Hello waiting on a JWKS fetch gives up
 	}
-	s.sessions.serving.Wait()
+	s.links.serving.Wait()
 	tr.Close()
 	tr.Conn.Close()
 }
@@ -463,7 +463,7 @@ func closeAll(lns Listeners) {
 	}
 }
 
-func (s *Server) sessionList() []*session { return s.sessions.list() }
+func (s *Server) linkList() []*link { return s.links.list() }
 
 // splice joins a and b until both directions end, and lets shutdown close
 // them cleanly when the grace period is over.
@@ -486,7 +486,7 @@ func (s *Server) memberCount() int {
 	return 1
 }
 
-func (s *Server) sessionCount() int { return s.sessions.count() }
+func (s *Server) linkCount() int { return s.links.count() }
 
 func randomHex(n int) string {
 	b := make([]byte, n)

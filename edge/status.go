@@ -38,9 +38,9 @@ func (n adminNode) Endpoints() admin.Endpoints {
 	for _, e := range eps {
 		st := admin.Endpoint{ID: string(e.ID), Protocol: e.Protocol, Agents: make([]string, 0, len(e.Targets))}
 		for _, tg := range e.Targets {
-			sess := tg.(*session)
-			st.Agents = append(st.Agents, sess.hello.AgentID)
-			st.InFlight += sess.inflight.Load()
+			l := tg.(*link)
+			st.Agents = append(st.Agents, l.hello.AgentID)
+			st.InFlight += l.inflight.Load()
 		}
 		st.Nodes = make([]string, 0, len(e.Remote))
 		for _, tg := range e.Remote {
@@ -56,10 +56,10 @@ func (n adminNode) Endpoints() admin.Endpoints {
 
 func (n adminNode) Agents() admin.Agents {
 	s := n.s
-	list := s.sessionList()
+	list := s.linkList()
 	out := make([]admin.Agent, 0, len(list))
-	for _, sess := range list {
-		out = append(out, sess.info())
+	for _, l := range list {
+		out = append(out, l.info())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Session < out[j].Session })
 	return admin.Agents{NodeID: s.cfg.NodeID, Auth: s.auth.Mode(), Agents: out} // a nil Verifier says "none"
@@ -73,7 +73,7 @@ func (n adminNode) Status() admin.NodeStatus {
 func (n adminNode) Members() admin.Members {
 	s := n.s
 	self := admin.Member{NodeID: s.cfg.NodeID, Self: true, State: "alive", Draining: s.draining.Load(),
-		Epoch: s.epoch, Version: s.local.Version(), Endpoints: len(s.local.Announced()), Links: uint32(s.sessionCount()),
+		Epoch: s.epoch, Version: s.local.Version(), Endpoints: len(s.local.Announced()), Links: uint32(s.linkCount()),
 		Routed: true}
 	if s.cluster == nil {
 		return admin.Members{NodeID: s.cfg.NodeID, Members: []admin.Member{self}}
@@ -84,26 +84,26 @@ func (n adminNode) Traffic() admin.Traffic { return n.s.trafficStatus() }
 func (n adminNode) Drain()                 { n.s.Drain() }
 
 func (n adminNode) MoveAgent(id uint64, remoteAddr string) (string, bool) {
-	sess := n.s.sessionByID(id)
-	if sess == nil {
+	l := n.s.linkByID(id)
+	if l == nil {
 		return "", false
 	}
-	sess.log.Info("agent asked to move on the admin port", "remote_addr", remoteAddr)
-	sess.goAway("asked by an operator of edge node " + n.s.cfg.NodeID)
-	return sess.hello.AgentID, true
+	l.log.Info("agent asked to move on the admin port", "remote_addr", remoteAddr)
+	l.goAway("asked by an operator of edge node " + n.s.cfg.NodeID)
+	return l.hello.AgentID, true
 }
 
 func (n adminNode) EvictAgent(id uint64, remoteAddr string) (string, bool) {
-	sess := n.s.sessionByID(id)
-	if sess == nil {
+	l := n.s.linkByID(id)
+	if l == nil {
 		return "", false
 	}
-	sess.log.Warn("agent evicted on the admin port", "remote_addr", remoteAddr)
-	sess.close(quicutil.ConnCodeEvicted, "evicted by an operator of edge node "+n.s.cfg.NodeID)
-	return sess.hello.AgentID, true
+	l.log.Warn("agent evicted on the admin port", "remote_addr", remoteAddr)
+	l.close(quicutil.ConnCodeEvicted, "evicted by an operator of edge node "+n.s.cfg.NodeID)
+	return l.hello.AgentID, true
 }
 
-func (s *Server) sessionByID(id uint64) *session { return s.sessions.get(id) }
+func (s *Server) linkByID(id uint64) *link { return s.links.get(id) }
 
 // Drain starts a graceful shutdown, as when Run's context ends: Run drains
 // and returns nil. It is safe to call more than once, and before Run.

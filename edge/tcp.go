@@ -81,7 +81,7 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 
 // dialEndpoint opens a TCP stream to an agent serving id and waits for its
 // answer. The upstream has seen no byte before a good answer, so a failure
-// is retried once on another agent. On success the session's in-flight
+// is retried once on another agent. On success the link's in-flight
 // count includes the stream; the caller decrements it.
 func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, clientAddr string) (*quicutil.Conn, target, error) {
 	proto, _, err := s.table.Lookup(id)
