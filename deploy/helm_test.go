@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -283,6 +286,11 @@ func TestHelmValues(t *testing.T) {
 				t.Errorf("StatefulSet %s, Services %v: want the prefix edge-pico-edge", c.sts.Name, mapsKeys(c.services))
 			}
 		}},
+		"fullnameOverride": {release: "x", values: "fullnameOverride: edge", check: func(t *testing.T, c cluster, _ *corev1.Container, _ map[string]string, _ []serviceMonitor) {
+			if c.sts.Name != "edge" || c.services["edge-gossip"] == nil || c.pdb.Name != "edge" {
+				t.Errorf("StatefulSet %s, PDB %s, Services %v: want the name edge", c.sts.Name, c.pdb.Name, mapsKeys(c.services))
+			}
+		}},
 		"serviceMonitor": {values: "serviceMonitor: {enabled: true, interval: 15s, labels: {release: prom}}", check: func(t *testing.T, c cluster, ctr *corev1.Container, _ map[string]string, monitors []serviceMonitor) {
 			if len(monitors) != 1 {
 				t.Fatalf("%d ServiceMonitors, want 1", len(monitors))
@@ -375,4 +383,65 @@ func TestHelmFlagsExist(t *testing.T) {
 		t.Errorf("%d --auth-* flags for %d keys: %v", n, len(keys), c.edgeContainer(t).Args)
 	}
 	checkEdgeFlags(t, c)
+}
+
+// TestHelmValuesDocumented checks that docs/kubernetes.md's values table
+// has a row for every value of values.yaml, with its default, and no row
+// for a value the chart lacks.
+func TestHelmValuesDocumented(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vals map[string]any
+	if err := yaml.Unmarshal(b, &vals); err != nil {
+		t.Fatal(err)
+	}
+	defaults := map[string]string{}
+	var flatten func(prefix string, v any)
+	flatten = func(prefix string, v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if len(v) == 0 {
+				defaults[prefix] = "{}"
+			}
+			for k, x := range v {
+				flatten(strings.TrimPrefix(prefix+"."+k, "."), x)
+			}
+		case []any:
+			if len(v) == 0 {
+				defaults[prefix] = "[]"
+			} else {
+				defaults[prefix] = fmt.Sprint(v)
+			}
+		case string:
+			defaults[prefix] = v
+			if v == "" {
+				defaults[prefix] = `""`
+			}
+		default:
+			defaults[prefix] = fmt.Sprint(v)
+		}
+	}
+	flatten("", vals)
+	d, err := os.ReadFile("../docs/kubernetes.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(d)
+	for _, k := range slices.Sorted(maps.Keys(defaults)) {
+		if row := "| `" + k + "` | `" + defaults[k] + "` |"; !strings.Contains(doc, row) {
+			t.Errorf("docs/kubernetes.md has no row %q", row)
+		}
+	}
+	i := strings.Index(doc, "| value | default | what |")
+	if i < 0 {
+		t.Fatal("docs/kubernetes.md has no values table")
+	}
+	table, _, _ := strings.Cut(doc[i:], "\n\n")
+	for _, m := range regexp.MustCompile("(?m)^\\| `([a-zA-Z.]+)` \\| ").FindAllStringSubmatch(table, -1) {
+		if _, ok := defaults[m[1]]; !ok {
+			t.Errorf("docs/kubernetes.md documents value %s, which values.yaml lacks", m[1])
+		}
+	}
 }
