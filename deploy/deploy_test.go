@@ -1351,7 +1351,7 @@ func TestManifestDocs(t *testing.T) {
 }
 
 // TestManifestKubectlDryRun runs `kubectl apply --dry-run=client` on the
-// base and the agent example. kubectl needs an API server's discovery even
+// base, the agent example and the Helm chart's rendering. kubectl needs an API server's discovery even
 // in client dry-run, so the test serves a minimal one on 127.0.0.1: the
 // resource types the manifests use, and 404 for every object (all are
 // new). Schema validation needs the server's OpenAPI, which this server
@@ -1442,16 +1442,31 @@ current-context: test
 		}
 		return string(out)
 	}
-	out := run("-k", manifestDir)
-	for _, o := range baseObjects(t) {
-		want := strings.ToLower(o.kind) + "/" + o.name + " created (dry run)"
-		if o.kind == "StatefulSet" || o.kind == "PodDisruptionBudget" {
-			want = strings.ToLower(o.kind) + "." + map[string]string{"StatefulSet": "apps", "PodDisruptionBudget": "policy"}[o.kind] + "/" + o.name + " created (dry run)"
-		}
-		if !strings.Contains(out, want) {
-			t.Errorf("kubectl apply -k: no %q in:\n%s", want, out)
+	created := func(what, out string, objs []object) {
+		t.Helper()
+		for _, o := range objs {
+			want := strings.ToLower(o.kind) + "/" + o.name + " created (dry run)"
+			if o.kind == "StatefulSet" || o.kind == "PodDisruptionBudget" {
+				want = strings.ToLower(o.kind) + "." + map[string]string{"StatefulSet": "apps", "PodDisruptionBudget": "policy"}[o.kind] + "/" + o.name + " created (dry run)"
+			}
+			if !strings.Contains(out, want) {
+				t.Errorf("%s: no %q in:\n%s", what, want, out)
+			}
 		}
 	}
+	created("kubectl apply -k", run("-k", manifestDir), baseObjects(t))
+	// The Helm chart's objects, as `helm template` renders them.
+	rendered, err := helmTemplate(t, "pico-edge", namespace, "")
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	var manifest []string
+	for _, o := range rendered {
+		manifest = append(manifest, string(o.doc))
+	}
+	chartFile := filepath.Join(t.TempDir(), "chart.yaml")
+	os.WriteFile(chartFile, []byte(strings.Join(manifest, "\n---\n")), 0o600)
+	created("kubectl apply -f <helm template>", run("-n", namespace, "-f", chartFile), rendered)
 	if out := run("-n", namespace, "-f", filepath.Join(manifestDir, "examples", "agent.yaml")); !strings.Contains(out, "deployment.apps/pico-agent-demo created (dry run)") {
 		t.Errorf("kubectl apply -f examples/agent.yaml:\n%s", out)
 	}
