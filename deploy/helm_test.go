@@ -229,6 +229,7 @@ func TestHelmValues(t *testing.T) {
 		release, values string
 		check           func(t *testing.T, c cluster, ctr *corev1.Container, f map[string]string, monitors []serviceMonitor)
 		skipReplicas    bool
+		flagsExist      bool // check the flags against pico-edge --help (skipped under -short)
 	}{
 		"replicaCount": {values: "replicaCount: 5", skipReplicas: true, check: func(t *testing.T, c cluster, _ *corev1.Container, _ map[string]string, _ []serviceMonitor) {
 			if r := c.sts.Spec.Replicas; r == nil || *r != 5 {
@@ -257,8 +258,7 @@ func TestHelmValues(t *testing.T) {
 			}) {
 				t.Errorf("no volume of the Secret pico-edge-auth")
 			}
-			checkEdgeFlags(t, c)
-		}},
+		}, flagsExist: true},
 		"tls and cluster secret names": {values: "{tls: {secretName: my-tls}, clusterSecret: {secretName: my-cluster, key: k}}", check: func(t *testing.T, c cluster, _ *corev1.Container, f map[string]string, _ []serviceMonitor) {
 			secrets := map[string]string{}
 			for _, v := range c.sts.Spec.Template.Spec.Volumes {
@@ -274,8 +274,7 @@ func TestHelmValues(t *testing.T) {
 			if f["--auth-issuer"] != "https://issuer.example.com" || f["--max-inflight-per-endpoint"] != "100" {
 				t.Errorf("args %v, want the extra arguments", ctr.Args)
 			}
-			checkEdgeFlags(t, c)
-		}},
+		}, flagsExist: true},
 		"gracePeriodSeconds": {values: "gracePeriodSeconds: 60", check: func(t *testing.T, c cluster, _ *corev1.Container, f map[string]string, _ []serviceMonitor) {
 			if g := c.sts.Spec.Template.Spec.TerminationGracePeriodSeconds; f["--grace-period"] != "60s" || g == nil || *g != 75 {
 				t.Errorf("--grace-period=%s terminationGracePeriodSeconds %v, want 60s and 75", f["--grace-period"], g)
@@ -336,6 +335,9 @@ func TestHelmValues(t *testing.T) {
 				c.sts.Spec.Replicas = &three
 			}
 			checkCluster(t, c)
+			if tc.flagsExist {
+				checkEdgeFlags(t, c)
+			}
 		})
 	}
 }
