@@ -184,7 +184,8 @@ func baseObjects(t testing.TB) []object {
 	return out
 }
 
-// cluster is the decoded base: what `kubectl apply -k` creates.
+// cluster is the decoded base (what `kubectl apply -k` creates) or the
+// Helm chart's objects (what `helm install` creates; no Namespace).
 type cluster struct {
 	ns       *corev1.Namespace
 	services map[string]*corev1.Service
@@ -212,8 +213,8 @@ func decodeCluster(t testing.TB, objs []object) cluster {
 			t.Fatalf("%s: a %s in the base", o.source, o.kind)
 		}
 	}
-	if c.ns == nil || c.sts == nil || c.pdb == nil || len(c.services) == 0 {
-		t.Fatalf("the base lacks a Namespace, StatefulSet, PodDisruptionBudget or Service: %+v", c)
+	if c.sts == nil || c.pdb == nil || len(c.services) == 0 {
+		t.Fatalf("no StatefulSet, PodDisruptionBudget or Service among the objects: %+v", c)
 	}
 	return c
 }
@@ -333,9 +334,15 @@ func TestManifestsDecode(t *testing.T) {
 // TestManifestCluster checks that the base's objects agree with each
 // other and with pico-edge (ports, flags, probes, drain budget, security).
 func TestManifestCluster(t *testing.T) {
-	checkCluster(t, decodeCluster(t, baseObjects(t)))
+	c := decodeCluster(t, baseObjects(t))
+	if c.ns == nil || c.ns.Name != namespace {
+		t.Errorf("the base has no Namespace %s", namespace)
+	}
+	checkCluster(t, c)
 }
 
+// checkCluster checks one edge cluster's objects, the Kustomize base's or
+// the Helm chart's: they agree with each other and with pico-edge.
 func checkCluster(t *testing.T, c cluster) {
 	sts, pod := c.sts, &c.sts.Spec.Template.Spec
 	ctr := c.edgeContainer(t)
@@ -553,8 +560,17 @@ func checkCluster(t *testing.T, c cluster) {
 	if m, v, ok := mountOf(f["--data-dir"]); !ok || m.MountPath != f["--data-dir"] || m.ReadOnly || v.EmptyDir == nil {
 		t.Errorf("--data-dir=%s: want it to be the mount path of a writable emptyDir", f["--data-dir"])
 	}
+	// Every other file a flag names (the auth keys too) is a Secret's.
 	for _, flag := range []string{"--cluster-secret-file", "--tls-cert", "--tls-key"} {
-		if m, v, ok := mountOf(f[flag]); !ok || !m.ReadOnly || v.Secret == nil || v.Secret.SecretName == "" {
+		if _, ok := f[flag]; !ok {
+			t.Errorf("no %s", flag)
+		}
+	}
+	for _, flag := range slices.Sorted(maps.Keys(f)) {
+		if flag == "--data-dir" || !strings.HasPrefix(f[flag], "/") {
+			continue
+		}
+		if m, v, ok := mountOf(f[flag]); !ok || !m.ReadOnly || v.Secret == nil || v.Secret.SecretName == "" || m.MountPath == f[flag] {
 			t.Errorf("%s=%s: want a file of a read-only Secret volume", flag, f[flag])
 		}
 	}
@@ -1007,21 +1023,9 @@ func TestDockerfileBuild(t *testing.T) {
 // TestManifestFlagsExist checks every flag the StatefulSet and the agent
 // example pass against the binaries' --help.
 func TestManifestFlagsExist(t *testing.T) {
-	dir := binaries(t)
 	c := decodeCluster(t, baseObjects(t))
-	help := func(bin string, args ...string) string {
-		out, err := exec.Command(filepath.Join(dir, bin), append(args, "--help")...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s --help: %v\n%s", bin, err, out)
-		}
-		return string(out)
-	}
-	edgeHelp := help("pico-edge")
-	for f := range flags(t, c.edgeContainer(t).Args) {
-		if !regexp.MustCompile(`(?m)^\s+(-\w, )?` + regexp.QuoteMeta(f) + `\b`).MatchString(edgeHelp) {
-			t.Errorf("pico-edge has no flag %s", f)
-		}
-	}
+	checkEdgeFlags(t, c)
+	help := func(bin string, args ...string) string { return binaryHelp(t, bin, args...) }
 	b, _ := os.ReadFile(filepath.Join(manifestDir, "examples", "agent.yaml"))
 	d := decode(t, splitObjects(t, "agent.yaml", b)[0]).(*appsv1.Deployment)
 	for _, ctr := range d.Spec.Template.Spec.Containers {
@@ -1045,11 +1049,15 @@ func TestManifestFlagsExist(t *testing.T) {
 // and SIGTERM drains and exits 0 within terminationGracePeriodSeconds less
 // the preStop sleep.
 func TestManifestPodStarts(t *testing.T) {
+	checkPodStarts(t, decodeCluster(t, baseObjects(t)))
+}
+
+// checkPodStarts is TestManifestPodStarts for the objects of c.
+func checkPodStarts(t *testing.T, c cluster) {
 	dir := binaries(t)
 	if _, err := exec.LookPath("openssl"); err != nil {
 		t.Skip("openssl not in PATH: examples/dev-cert.sh needs it")
 	}
-	c := decodeCluster(t, baseObjects(t))
 	ctr := c.edgeContainer(t)
 	pod := c.sts.Spec.Template.Spec
 
@@ -1175,6 +1183,29 @@ func TestManifestPodStarts(t *testing.T) {
 		t.Logf("drained and exited in %s (budget %s)", time.Since(start).Round(time.Millisecond), budget)
 	case <-time.After(budget):
 		t.Errorf("pico-edge still running %s after SIGTERM: the kubelet would SIGKILL it", budget)
+	}
+}
+
+// binaryHelp returns the --help of pico-edge or pico-agent (with args, a
+// subcommand), built as the Dockerfile builds them.
+func binaryHelp(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(binaries(t), bin), append(args, "--help")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s --help: %v\n%s", bin, err, out)
+	}
+	return string(out)
+}
+
+// checkEdgeFlags checks every flag of c's pico-edge container against
+// pico-edge --help.
+func checkEdgeFlags(t *testing.T, c cluster) {
+	t.Helper()
+	edgeHelp := binaryHelp(t, "pico-edge")
+	for f := range flags(t, c.edgeContainer(t).Args) {
+		if !regexp.MustCompile(`(?m)^\s+(-\w, )?` + regexp.QuoteMeta(f) + `\b`).MatchString(edgeHelp) {
+			t.Errorf("pico-edge has no flag %s", f)
+		}
 	}
 }
 
@@ -1320,7 +1351,7 @@ func TestManifestDocs(t *testing.T) {
 }
 
 // TestManifestKubectlDryRun runs `kubectl apply --dry-run=client` on the
-// base and the agent example. kubectl needs an API server's discovery even
+// base, the agent example and the Helm chart's rendering. kubectl needs an API server's discovery even
 // in client dry-run, so the test serves a minimal one on 127.0.0.1: the
 // resource types the manifests use, and 404 for every object (all are
 // new). Schema validation needs the server's OpenAPI, which this server
@@ -1411,16 +1442,31 @@ current-context: test
 		}
 		return string(out)
 	}
-	out := run("-k", manifestDir)
-	for _, o := range baseObjects(t) {
-		want := strings.ToLower(o.kind) + "/" + o.name + " created (dry run)"
-		if o.kind == "StatefulSet" || o.kind == "PodDisruptionBudget" {
-			want = strings.ToLower(o.kind) + "." + map[string]string{"StatefulSet": "apps", "PodDisruptionBudget": "policy"}[o.kind] + "/" + o.name + " created (dry run)"
-		}
-		if !strings.Contains(out, want) {
-			t.Errorf("kubectl apply -k: no %q in:\n%s", want, out)
+	created := func(what, out string, objs []object) {
+		t.Helper()
+		for _, o := range objs {
+			want := strings.ToLower(o.kind) + "/" + o.name + " created (dry run)"
+			if o.kind == "StatefulSet" || o.kind == "PodDisruptionBudget" {
+				want = strings.ToLower(o.kind) + "." + map[string]string{"StatefulSet": "apps", "PodDisruptionBudget": "policy"}[o.kind] + "/" + o.name + " created (dry run)"
+			}
+			if !strings.Contains(out, want) {
+				t.Errorf("%s: no %q in:\n%s", what, want, out)
+			}
 		}
 	}
+	created("kubectl apply -k", run("-k", manifestDir), baseObjects(t))
+	// The Helm chart's objects, as `helm template` renders them.
+	rendered, err := helmTemplate(t, "pico-edge", namespace, "")
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	var manifest []string
+	for _, o := range rendered {
+		manifest = append(manifest, string(o.doc))
+	}
+	chartFile := filepath.Join(t.TempDir(), "chart.yaml")
+	os.WriteFile(chartFile, []byte(strings.Join(manifest, "\n---\n")), 0o600)
+	created("kubectl apply -f <helm template>", run("-n", namespace, "-f", chartFile), rendered)
 	if out := run("-n", namespace, "-f", filepath.Join(manifestDir, "examples", "agent.yaml")); !strings.Contains(out, "deployment.apps/pico-agent-demo created (dry run)") {
 		t.Errorf("kubectl apply -f examples/agent.yaml:\n%s", out)
 	}
