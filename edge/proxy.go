@@ -121,14 +121,18 @@ func (f *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !s.authorizeRequest(rw, r, ep) { // before the lookup: no hint whether ep exists
 		return
 	}
-	proto, _, err := s.table.Lookup(ep)
+	// The first target, picked now, also says what the endpoint serves:
+	// one look in the table per request.
+	info.at = attempts{s: s, id: ep}
+	first, err := info.at.peek()
 	info.known = err == nil
 	if err != nil {
 		info.err = err
 		writeError(rw, r, http.StatusBadGateway, ep, fmt.Sprintf("no upstream for endpoint %q", ep))
 		return
 	}
-	if proto != protoHTTP {
+	kind := first.streamKind(ep)
+	if kind == quicutil.KindTCP {
 		writeError(rw, r, http.StatusBadGateway, ep, fmt.Sprintf(
 			"endpoint %q serves raw TCP, not HTTP; reach it with 'pico-agent forward PORT %s'", ep, ep))
 		return
@@ -154,8 +158,7 @@ func (f *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// every other request goes through ReverseProxy. Both send through
 	// roundTrip, with the same attempts, on the stream path (h1stream.go)
 	// or the target's http.Transport.
-	info.at = attempts{s: s, id: ep}
-	if tg, err := info.at.peek(); err == nil && canDirect(r) && tg.streamKind(ep) == quicutil.KindHTTP {
+	if canDirect(r) && kind == quicutil.KindHTTP {
 		info.at.http1Only = true
 		f.serveDirect(rw, r, info)
 		return
