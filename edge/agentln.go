@@ -670,6 +670,7 @@ type agentInfo struct {
 	InFlight   int64     `json:"in_flight"`
 	Streams    uint64    `json:"streams_total"`
 	RTTMillis  float64   `json:"rtt_ms"`
+	Transport  string    `json:"transport"` // quic (UDP) or tcp (agenttcp.go)
 }
 
 func (sess *session) info() agentInfo {
@@ -684,6 +685,7 @@ func (sess *session) info() agentInfo {
 		AgentID:    sess.hello.AgentID,
 		Agent:      sess.hello.Agent,
 		RemoteAddr: sess.conn.RemoteAddr().String(),
+		Transport:  linkTransport(sess.conn),
 		Connected:  sess.started.UTC(),
 		Endpoints:  eps,
 		InFlight:   sess.inflight.Load(),

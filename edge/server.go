@@ -36,6 +36,9 @@ type Listeners struct {
 	Admin net.Listener   // admin API; may be nil
 	TLS   net.Listener   // HTTPS front door (HTTP/1.1 and HTTP/2); may be nil
 	H3    net.PacketConn // HTTP/3 front door (UDP, usually TLS's port number); may be nil
+	// AgentTCP takes agent links over the TCP transport (usually on the
+	// agent port's number); may be nil. The front doors take them too.
+	AgentTCP net.Listener
 }
 
 // Server is one edge node.
@@ -56,6 +59,7 @@ type Server struct {
 	httpSrv  *http.Server
 	adminSrv *http.Server
 	tlsDoor  *tlsDoor
+	agentTCP *agentTCP // agent links over TCP (agenttcp.go)
 
 	mu         sync.Mutex // guards the fields below
 	sessions   map[uint64]*session
@@ -120,7 +124,8 @@ func New(cfg Config) (*Server, error) {
 	s.connLimits = &connLimits{perListener: int64(cfg.MaxConnsPerListener), global: int64(cfg.MaxConns),
 		perIP: rate.Limit(cfg.NewConnsPerIPPerSecond), refused: func(reason string) { s.m.connRefused[reason].Inc() },
 		exempt: func(ip netip.Addr) bool { return s.trusted(ip.String()) }}
-	s.proxy = s.newFrontDoor()
+	s.agentTCP = newAgentTCP(s)
+	s.proxy = s.agentTCP.withAgentUpgrade(s.newFrontDoor())
 	return s, nil
 }
 
@@ -247,6 +252,7 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	s.tlsDoor = door
 	s.mu.Unlock()
 	g.Go(func() error { return s.acceptAgents(ln) })
+	s.agentTCP.start(g.Go, tlsConf, lns.AgentTCP)
 	if s.auth != nil && s.auth.jwks != nil {
 		g.Go(func() error { s.auth.jwks.run(); return nil }) // until shutdown closes it
 	}
@@ -392,6 +398,7 @@ func (s *Server) shutdown(graceful bool) {
 	s.connsClosed = true // after this, acceptAgents adds no connection to s.conns
 	s.mu.Unlock()
 	ln.Close()
+	s.agentTCP.stopAccepting()
 	for _, sess := range s.sessionList() {
 		sess.close(quicutil.ConnCodeGoingAway, "edge node shutting down")
 	}
@@ -407,6 +414,7 @@ func (s *Server) shutdown(graceful bool) {
 	s.conns.Wait()
 	tr.Close()
 	tr.Conn.Close()
+	s.agentTCP.close()
 }
 
 // Close stops a running Server at once, without grace, and waits for Run to
@@ -433,6 +441,9 @@ func closeAll(lns Listeners) {
 	}
 	if lns.H3 != nil {
 		lns.H3.Close()
+	}
+	if lns.AgentTCP != nil {
+		lns.AgentTCP.Close()
 	}
 }
 
