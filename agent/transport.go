@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -399,6 +400,29 @@ func (a *Agent) probeQUIC(ctx context.Context, l *link) *link {
 	a.quicBack()
 	nl.log.Info("QUIC works again: moving the link back from TCP to QUIC (make before break)")
 	return nl
+}
+
+// withdrawAll deregisters every endpoint the link registered, so that its
+// edge routes nothing more to it (see leavingLink.withdraw).
+func (l *link) withdrawAll() {
+	l.a.mu.Lock()
+	ids := make([]string, 0, len(l.answers))
+	for id, err := range l.answers {
+		if err == nil {
+			ids = append(ids, id)
+		}
+	}
+	l.a.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	slices.Sort(ids)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	seq := l.seq.Add(1)
+	if _, err := l.request(ctx, seq, &quicutil.Deregister{Seq: seq, IDs: ids}); err != nil {
+		l.log.Debug("withdrawing the endpoints of the link being replaced", "err", err)
+	}
 }
 
 // probing reports whether a link over t to addr should probe QUIC.

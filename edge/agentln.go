@@ -431,6 +431,14 @@ func (sess *session) deregister(m *quicutil.Deregister) *quicutil.Result {
 				sess.srv.announce(routing.EndpointID(r.ID))
 			}
 		}
+		// A link that serves nothing now (an agent retiring it) keeps no
+		// idle keep-alive streams open: the agent waits for them to end.
+		sess.mu.Lock()
+		unused := len(sess.endpoints) == 0
+		sess.mu.Unlock()
+		if unused {
+			sess.closeIdle()
+		}
 	}()
 	sess.mu.Lock()
 	defer sess.mu.Unlock()

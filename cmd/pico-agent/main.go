@@ -30,7 +30,7 @@ import (
 type Globals struct {
 	Config      cli.ConfigFile `help:"YAML file of flag values (keys are flag names: edge: host:8001); $${VAR} takes an environment variable. A flag or PICO_* variable wins over the file." placeholder:"FILE"`
 	Edge        string         `help:"Edge agent addresses (host:port), comma separated, tried in turn; or the URL of the TCP transport behind an HTTP load balancer (https://lb.example.com/_pico/agent)." default:"127.0.0.1:8001"`
-	Transport   string         `help:"How links reach the edge: quic (UDP), tcp (the same QUIC link over one TCP connection, an HTTP/1.1 WebSocket upgrade at /_pico/agent on the --edge host and port) or auto (QUIC, and TCP when UDP gets no answer within 3s; back to QUIC when it works)." enum:"auto,quic,tcp" default:"quic"`
+	Transport   string         `help:"How links reach the edge: quic (UDP), tcp (the same QUIC link over one TCP connection, an HTTP/1.1 WebSocket upgrade at /_pico/agent on the --edge host and port) or auto (QUIC, and TCP when UDP gets no answer within 3s; back to QUIC when it works)." enum:"auto,quic,tcp" default:"auto"`
 	ProxyURL    string         `help:"HTTP proxy for links over TCP (http:// or https://, credentials as http://USER:PASSWORD@HOST:PORT); default: HTTPS_PROXY, except hosts in NO_PROXY." placeholder:"URL"`
 	QUICProbe   time.Duration  `help:"First wait before a link that auto moved to TCP tries QUIC again (doubling up to 5m)." default:"30s" hidden:""`
 	CA          string         `help:"PEM bundle of CA certificates that verify the edge (default: the system roots, and for an edge on this machine (loopback --edge) also the development CA of pico-edge's default --data-dir, when it exists)." type:"existingfile"`
