@@ -230,10 +230,16 @@ type ProxyError struct {
 	Status     string
 }
 
+// Credentials reports whether the proxy wants (other) credentials: 407,
+// or 401 as some proxies (tinyproxy) answer a CONNECT.
+func (e *ProxyError) Credentials() bool {
+	return e.StatusCode == http.StatusProxyAuthRequired || e.StatusCode == http.StatusUnauthorized
+}
+
 func (e *ProxyError) Error() string {
-	if e.StatusCode == http.StatusProxyAuthRequired {
-		return fmt.Sprintf("proxy %s refused the credentials (407 Proxy Authentication Required): "+
-			"give them in the proxy URL, http://USER:PASSWORD@%s", e.Proxy, e.Proxy)
+	if e.Credentials() {
+		return fmt.Sprintf("proxy %s refused the credentials (%s): "+
+			"give them in the proxy URL, http://USER:PASSWORD@%s", e.Proxy, e.Status, e.Proxy)
 	}
 	return fmt.Sprintf("proxy %s refused the tunnel: %s", e.Proxy, e.Status)
 }

@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/pico-edge/pico/agent"
+	"github.com/pico-edge/pico/certs"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
 )
@@ -109,13 +111,16 @@ func TestAutoFallsBackToTCP(t *testing.T) {
 	}
 }
 
-// Over the TCP transport the agent goes through an HTTP proxy: a CONNECT
-// proxy in process here (tinyproxy in cmd/e2e); a proxy that wants other
-// credentials gets a ProxyError that names it and says 407.
-func TestTCPThroughProxyRefused(t *testing.T) {
+// authProxy is an HTTP proxy on 127.0.0.1 (with TLS when tlsConf is not
+// nil) that answers every CONNECT 407: it wants other credentials.
+func authProxy(t *testing.T, tlsConf *tls.Config) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if tlsConf != nil {
+		ln = tls.NewListener(ln, tlsConf)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Proxy-Authenticate", `Basic realm="test"`)
@@ -124,19 +129,66 @@ func TestTCPThroughProxyRefused(t *testing.T) {
 	served := make(chan struct{})
 	go func() { defer close(served); srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close(); <-served })
-	proxy, _ := url.Parse("http://alice:wrong@" + ln.Addr().String())
-	a, err := agent.New(agent.Config{Edges: []string{"127.0.0.1:1"}, Transport: agent.TransportTCP, ProxyURL: proxy})
+	return ln.Addr().String()
+}
+
+// checkEdge makes one link attempt with cfg and returns its error.
+func checkEdge(t *testing.T, cfg agent.Config) error {
+	t.Helper()
+	a, err := agent.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	err = a.CheckEdge(ctx)
+	return a.CheckEdge(ctx)
+}
+
+func want407(t *testing.T, err error, proxy string) {
+	t.Helper()
 	var pe *agent.ProxyError
-	if !errors.As(err, &pe) || pe.StatusCode != http.StatusProxyAuthRequired || !strings.Contains(err.Error(), ln.Addr().String()) {
-		t.Fatalf("err = %v, want a ProxyError 407 naming %s", err, ln.Addr())
+	if !errors.As(err, &pe) || pe.StatusCode != http.StatusProxyAuthRequired ||
+		!strings.Contains(err.Error(), "proxy "+proxy+" refused the credentials (407 Proxy Authentication Required)") {
+		t.Fatalf("err = %v, want a ProxyError 407 naming %s", err, proxy)
 	}
+}
+
+// Over the TCP transport the agent goes through an HTTP proxy (tinyproxy
+// in cmd/e2e; here one that refuses the credentials): Config.ProxyURL over
+// plain TCP or TLS, else HTTPS_PROXY unless NO_PROXY names the edge.
+func TestTCPThroughProxy(t *testing.T) {
+	t.Run("ProxyURL", func(t *testing.T) {
+		proxy := authProxy(t, nil)
+		u, _ := url.Parse("http://alice:wrong@" + proxy)
+		want407(t, checkEdge(t, agent.Config{Edges: []string{"127.0.0.1:1"}, Transport: agent.TransportTCP, ProxyURL: u}), proxy)
+	})
+	t.Run("https ProxyURL", func(t *testing.T) {
+		b, err := certs.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		proxy := authProxy(t, &tls.Config{Certificates: []tls.Certificate{b.Cert}})
+		u, _ := url.Parse("https://alice:wrong@" + strings.Replace(proxy, "127.0.0.1", "localhost", 1))
+		err = checkEdge(t, agent.Config{Edges: []string{"127.0.0.1:1"}, Transport: agent.TransportTCP, ProxyURL: u, ProxyRootCAs: b.CAPool})
+		want407(t, err, u.Host)
+	})
+	t.Run("HTTPS_PROXY", func(t *testing.T) {
+		proxy := authProxy(t, nil)
+		t.Setenv("HTTPS_PROXY", "http://alice:wrong@"+proxy)
+		t.Setenv("NO_PROXY", "")
+		want407(t, checkEdge(t, agent.Config{Edges: []string{"edge.invalid:8001"}, Transport: agent.TransportTCP}), proxy)
+	})
+	t.Run("NO_PROXY", func(t *testing.T) {
+		proxy := authProxy(t, nil)
+		t.Setenv("HTTPS_PROXY", "http://alice:wrong@"+proxy)
+		t.Setenv("NO_PROXY", "edge.invalid")
+		err := checkEdge(t, agent.Config{Edges: []string{"edge.invalid:8001"}, Transport: agent.TransportTCP})
+		var pe *agent.ProxyError
+		if err == nil || errors.As(err, &pe) {
+			t.Fatalf("err = %v, want a direct dial's error (NO_PROXY names the edge)", err)
+		}
+	})
 }
 
 func TestUDPBlocked(t *testing.T) {
