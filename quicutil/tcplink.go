@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -199,6 +200,8 @@ type Mux struct {
 	deadline time.Time
 	dlKick   chan struct{}
 
+	dropped atomic.Uint64 // packets of closed connections' full queues
+
 	mu     sync.Mutex // guards conns and closed
 	conns  map[*frameConn]struct{}
 	closed bool
@@ -254,6 +257,7 @@ func (m *Mux) Add(conn net.Conn, br *bufio.Reader, client netip.AddrPort) error 
 			delete(m.conns, fc)
 			m.mu.Unlock()
 			fc.close(closeNormal, "")
+			m.dropped.Add(fc.dropped.Load())
 		}()
 		m.readLoop(addr)
 	}()
@@ -359,6 +363,18 @@ func (m *Mux) Close() error {
 	return nil
 }
 
+// Dropped returns how many packets the Mux dropped because a
+// connection's write queue was full (as a full UDP socket drops them).
+func (m *Mux) Dropped() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := m.dropped.Load()
+	for fc := range m.conns {
+		n += fc.dropped.Load()
+	}
+	return n
+}
+
 // Conns returns the number of upgraded connections being served.
 func (m *Mux) Conns() int {
 	m.mu.Lock()
@@ -442,5 +458,7 @@ func (m *Mux) ServeUpgrade(w http.ResponseWriter, r *http.Request, client netip.
 		conn.Close()
 		return
 	}
-	m.Add(conn, brw.Reader, client)
+	// The server's reader buffers only 4 KiB; read through a larger one
+	// (it passes large reads through once empty).
+	m.Add(conn, bufio.NewReaderSize(brw.Reader, writeBuffer), client)
 }

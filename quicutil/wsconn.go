@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -95,10 +96,16 @@ func (c *frameConn) writePacket(p []byte) (int, error) {
 func (c *frameConn) writeLoop() {
 	bw := bufio.NewWriterSize(c.conn, writeBuffer)
 	hdr := make([]byte, 0, maxFrameHeader)
+	// Mask keys (client only) come from a ChaCha8 stream seeded from
+	// crypto/rand: unpredictable, as RFC 6455 section 5.3 wants, without a
+	// system call per frame.
+	var seed [32]byte
+	rand.Read(seed[:])
+	keys := mrand.NewChaCha8(seed)
 	write := func(op byte, p []byte) error {
 		h := frameHeader{fin: true, op: op, length: uint64(len(p)), masked: c.client}
 		if c.client {
-			rand.Read(h.key[:])
+			binary.LittleEndian.PutUint32(h.key[:], uint32(keys.Uint64()))
 			maskBytes(h.key, p)
 		}
 		hdr = appendFrameHeader(hdr[:0], h)
