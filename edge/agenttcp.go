@@ -141,6 +141,9 @@ func (t *agentTCP) start(goFn func(func() error), tlsConf *tls.Config, agentLn n
 	t.mu.Lock()
 	t.tr, t.ln, t.srv = tr, ln, srv
 	t.mu.Unlock()
+	if agentLn != nil {
+		s.log.Info("agent links over TCP", "agent_tcp_addr", agentLn.Addr().String(), "path", quicutil.AgentPath)
+	}
 	goFn(func() error { return s.acceptAgents(ln) })
 	if srv != nil {
 		goFn(func() error {

@@ -252,19 +252,23 @@ func (m *Mux) Add(conn net.Conn, br *bufio.Reader, client netip.AddrPort) error 
 	addr := &StreamAddr{Client: client, fc: fc}
 	go func() {
 		defer m.wg.Done()
-		defer func() {
-			m.mu.Lock()
-			delete(m.conns, fc)
-			m.mu.Unlock()
+		err := m.readLoop(addr)
+		m.mu.Lock()
+		delete(m.conns, fc)
+		m.mu.Unlock()
+		if isTimeout(err) {
+			fc.close(closeGoingAway, fmt.Sprintf("no frame for %s", m.idle))
+		} else {
 			fc.close(closeNormal, "")
-			m.dropped.Add(fc.dropped.Load())
-		}()
-		m.readLoop(addr)
+		}
+		m.dropped.Add(fc.dropped.Load())
 	}()
 	return nil
 }
 
-func (m *Mux) readLoop(addr *StreamAddr) {
+// readLoop hands the connection's packets to ReadFrom until it fails, and
+// returns why.
+func (m *Mux) readLoop(addr *StreamAddr) error {
 	fc := addr.fc
 	var setAt time.Time
 	for {
@@ -276,13 +280,13 @@ func (m *Mux) readLoop(addr *StreamAddr) {
 		n, err := fc.readPacket((*bp)[:cap(*bp)])
 		if err != nil {
 			packetPool.Put(bp)
-			return
+			return err
 		}
 		select {
 		case m.in <- muxPacket{bp, n, addr}:
 		case <-m.done:
 			packetPool.Put(bp)
-			return
+			return net.ErrClosed
 		}
 	}
 }

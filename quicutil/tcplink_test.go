@@ -476,3 +476,35 @@ func BenchmarkStreamCopy(b *testing.B) {
 		})
 	}
 }
+
+// An upgraded connection that brings no frame for the idle timeout is
+// closed with 1001 and the reason: a vanished agent leaves nothing behind.
+func TestTCPTransportIdleConnCloses(t *testing.T) {
+	e := startTCPEdge(t)
+	e.mux.SetIdleTimeout(200 * time.Millisecond)
+	_, br := rawUpgrade(t, e)
+	code, reason := readCloseFrame(t, br)
+	if code != 1001 || !strings.Contains(reason, "no frame for 200ms") {
+		t.Fatalf("close = %d %q, want 1001 saying it was idle", code, reason)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("after the close frame: %v, want EOF", err)
+	}
+}
+
+// Over TCP, QUIC keeps the link busy well inside the 60 s idle timeout of
+// common load balancers, with a fixed packet size and no MTU discovery.
+func TestTCPConfig(t *testing.T) {
+	for name, c := range map[string]*quic.Config{"agent": quicutil.AgentConfig(), "edge": quicutil.EdgeConfig()} {
+		tc := quicutil.TCPConfig(c)
+		if tc.KeepAlivePeriod <= 0 || tc.KeepAlivePeriod >= 60*time.Second || tc.KeepAlivePeriod >= tc.MaxIdleTimeout {
+			t.Errorf("%s: KeepAlivePeriod = %v (idle %v), want 0 < keep-alive < min(60s, idle)", name, tc.KeepAlivePeriod, tc.MaxIdleTimeout)
+		}
+		if !tc.DisablePathMTUDiscovery || tc.InitialPacketSize != quicutil.TCPPacketSize {
+			t.Errorf("%s: MTU discovery off %v, packet size %d; want off, %d", name, tc.DisablePathMTUDiscovery, tc.InitialPacketSize, quicutil.TCPPacketSize)
+		}
+		if c.DisablePathMTUDiscovery {
+			t.Errorf("%s: TCPConfig changed the config it was given", name)
+		}
+	}
+}
