@@ -357,6 +357,9 @@ func (a *Agent) connectAuto(ctx context.Context, c candidate, token string) (*li
 	if ctx.Err() != nil || !udpBlocked(qerr) {
 		return nil, qerr
 	}
+	if errors.Is(qerr, context.DeadlineExceeded) {
+		qerr = fmt.Errorf("no QUIC handshake within %s: %w", AutoQUICTimeout, qerr)
+	}
 	fb.mu.Lock()
 	fb.fails++
 	due := fb.fails >= 1 && !fb.quicUp || fb.fails >= 2
