@@ -126,6 +126,18 @@ func (s *slot) serve(ctx context.Context, l *link) (ending, error) {
 		defer t.Stop()
 		probe = t.C
 	}
+	// A probe runs beside the loop (it takes up to AutoQUICTimeout); serve
+	// waits for one still running when it returns, and closes its link.
+	probed := make(chan *link, 1)
+	probing := false
+	defer func() {
+		if !probing {
+			return
+		}
+		if nl := <-probed; nl != nil {
+			nl.close(quicutil.ConnCodeNormal, "agent closing")
+		}
+	}()
 	registered := make(chan struct{})
 	regs := s.a.askAll()
 	l.wg.Go(func() {
@@ -146,7 +158,11 @@ func (s *slot) serve(ctx context.Context, l *link) (ending, error) {
 			l.log.Warn("no packets from edge; linking to another node", "silent_for", quiet.Round(time.Millisecond).String())
 			return endSilent, nil
 		case <-probe:
-			if nl := s.a.probeQUIC(ctx, l); nl != nil {
+			probe, probing = nil, true
+			go func() { probed <- s.a.probeQUIC(ctx, l) }()
+		case nl := <-probed:
+			probing = false
+			if nl != nil {
 				s.ready, s.probeWait = nl, 0
 				return endToQUIC, nil
 			}

@@ -67,22 +67,20 @@ func TestAutoFallsBackWhenUDPBlocked(t *testing.T) {
 		t.Fatalf("GET web over TCP = %d %q", resp.StatusCode, body)
 	}
 
-	// Lift the rule under load: the link moves back to QUIC.
+	// Under load: a probe of QUIC fails while UDP is still blocked (the
+	// first comes 2s after the link, and takes 3s), then the rule is lifted
+	// and the link moves back to QUIC.
 	ld := startLoad(t, 2, hc, "web", func() string { return e.proxy })
-	time.Sleep(500 * time.Millisecond) // some requests over TCP first
+	time.Sleep(6 * time.Second)
+	if st := e.agentTransports(t); st != "[tcp]" {
+		t.Fatalf("links while UDP is blocked: %s, want [tcp]", st)
+	}
 	l.nft(t, ns, "delete table inet pico_noudp\n")
 	lifted := time.Now()
-	transports := func() (bool, string) {
-		var st struct {
-			Agents []struct {
-				Transport string `json:"transport"`
-			} `json:"agents"`
-		}
-		e.adminJSON(t, "/status/agents", &st)
-		got := fmt.Sprint(st.Agents)
-		return len(st.Agents) == 1 && st.Agents[0].Transport == "quic", got
-	}
-	pollState(t, waitTimeout, "the agent's only link to be over QUIC", transports)
+	pollState(t, waitTimeout, "the agent's only link to be over QUIC", func() (bool, string) {
+		got := e.agentTransports(t)
+		return got == "[quic]", got
+	})
 	back := time.Since(lifted)
 	time.Sleep(500 * time.Millisecond) // requests over QUIC too
 	ld.stop()
@@ -96,4 +94,20 @@ func TestAutoFallsBackWhenUDPBlocked(t *testing.T) {
 		t.Errorf("%d of %d GETs failed while the link moved from TCP to QUIC, want 0; first: %s", len(f), len(res), firstFew(f, 5))
 	}
 	a.waitLineFor(t, 0, "the move back to QUIC", time.Second, isMsg("QUIC works again: moving the link back from TCP to QUIC (make before break)"))
+}
+
+// agentTransports lists the transports of the edge's agent links.
+func (e *edgeProc) agentTransports(t testing.TB) string {
+	t.Helper()
+	var st struct {
+		Agents []struct {
+			Transport string `json:"transport"`
+		} `json:"agents"`
+	}
+	e.adminJSON(t, "/status/agents", &st)
+	var out []string
+	for _, a := range st.Agents {
+		out = append(out, a.Transport)
+	}
+	return fmt.Sprint(out)
 }
