@@ -144,6 +144,9 @@ func localDevCA(edges []string, dataDir string) string {
 	}
 	for _, e := range edges {
 		host, _, err := net.SplitHostPort(e)
+		if u, uerr := url.Parse(e); uerr == nil && (u.Scheme == "http" || u.Scheme == "https") {
+			host, err = u.Hostname(), nil // the TCP transport's URL
+		}
 		if err != nil {
 			return ""
 		}
