@@ -210,3 +210,21 @@ func TestUDPBlocked(t *testing.T) {
 		}
 	}
 }
+
+// An edge given as a URL is reached over TCP whatever the transport: auto
+// does not try QUIC at a balancer's URL.
+func TestAutoURLEdgeIsTCP(t *testing.T) {
+	n := edgetest.NewNode(t)
+	a := n.NewAgent(t, func(c *agent.Config) {
+		c.Edges, c.Transport = []string{n.ProxyURL + quicutil.AgentPath}, agent.TransportAuto
+	})
+	if err := a.ServeUpstream(t.Context(), "foo", quicutil.KindHTTP, edgetest.Upstream(t, http.HandlerFunc(hello))); err != nil {
+		t.Fatal(err)
+	}
+	if status, body := get(t, n, "foo"); status != 200 || body != "hello" {
+		t.Fatalf("GET = %d %q", status, body)
+	}
+	if st := a.Status(); len(st.Links) != 1 || st.Links[0].Transport != "tcp" || st.ConnectErrors != 0 {
+		t.Fatalf("status = %+v, want one link over tcp and no failed attempt", st)
+	}
+}
