@@ -94,6 +94,30 @@ func TestAutoFallsBackWhenUDPBlocked(t *testing.T) {
 		t.Errorf("%d of %d GETs failed while the link moved from TCP to QUIC, want 0; first: %s", len(f), len(res), firstFew(f, 5))
 	}
 	a.waitLineFor(t, 0, "the move back to QUIC", time.Second, isMsg("QUIC works again: moving the link back from TCP to QUIC (make before break)"))
+
+	// A passing loss is no reason to leave QUIC: with UDP dropped for 6s
+	// (more than the 5s idle timeout) the agent stays on QUIC, and never
+	// says it serves over TCP. (A QUIC link that died falls back only
+	// after two QUIC attempts in a row got no handshake.)
+	mark := a.mark()
+	l.nft(t, ns, "table inet pico_noudp {\n\tchain in { type filter hook input priority 0; policy accept; meta l4proto udp drop; }\n}\n")
+	t.Logf("UDP dropped again at %s", time.Now().UTC().Format("15:04:05.000"))
+	time.Sleep(6 * time.Second)
+	l.nft(t, ns, "delete table inet pico_noudp\n")
+	t.Logf("UDP back at %s", time.Now().UTC().Format("15:04:05.000"))
+	pollState(t, waitTimeout, "the agent's only link to be over QUIC after the outage", func() (bool, string) {
+		got := e.agentTransports(t)
+		return got == "[quic]", got
+	})
+	e.waitRoute(t, "web") // the link that replaced a silent one registers first
+	if resp, body := e.request(t, hc, "GET", "web", "/", nil); resp.StatusCode != http.StatusOK || body != "web" {
+		t.Fatalf("GET web after the outage = %d %q", resp.StatusCode, body)
+	}
+	for _, line := range a.output()[mark:] {
+		if strings.Contains(line, "serving over the TCP transport") {
+			t.Errorf("a 6s loss of UDP moved the link to TCP: %s", line)
+		}
+	}
 }
 
 // agentTransports lists the transports of the edge's agent links.
