@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -40,7 +41,9 @@ import (
 type Config struct {
 	// Edges are the edge nodes' agent addresses ("host:port"), tried in
 	// turn; if empty, 127.0.0.1:8001. Addresses of other nodes that an
-	// edge lists in its Welcome are tried after them.
+	// edge lists in its Welcome are tried after them. An http:// or
+	// https:// URL names the TCP transport behind a balancer
+	// (https://lb.example.com/_pico/agent), reached over TCP.
 	Edges []string
 	// Connections is the number of links to keep, each to a distinct edge
 	// node. Every link registers every endpoint and serves streams. If
@@ -69,6 +72,21 @@ type Config struct {
 	Name string
 	// Logger receives logs; if nil, logs are discarded.
 	Logger *slog.Logger
+
+	// Transport selects QUIC on UDP, the TCP transport, or auto (QUIC,
+	// falling back to TCP when UDP is blocked); if empty, TransportQUIC
+	// (pico-agent's default is auto). See transport.go.
+	Transport Transport
+	// ProxyURL is the HTTP proxy (http:// or https://, credentials in its
+	// userinfo) links over TCP go through; if nil, HTTPS_PROXY and
+	// NO_PROXY from the environment, read by New.
+	ProxyURL *url.URL
+	// ProxyRootCAs verify an https:// proxy; if nil, the system roots.
+	ProxyRootCAs *x509.CertPool
+	// QUICProbe is the first wait before a link that auto moved to TCP
+	// tries QUIC again; it doubles up to MaxQUICProbe. If zero,
+	// DefaultQUICProbe.
+	QUICProbe time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -85,6 +103,12 @@ func (c Config) withDefaults() Config {
 		c.TCPIdleTimeout = time.Hour
 	}
 	c.Backoff = c.Backoff.withDefaults()
+	if c.Transport == "" {
+		c.Transport = TransportQUIC
+	}
+	if c.QUICProbe == 0 {
+		c.QUICProbe = DefaultQUICProbe
+	}
 	if c.Name == "" {
 		c.Name = "pico-agent"
 	}
@@ -102,8 +126,11 @@ func (c Config) Validate() error {
 	if c.Connections < 0 || c.Connections > MaxConnections {
 		return fmt.Errorf("agent: config: %d connections; want 0 (default) to %d", c.Connections, MaxConnections)
 	}
+	if err := validTransport(c.Transport, c.Edges); err != nil {
+		return err
+	}
 	for _, e := range c.Edges {
-		if _, _, err := net.SplitHostPort(e); err != nil {
+		if _, _, err := net.SplitHostPort(e); err != nil && !isURL(e) {
 			return fmt.Errorf("agent: config: edge address %q: want host:port", e)
 		}
 	}
@@ -150,6 +177,9 @@ type Agent struct {
 	bg       sync.WaitGroup // registrations sent outside Run; each ends with its link
 	retiring sync.WaitGroup // links handed off and closing; Run waits for them
 	quitOnce sync.Once
+
+	fb       fallback                         // TransportAuto's state (transport.go)
+	envProxy func(*url.URL) (*url.URL, error) // HTTPS_PROXY and NO_PROXY, or nil
 }
 
 // handler serves the streams of one endpoint.
@@ -215,7 +245,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	b := make([]byte, 6)
 	rand.Read(b)
-	return &Agent{
+	a := &Agent{
 		cfg:       cfg,
 		log:       cfg.Logger,
 		id:        hex.EncodeToString(b),
@@ -228,7 +258,12 @@ func New(cfg Config) (*Agent, error) {
 		grow:      make(chan struct{}, 1),
 		quit:      make(chan struct{}),
 		runDone:   make(chan struct{}),
-	}, nil
+	}
+	a.fb.started = time.Now()
+	if cfg.ProxyURL == nil {
+		a.envProxy = envProxyFunc()
+	}
+	return a, nil
 }
 
 // ID returns the agent's instance ID, as the edge sees it.
@@ -552,6 +587,9 @@ func (a *Agent) serverName(c candidate) string {
 		return a.cfg.ServerName
 	case c.serverName != "":
 		return c.serverName
+	}
+	if u, err := edgeURL(c.addr); err == nil && isURL(c.addr) {
+		return u.Hostname()
 	}
 	host, _, _ := net.SplitHostPort(c.addr)
 	return host

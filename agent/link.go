@@ -16,14 +16,14 @@ import (
 	"github.com/pico-edge/pico/quicutil"
 )
 
-// link is one QUIC connection to an edge node, on a UDP socket of its own:
-// a load balancer that hashes the 4-tuple then sees each link (and each
-// attempt) as a flow of its own and may send it to another node.
+// link is one QUIC connection to an edge node, on a UDP socket of its own
+// (or a TCP connection of its own, over the TCP transport): a load
+// balancer that hashes the 4-tuple then sees each link (and each attempt)
+// as a flow of its own and may send it to another node.
 type link struct {
 	a          *Agent
 	conn       *quic.Conn
 	tr         *quic.Transport
-	udp        *net.UDPConn
 	addr       string // the address dialled
 	serverName string // the name verified in the edge's certificate
 	nodeID     string
@@ -31,6 +31,9 @@ type link struct {
 	log        *slog.Logger
 
 	connected time.Time
+
+	pconn     net.PacketConn // the UDP socket, or the TCP transport's connection
+	transport Transport      // TransportQUIC or TransportTCP
 
 	// Guarded by a.mu.
 	leaving bool             // no new work; the link finishes its streams
@@ -60,8 +63,8 @@ type link struct {
 	closeOnce  sync.Once
 }
 
-// connect dials the edge at c, on a new UDP socket, and says hello with
-// token.
+// connect dials the edge at c, on a new UDP socket (or TCP connection, by
+// the agent's transport), and says hello with token.
 func (a *Agent) connect(ctx context.Context, c candidate, token string) (*link, error) {
 	timeout := dialTimeout
 	if c.hint {
@@ -69,31 +72,40 @@ func (a *Agent) connect(ctx context.Context, c candidate, token string) (*link, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	udpAddr, err := net.ResolveUDPAddr("udp", c.addr)
-	if err != nil {
-		return nil, fmt.Errorf("resolve edge %s: %w", c.addr, err)
+	if t := a.transportOf(c); t != TransportAuto {
+		return a.connectOver(ctx, c, token, t)
 	}
-	udp, err := net.ListenUDP("udp", nil)
+	return a.connectAuto(ctx, c, token)
+}
+
+// connectOver dials the edge at c over transport t (TransportQUIC or
+// TransportTCP) and says hello with token.
+func (a *Agent) connectOver(ctx context.Context, c candidate, token string, t Transport) (*link, error) {
+	pc, remote, err := a.packetConn(ctx, c, t)
 	if err != nil {
-		return nil, fmt.Errorf("open UDP socket: %w", err)
+		return nil, err
 	}
-	tr := &quic.Transport{Conn: udp}
+	tr := &quic.Transport{Conn: pc}
 	tlsConf := a.tlsConfig(c)
-	conn, err := tr.Dial(ctx, udpAddr, tlsConf, quicutil.AgentConfig())
+	conn, err := tr.Dial(ctx, remote, tlsConf, quicConfig(t))
 	if err != nil {
 		tr.Close()
-		udp.Close()
+		pc.Close()
+		if t == TransportTCP {
+			return nil, fmt.Errorf("dial edge %s over TCP: %w", c.addr, err)
+		}
 		return nil, fmt.Errorf("dial edge %s: %w", c.addr, err)
 	}
 	l := &link{
 		a:          a,
 		conn:       conn,
 		tr:         tr,
-		udp:        udp,
+		pconn:      pc,
+		transport:  t,
 		addr:       c.addr,
 		token:      token,
 		serverName: tlsConf.ServerName,
-		log:        a.log.With("edge", c.addr),
+		log:        a.log.With("edge", c.addr, "transport", string(t)),
 		pending:    make(map[uint64]chan *quicutil.Result),
 		goAway:     make(chan string, 1),
 		silent:     make(chan time.Duration, 1),
@@ -353,7 +365,7 @@ func (l *link) close(code quic.ApplicationErrorCode, reason string) {
 	l.wg.Wait()
 	l.closeOnce.Do(func() {
 		l.tr.Close()
-		l.udp.Close()
+		l.pconn.Close()
 	})
 }
 

@@ -24,11 +24,19 @@ type slot struct {
 	lastWait time.Duration
 	lastWarn string
 	leaving  []leavingLink // links being replaced, until the next registers
+	// ready is a link over QUIC that a probe made to replace the slot's
+	// link over TCP (TransportAuto); dial takes it first.
+	ready     *link
+	probeWait time.Duration // the wait before the next probe
 }
 
 type leavingLink struct {
 	l      *link
 	silent bool // it left because it went silent, not because its edge asked
+	// withdraw: the agent itself moves it (auto, from TCP back to QUIC),
+	// so the edge still routes to it until told: its endpoints are
+	// withdrawn before it retires.
+	withdraw bool
 }
 
 // How a link stopped serving new work.
@@ -39,6 +47,7 @@ const (
 	endMoved                 // its edge asked it to move
 	endSilent                // it received nothing for too long
 	endLost                  // its connection died
+	endToQUIC                // auto: a link over QUIC (s.ready) replaces it on TCP
 )
 
 // maxAvoidTries is how many times a slot reaches the node its previous
@@ -79,6 +88,10 @@ func (a *Agent) runSlot(ctx context.Context, n int) error {
 			a.setLeaving(l)
 			s.leaving = append(s.leaving, leavingLink{l: l, silent: end == endSilent})
 			avoid, s.attempt = l.nodeID, 0
+		case endToQUIC: // same node, make before break: no avoid
+			a.setLeaving(l)
+			s.leaving = append(s.leaving, leavingLink{l: l, withdraw: true})
+			s.attempt = 0
 		case endLost:
 			a.dropLink(l)
 			l.close(quicutil.ConnCodeNormal, "")
@@ -104,6 +117,27 @@ func (s *slot) serve(ctx context.Context, l *link) (ending, error) {
 	served := make(chan error, 1)
 	l.wg.Go(func() { served <- l.serve() })
 	l.wg.Go(l.acceptStreams)
+	var probe <-chan time.Time // TransportAuto on TCP: when to try QUIC again
+	if s.a.probing(l) {
+		if s.probeWait == 0 {
+			s.probeWait = s.a.cfg.QUICProbe
+		}
+		t := time.NewTimer(s.probeWait)
+		defer t.Stop()
+		probe = t.C
+	}
+	// A probe runs beside the loop (it takes up to AutoQUICTimeout); serve
+	// waits for one still running when it returns, and closes its link.
+	probed := make(chan *link, 1)
+	probing := false
+	defer func() {
+		if !probing {
+			return
+		}
+		if nl := <-probed; nl != nil {
+			nl.close(quicutil.ConnCodeNormal, "agent closing")
+		}
+	}()
 	registered := make(chan struct{})
 	regs := s.a.askAll()
 	l.wg.Go(func() {
@@ -123,6 +157,17 @@ func (s *slot) serve(ctx context.Context, l *link) (ending, error) {
 		case quiet := <-l.silent:
 			l.log.Warn("no packets from edge; linking to another node", "silent_for", quiet.Round(time.Millisecond).String())
 			return endSilent, nil
+		case <-probe:
+			probe, probing = nil, true
+			go func() { probed <- s.a.probeQUIC(ctx, l) }()
+		case nl := <-probed:
+			probing = false
+			if nl != nil {
+				s.ready, s.probeWait = nl, 0
+				return endToQUIC, nil
+			}
+			s.probeWait = nextProbe(s.probeWait)
+			probe = time.After(s.probeWait) // the timer above fired: it is spent
 		case err := <-served:
 			return endLost, err
 		case <-ctx.Done():
@@ -163,7 +208,7 @@ func (s *slot) handOffTo(ctx context.Context, node string) {
 func (s *slot) release(ctx context.Context, list []leavingLink) {
 	a := s.a
 	for _, lv := range list {
-		l, silent := lv.l, lv.silent
+		l, silent, withdraw := lv.l, lv.silent, lv.withdraw
 		a.retiring.Go(func() {
 			defer a.dropLink(l)
 			if silent && l.conn.Context().Err() != nil {
@@ -175,6 +220,9 @@ func (s *slot) release(ctx context.Context, list []leavingLink) {
 				l.log.Info("closing the silent link: its replacement is registered")
 				l.close(quicutil.ConnCodeNormal, "no packets from edge")
 				return
+			}
+			if withdraw {
+				l.withdrawAll()
 			}
 			l.retire(ctx, retireGrace)
 		})
@@ -194,6 +242,10 @@ func (s *slot) reap() {
 }
 
 func (s *slot) closeLeaving() {
+	if s.ready != nil {
+		s.ready.close(quicutil.ConnCodeNormal, "agent closing")
+		s.ready = nil
+	}
 	for _, lv := range s.leaving {
 		s.a.dropLink(lv.l)
 		lv.l.close(quicutil.ConnCodeNormal, "agent closing")
@@ -215,6 +267,13 @@ func (s *slot) backoff() time.Duration {
 func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 	a := s.a
 	avoidTries := 0
+	if l := s.ready; l != nil { // a probe's link over QUIC
+		s.ready = nil
+		if err := a.admit(l, avoid, true); err == nil {
+			return l, nil
+		}
+		l.close(quicutil.ConnCodeNormal, "duplicate node")
+	}
 	for {
 		s.reap()
 		var lastErr error

@@ -29,6 +29,9 @@ type LinkStatus struct {
 	Connected time.Time     `json:"connected"`
 	RTT       time.Duration `json:"-"`         // QUIC's smoothed RTT; rtt_ms in JSON
 	InFlight  int64         `json:"in_flight"` // streams being served or dialled
+	// Transport is how the link reaches its edge: "quic" (UDP) or "tcp"
+	// (the TCP transport).
+	Transport string `json:"transport"`
 }
 
 // MarshalJSON writes RTT as rtt_ms, in milliseconds.
@@ -96,6 +99,7 @@ func (a *Agent) Status() Status {
 			Connected: l.connected,
 			RTT:       l.conn.ConnectionStats().SmoothedRTT,
 			InFlight:  l.active.Load(),
+			Transport: string(l.transport),
 		})
 	}
 	slices.SortFunc(st.Links, func(x, y LinkStatus) int { return cmp.Compare(x.NodeID, y.NodeID) })

@@ -386,6 +386,14 @@ func (l *link) deregister(m *quicutil.Deregister) *quicutil.Result {
 				l.srv.announce(routing.EndpointID(r.ID))
 			}
 		}
+		// A link that serves nothing now (an agent retiring it) keeps no
+		// idle keep-alive streams open: the agent waits for them to end.
+		l.mu.Lock()
+		unused := len(l.endpoints) == 0
+		l.mu.Unlock()
+		if unused {
+			l.ups.closeIdle(false)
+		}
 	}()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -622,6 +630,7 @@ func (l *link) info() admin.Agent {
 		AgentID:    l.hello.AgentID,
 		Agent:      l.hello.Agent,
 		RemoteAddr: l.conn.RemoteAddr().String(),
+		Transport:  linkTransport(l.conn),
 		Connected:  l.started.UTC(),
 		Endpoints:  eps,
 		InFlight:   l.inflight.Load(),

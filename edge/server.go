@@ -36,6 +36,9 @@ type Listeners struct {
 	Admin net.Listener   // admin API; may be nil
 	TLS   net.Listener   // HTTPS front door (HTTP/1.1 and HTTP/2); may be nil
 	H3    net.PacketConn // HTTP/3 front door (UDP, usually TLS's port number); may be nil
+	// AgentTCP takes agent links over the TCP transport (usually on the
+	// agent port's number); may be nil. The front doors take them too.
+	AgentTCP net.Listener
 }
 
 // Server is one edge node.
@@ -54,6 +57,7 @@ type Server struct {
 	proxy    http.Handler
 	door     *frontdoor.Door // serves proxy to clients
 	adminSrv *http.Server
+	agentTCP *agentTCP // agent links over TCP (agenttcp.go)
 
 	links   *links     // agent links, and the connections of the agent listener
 	tokens  tokenConns // agent connections by token, when tokens are checked
@@ -103,7 +107,8 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.gate = &endpointGate{max: int64(cfg.MaxInflightPerEndpoint)}
-	s.proxy = s.newProxy()
+	s.agentTCP = newAgentTCP(s)
+	s.proxy = s.agentTCP.withAgentUpgrade(s.newProxy())
 	s.door = frontdoor.New(frontdoor.Config{
 		Handler:           s.proxy,
 		GetCertificate:    cfg.GetCertificate,
@@ -221,6 +226,7 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		return err
 	}
 	g.Go(func() error { return s.acceptAgents(ln) })
+	s.agentTCP.start(g.Go, tlsConf, lns.AgentTCP)
 	if s.auth != nil {
 		g.Go(func() error { s.auth.Run(); return nil }) // until shutdown closes it
 	}
@@ -424,6 +430,7 @@ func (s *Server) closeAgents() {
 	s.mu.Unlock()
 	s.links.close() // after this, acceptAgents admits no connection
 	ln.Close()
+	s.agentTCP.stopAccepting()
 	for _, l := range s.linkList() {
 		l.close(quicutil.ConnCodeGoingAway, "edge node shutting down")
 	}
@@ -434,6 +441,7 @@ func (s *Server) closeAgents() {
 	s.links.serving.Wait()
 	tr.Close()
 	tr.Conn.Close()
+	s.agentTCP.close()
 }
 
 // Close stops a running Server at once, without grace, and waits for Run to
@@ -460,6 +468,9 @@ func closeAll(lns Listeners) {
 	}
 	if lns.H3 != nil {
 		lns.H3.Close()
+	}
+	if lns.AgentTCP != nil {
+		lns.AgentTCP.Close()
 	}
 }
 

@@ -82,6 +82,9 @@ func writeMetrics(w io.Writer, st agent.Status) {
 	for _, l := range st.Links {
 		metrics.WriteGaugeFloat64(w, fmt.Sprintf(`pico_agent_link_rtt_seconds{node=%s}`, quoteLabel(l.NodeID)), l.RTT.Seconds())
 	}
+	for _, l := range st.Links {
+		metrics.WriteGaugeUint64(w, fmt.Sprintf(`pico_agent_link_info{node=%s,transport=%s}`, quoteLabel(l.NodeID), quoteLabel(l.Transport)), 1)
+	}
 	metrics.WriteCounterUint64(w, "pico_agent_reconnects_total", st.Reconnects)
 	metrics.WriteCounterUint64(w, "pico_agent_connect_errors_total", st.ConnectErrors)
 	metrics.WriteGaugeUint64(w, "pico_agent_endpoints", uint64(len(st.Endpoints)))

@@ -28,6 +28,9 @@ func TestLocalDevCA(t *testing.T) {
 		{[]string{"[::ffff:127.0.0.1]:8001"}, dev.CAFile}, // IPv4 loopback, mapped
 		{[]string{"localhost.example.com:8001"}, ""},
 		{[]string{"127.0.0.1"}, ""}, // no port: the agent refuses it anyway
+		// The TCP transport's URLs.
+		{[]string{"https://localhost:8443/_pico/agent"}, dev.CAFile},
+		{[]string{"http://127.0.0.1:8000/_pico/agent", "https://lb.example.com/_pico/agent"}, ""},
 		{nil, ""},
 	} {
 		if got := localDevCA(tc.edges, dir); got != tc.want {

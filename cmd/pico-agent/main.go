@@ -29,7 +29,10 @@ import (
 
 type Globals struct {
 	Config      cli.ConfigFile `help:"YAML file of flag values (keys are flag names: edge: host:8001); $${VAR} takes an environment variable. A flag or PICO_* variable wins over the file." placeholder:"FILE"`
-	Edge        string         `help:"Edge agent addresses (host:port), comma separated, tried in turn." default:"127.0.0.1:8001"`
+	Edge        string         `help:"Edge agent addresses (host:port), comma separated, tried in turn; or the URL of the TCP transport behind an HTTP load balancer (https://lb.example.com/_pico/agent)." default:"127.0.0.1:8001"`
+	Transport   string         `help:"How links reach the edge: quic (UDP), tcp (the same QUIC link over one TCP connection, an HTTP/1.1 WebSocket upgrade at /_pico/agent on the --edge host and port) or auto (QUIC, and TCP when UDP gets no answer within 3s; back to QUIC when it works)." enum:"auto,quic,tcp" default:"auto"`
+	ProxyURL    string         `help:"HTTP proxy for links over TCP (http:// or https://, credentials as http://USER:PASSWORD@HOST:PORT); default: HTTPS_PROXY, except hosts in NO_PROXY." placeholder:"URL"`
+	QUICProbe   time.Duration  `help:"First wait before a link that auto moved to TCP tries QUIC again (doubling up to 5m)." default:"30s" hidden:""`
 	CA          string         `help:"PEM bundle of CA certificates that verify the edge (default: the system roots, and for an edge on this machine (loopback --edge) also the development CA of pico-edge's default --data-dir, when it exists)." type:"existingfile"`
 	ServerName  string         `help:"Name to verify in the edge's certificate (default: the host of --edge)."`
 	Token       string         `help:"Token presented to the edge (a JWT when the edge checks tokens)."`
@@ -103,6 +106,15 @@ func (g *Globals) newAgent(log *slog.Logger) (*agent.Agent, error) {
 		Token:       token,
 		Name:        "pico-agent/" + cli.Version(),
 		Logger:      log,
+		Transport:   agent.Transport(g.Transport),
+		QUICProbe:   g.QUICProbe,
+	}
+	if g.ProxyURL != "" {
+		u, err := url.Parse(g.ProxyURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("--proxy-url %q: want http://[USER:PASSWORD@]HOST:PORT or https://...", g.ProxyURL)
+		}
+		cfg.ProxyURL = u
 	}
 	if g.CA != "" {
 		pool, err := certs.LoadPool(g.CA)
@@ -132,6 +144,9 @@ func localDevCA(edges []string, dataDir string) string {
 	}
 	for _, e := range edges {
 		host, _, err := net.SplitHostPort(e)
+		if u, uerr := url.Parse(e); uerr == nil && (u.Scheme == "http" || u.Scheme == "https") {
+			host, err = u.Hostname(), nil // the TCP transport's URL
+		}
 		if err != nil {
 			return ""
 		}

@@ -49,7 +49,7 @@ func (p *statusLines) update(st agent.Status) error {
 			return fmt.Errorf("endpoint %s (%s) is refused by every edge node the agent is linked to (%s): %s",
 				e.ID, p.kind, strings.Join(nodes, ", "), e.Refusals[nodes[0]])
 		}
-		state := p.state(e, len(st.Links))
+		state := p.state(e, st.Links)
 		if state == "" || state == p.last[e.ID] {
 			continue // a link is registering it, or nothing is new
 		}
@@ -58,7 +58,7 @@ func (p *statusLines) update(st agent.Status) error {
 		if len(e.Nodes) == 0 {
 			line += "not registered on any edge node: no link to the edge; reconnecting"
 		} else {
-			line += "registered on " + strings.Join(e.Nodes, ", ")
+			line += "registered on " + strings.Join(overTCP(e.Nodes, st.Links), ", ")
 			if !p.named[e.ID] {
 				p.named[e.ID] = true
 				line += ": forwarding to " + up
@@ -78,10 +78,11 @@ func (p *statusLines) update(st agent.Status) error {
 // state is what the line of e says: where it is registered and refused,
 // or that the agent has no link; empty while no link has registered e and
 // some link has not answered yet.
-func (p *statusLines) state(e agent.EndpointStatus, links int) string {
+func (p *statusLines) state(e agent.EndpointStatus, linkList []agent.LinkStatus) string {
+	links := len(linkList)
 	switch {
 	case len(e.Nodes) > 0:
-		state := strings.Join(e.Nodes, ",")
+		state := strings.Join(overTCP(e.Nodes, linkList), ",")
 		for _, n := range sortedKeys(e.Refusals) {
 			state += " -" + n + ":" + e.Refusals[n]
 		}
@@ -106,6 +107,21 @@ func (p *statusLines) watch(ctx context.Context, a *agent.Agent) error {
 			return nil
 		}
 	}
+}
+
+// overTCP returns nodes with " (over TCP)" after those whose link uses the
+// TCP transport.
+func overTCP(nodes []string, links []agent.LinkStatus) []string {
+	out := make([]string, len(nodes))
+	for i, n := range nodes {
+		out[i] = n
+		for _, l := range links {
+			if l.NodeID == n && l.Transport == string(agent.TransportTCP) {
+				out[i] += " (over TCP)"
+			}
+		}
+	}
+	return out
 }
 
 func sortedKeys(m map[string]string) []string {

@@ -26,6 +26,7 @@ import (
 	"github.com/pico-edge/pico/cmd/internal/cli"
 	"github.com/pico-edge/pico/edge"
 	"github.com/pico-edge/pico/edge/cluster"
+	"github.com/pico-edge/pico/quicutil"
 )
 
 type CLI struct {
@@ -216,6 +217,9 @@ func (c *CLI) run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if lns.AgentTCP, err = listenAgentTCP(lns.Agent); err != nil {
+		log.Warn("agent links over TCP are off on the agent port (the front doors still take them at "+quicutil.AgentPath+")", "err", err)
+	}
 	c.printAgentHint(lns, caFile) // the node says at start who must authenticate
 	return srv.Run(ctx, lns)
 }
@@ -346,6 +350,16 @@ func (c *CLI) listen() (edge.Listeners, error) {
 		}
 	}
 	return lns, nil
+}
+
+// listenAgentTCP listens on TCP at the agent port's address, for agent
+// links over the TCP transport.
+func listenAgentTCP(agent net.PacketConn) (net.Listener, error) {
+	ln, err := net.Listen("tcp", agent.LocalAddr().String())
+	if err != nil {
+		return nil, fmt.Errorf("listen on TCP at the agent port: %w", err)
+	}
+	return ln, nil
 }
 
 // listenTCPAndUDP listens on addr with TCP and then on the same port with

@@ -35,6 +35,7 @@ type Agent struct {
 	InFlight   int64     `json:"in_flight"`
 	Streams    uint64    `json:"streams_total"`
 	RTTMillis  float64   `json:"rtt_ms"`
+	Transport  string    `json:"transport"` // quic (UDP) or tcp (QUIC over the TCP transport)
 }
 
 // NodeStatus is /status/node.

@@ -33,6 +33,10 @@ type Node struct {
 	CAPool    *x509.CertPool
 	Bundle    *certs.Bundle
 
+	// AgentTCPURL is the TCP transport on the agent port's number
+	// (http://127.0.0.1:PORT/_pico/agent), "" when that TCP port was taken.
+	AgentTCPURL string
+
 	cancel  context.CancelFunc
 	done    chan error
 	stopped bool
@@ -117,8 +121,13 @@ func NewNodeOn(tb testing.TB, agentAddr string, b *certs.Bundle, opts ...func(*e
 	if err != nil {
 		tb.Fatalf("agent address: %v", err)
 	}
-	if lns.Agent, err = net.ListenUDP("udp", udpAddr); err != nil {
-		tb.Fatalf("listen: %v", err)
+	if udpAddr.Port == 0 {
+		lns.AgentTCP, lns.Agent = listenTCPAndUDP(tb)
+	} else {
+		if lns.Agent, err = net.ListenUDP("udp", udpAddr); err != nil {
+			tb.Fatalf("listen: %v", err)
+		}
+		lns.AgentTCP, _ = net.Listen("tcp", lns.Agent.LocalAddr().String()) // best effort
 	}
 	if lns.Admin, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		tb.Fatalf("listen: %v", err)
@@ -135,6 +144,9 @@ func NewNodeOn(tb testing.TB, agentAddr string, b *certs.Bundle, opts ...func(*e
 		Bundle:    b,
 		cancel:    cancel,
 		done:      make(chan error, 1),
+	}
+	if lns.AgentTCP != nil {
+		n.AgentTCPURL = "http://" + lns.AgentTCP.Addr().String() + "/_pico/agent"
 	}
 	go func() { n.done <- srv.Run(ctx, lns) }()
 	tb.Cleanup(func() { n.Stop(tb) })
