@@ -54,6 +54,21 @@ const (
 // link left before it accepts a link to it anyway.
 const maxAvoidTries = 3
 
+// Behind a balancer (every edge a URL): each round tries each URL
+// urlTriesPerRound times, and a round that reached only nodes linked
+// already waits at most dupRetryMax before the next (the balancer may
+// send the next connection elsewhere; a node that just restarted is back
+// behind it within seconds).
+const (
+	urlTriesPerRound = 3
+	dupRetryMax      = 5 * time.Second
+)
+
+// balanced reports whether every edge is a balancer's URL.
+func (a *Agent) balanced() bool {
+	return !slices.ContainsFunc(a.cfg.Edges, func(e string) bool { return !isURL(e) })
+}
+
 // hintRetry is how long an address an edge listed is skipped after an
 // attempt to reach it failed.
 const hintRetry = 30 * time.Second
@@ -229,6 +244,14 @@ func (s *slot) release(ctx context.Context, list []leavingLink) {
 	}
 }
 
+// leavingTo reports whether a link of the slot that is leaving node is
+// still open.
+func (s *slot) leavingTo(node string) bool {
+	return slices.ContainsFunc(s.leaving, func(lv leavingLink) bool {
+		return lv.l.nodeID == node && lv.l.conn.Context().Err() == nil
+	})
+}
+
 // reap closes the leaving links whose connections died meanwhile.
 func (s *slot) reap() {
 	s.leaving = slices.DeleteFunc(s.leaving, func(lv leavingLink) bool {
@@ -276,6 +299,12 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 	}
 	for {
 		s.reap()
+		if avoid != "" && !s.leavingTo(avoid) {
+			// The link that left avoid is gone (the node drained and
+			// exited, say): a node of that ID now is a new start of it,
+			// as good as any other.
+			avoid = ""
+		}
 		var lastErr error
 		dupOnly := true // every node reached is linked already
 		for _, c := range a.candidates(s, avoid, avoidTries >= maxAvoidTries) {
@@ -334,6 +363,9 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 			lastErr = errors.New("no edge address to dial")
 		}
 		wait := s.backoff()
+		if dupOnly && a.balanced() {
+			wait = min(wait, dupRetryMax)
+		}
 		retryIn := wait.Round(time.Millisecond).String()
 		switch msg := lastErr.Error(); {
 		case msg == s.lastWarn && dupOnly:
@@ -415,6 +447,17 @@ func (a *Agent) candidates(s *slot, avoid string, allowAvoid bool) []candidate {
 	}
 	s.next++
 	out = append(out, later...)
+	if a.balanced() {
+		// Every edge is a balancer's URL: the nodes' own addresses that
+		// the edges list may be unreachable from here, and dialling them
+		// would go around the balancer. Links reach other nodes through
+		// the URL, each attempt a new connection that the balancer may
+		// send to another node: a round tries it a few times.
+		for range urlTriesPerRound - 1 {
+			out = append(out, out[:n]...)
+		}
+		return out
+	}
 	ids := make([]string, 0, len(a.hints))
 	for id := range a.hints {
 		ids = append(ids, id)

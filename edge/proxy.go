@@ -98,6 +98,13 @@ func (f *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
+	if r.ProtoMajor == 1 && s.draining.Load() {
+		// Draining: the client's next request goes on a new connection,
+		// to another node once /readyz fails, not on this one, which
+		// the shutdown closes. (Keep-alive connections stay open until
+		// then: closing them now would race the requests on their way.)
+		rw.Header().Set("Connection", "close")
+	}
 	r.TLS = frontdoor.TLSState(r) // also HTTP/1.1 over TLS behind the request guard
 	if v := r.Header.Get(frontdoor.RejectHeader); v != "" && r.ProtoMajor == 1 {
 		code, reason, _ := strings.Cut(v, " ")

@@ -307,7 +307,6 @@ func (s *Server) stopTakingAgents(graceful bool, grace time.Duration) {
 	s.ready.Store(false)
 	s.draining.Store(true)
 	s.links.drain() // after this, acceptAgents takes no new agent
-	s.door.StopKeepAlives()
 	s.log.Info("edge node shutting down", "node_id", s.cfg.NodeID, "grace", grace.String(),
 		"drain_delay", s.cfg.DrainDelay.String())
 	if graceful && s.cluster != nil {

@@ -57,13 +57,15 @@ type Door struct {
 	cfg    Config
 	limits *connLimits
 
-	plain *http.Server
-	tcp   *http.Server   // HTTPS; nil without a TLS listener
-	tcpLn net.Listener   // the TLS listener the accept loop reads
-	hs    sync.WaitGroup // TLS handshakes under way
-	h3    *http3.Server  // nil without an HTTP/3 listener
-	tr    *quic.Transport
-	ln    *quic.Listener
+	plain   *http.Server
+	plainLn *stoppable     // the plain door's socket
+	fresh   freshConns     // connections whose first request is not read yet
+	tcp     *http.Server   // HTTPS; nil without a TLS listener
+	tcpLn   net.Listener   // the TLS listener the accept loop reads
+	hs      sync.WaitGroup // TLS handshakes under way
+	h3      *http3.Server  // nil without an HTTP/3 listener
+	tr      *quic.Transport
+	ln      *quic.Listener
 }
 
 // New makes a Door; it opens nothing.
@@ -131,6 +133,7 @@ func (d *Door) Start(lns Listeners, goFn func(func() error)) error {
 				NextProtos:     []string{"h2", "http/1.1"},
 			},
 			ConnContext: guardConnContext,
+			ConnState:   d.fresh.track,
 			ErrorLog:    ErrorLog(cfg.Log),
 		}
 		conns := newChanListener(lns.TLS.Addr())
@@ -156,9 +159,11 @@ func (d *Door) Start(lns Listeners, goFn func(func() error)) error {
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ConnState:         d.fresh.track,
 		ErrorLog:          ErrorLog(cfg.Log),
 	}
-	plainLn := guardListener{&limitListener{Listener: lns.Plain, l: d.limits, tell429: true}, maxHead}
+	d.plainLn = newStoppable(lns.Plain)
+	plainLn := guardListener{&limitListener{Listener: d.plainLn, l: d.limits, tell429: true}, maxHead}
 	goFn(func() error {
 		if err := d.plain.Serve(plainLn); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve proxy on %s: %w", lns.Plain.Addr(), err)
@@ -178,7 +183,9 @@ func (d *Door) acceptTLS(conns *chanListener, maxHead int) {
 		if err != nil {
 			return
 		}
+		d.fresh.add(1) // until the HTTPS server has it
 		d.hs.Go(func() {
+			defer d.fresh.add(-1)
 			tc := c.(*tls.Conn)
 			tc.SetDeadline(time.Now().Add(10 * time.Second))
 			if err := tc.Handshake(); err != nil {
@@ -196,23 +203,25 @@ func (d *Door) acceptTLS(conns *chanListener, maxHead int) {
 	}
 }
 
-// StopKeepAlives makes every HTTP/1.1 response from now on close its
-// connection (Connection: close), so that clients and balancers open new
-// connections, which go elsewhere once the node's readiness fails, rather
-// than send their next request on a connection that Shutdown will close.
-// A draining node calls it when the drain begins.
-func (d *Door) StopKeepAlives() {
-	for _, srv := range []*http.Server{d.plain, d.tcp} {
-		if srv != nil {
-			srv.SetKeepAlivesEnabled(false)
-		}
-	}
-}
-
 // Shutdown stops taking connections and waits for the requests in flight
 // on every door until ctx ends, then closes every connection and listener.
 // It is safe before Start (it then does nothing) and more than once.
+//
+// First the TCP doors stop accepting (a balancer's next connection is
+// refused and goes to another node), and the connections accepted just
+// before get up to a second to send their first request: net/http's
+// Shutdown closes, unanswered, a connection whose request it reads after
+// it began.
 func (d *Door) Shutdown(ctx context.Context) {
+	if d.plainLn != nil {
+		d.plainLn.stop()
+	}
+	if d.tcpLn != nil {
+		d.tcpLn.Close() // acceptTLS returns
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	d.fresh.wait(wctx)
+	cancel()
 	var wg sync.WaitGroup
 	if d.tcp != nil || d.h3 != nil {
 		wg.Go(func() { // HTTPS and HTTP/3 drain alongside HTTP
@@ -228,7 +237,6 @@ func (d *Door) Shutdown(ctx context.Context) {
 
 func (d *Door) shutdownTLS(ctx context.Context) {
 	if d.tcp != nil {
-		d.tcpLn.Close() // no new connections; acceptTLS returns
 		d.tcp.Shutdown(ctx)
 		d.tcp.Close()
 	}
@@ -272,4 +280,99 @@ func altSvc(h http.Handler, addr net.Addr) http.Handler {
 		w.Header().Set("Alt-Svc", value)
 		h.ServeHTTP(w, r)
 	})
+}
+
+// stoppable is a listener whose stop closes its socket, so that new
+// connections are refused, while Accept waits on until Close: the server
+// serving it sees no error before its Shutdown closes it.
+type stoppable struct {
+	net.Listener
+	stopped, closed     chan struct{}
+	stopOnce, closeOnce sync.Once
+}
+
+func newStoppable(ln net.Listener) *stoppable {
+	return &stoppable{Listener: ln, stopped: make(chan struct{}), closed: make(chan struct{})}
+}
+
+func (l *stoppable) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		select {
+		case <-l.stopped:
+			<-l.closed
+			return nil, net.ErrClosed
+		default:
+		}
+	}
+	return c, err
+}
+
+func (l *stoppable) stop() { l.stopOnce.Do(func() { close(l.stopped); l.Listener.Close() }) }
+
+func (l *stoppable) Close() error {
+	l.stop()
+	l.closeOnce.Do(func() { close(l.closed) })
+	return nil
+}
+
+// freshConns counts the client connections whose first request net/http
+// has not read yet (and TLS handshakes under way), and tells when none is
+// left.
+type freshConns struct {
+	mu    sync.Mutex // guards the fields below
+	n     int
+	conns map[net.Conn]bool
+	zero  chan struct{} // closed when n drops to 0; made by wait
+}
+
+func (f *freshConns) add(d int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n += d
+	if f.n == 0 && f.zero != nil {
+		close(f.zero)
+		f.zero = nil
+	}
+}
+
+// track is an http.Server's ConnState: a connection is fresh from StateNew
+// to its next state.
+func (f *freshConns) track(c net.Conn, st http.ConnState) {
+	f.mu.Lock()
+	if f.conns == nil {
+		f.conns = make(map[net.Conn]bool)
+	}
+	was := f.conns[c]
+	switch {
+	case st == http.StateNew:
+		f.conns[c] = true
+	case was:
+		delete(f.conns, c)
+	}
+	f.mu.Unlock()
+	switch {
+	case st == http.StateNew:
+		f.add(1)
+	case was:
+		f.add(-1)
+	}
+}
+
+// wait returns once no connection is fresh, or ctx ends.
+func (f *freshConns) wait(ctx context.Context) {
+	f.mu.Lock()
+	if f.n == 0 {
+		f.mu.Unlock()
+		return
+	}
+	if f.zero == nil {
+		f.zero = make(chan struct{})
+	}
+	ch := f.zero
+	f.mu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
 }
