@@ -33,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pico-edge/pico/agent/inspect"
 	"github.com/pico-edge/pico/quicutil"
 )
 
@@ -69,6 +70,10 @@ type Config struct {
 	Name string
 	// Logger receives logs; if nil, logs are discarded.
 	Logger *slog.Logger
+	// Inspector, if not nil, captures the exchanges of HTTP/1.1 endpoints
+	// served by ServeUpstream and ServeHTTPUpstream (see package
+	// agent/inspect). The caller closes it after the agent.
+	Inspector *inspect.Inspector
 }
 
 func (c Config) withDefaults() Config {
