@@ -34,7 +34,7 @@ func TestDeps(t *testing.T) {
 	// The leaves, and the parts of edge that stand alone: each imports no
 	// package of ours (edge composes them).
 	leaves := map[string]bool{"routing": true, "quicutil": true, "certs": true,
-		"edge/admin": true, "edge/auth": true, "edge/frontdoor": true}
+		"edge/admin": true, "edge/auth": true, "edge/frontdoor": true, "agent/inspect": true}
 	for leaf := range leaves {
 		if _, ok := imports[leaf]; !ok {
 			t.Errorf("go list found no package %s", leaf)
@@ -45,7 +45,7 @@ func TestDeps(t *testing.T) {
 			own, ours := strings.CutPrefix(d, mod)
 			switch {
 			case leaves[pkg] && ours:
-				t.Errorf("%s imports %s: routing, quicutil, certs, edge/admin, edge/auth and edge/frontdoor import no package of ours", pkg, d)
+				t.Errorf("%s imports %s: routing, quicutil, certs, edge/admin, edge/auth, edge/frontdoor and agent/inspect import no package of ours", pkg, d)
 			case pkg == "agent" && (own == "edge" || own == "routing" || strings.HasPrefix(own, "edge/")):
 				t.Errorf("agent imports %s", d)
 			case (pkg == "edge" || pkg == "routing") && own == "agent":

@@ -438,7 +438,7 @@ func curl(e *Exchange) string {
 	}
 	var b strings.Builder
 	b.WriteString("curl")
-	if m.Method != http.MethodGet || len(m.Body) > 0 && m.Method != http.MethodPost {
+	if !(m.Method == http.MethodGet && len(m.Body) == 0 || m.Method == http.MethodPost && len(m.Body) > 0) {
 		b.WriteString(" -X " + shellQuote(m.Method))
 	}
 	b.WriteString(" " + shellQuote(scheme+"://"+m.Host+m.URL))
