@@ -78,10 +78,14 @@ func (in *Inspector) Replay(ctx context.Context, id uint64, edit *Edit) (*Exchan
 	in.mu.Lock()
 	up, ok := in.upstreams[orig.Endpoint]
 	closed := in.closed
+	if !closed {
+		in.wg.Add(1) // under in.mu: Close waits for it
+	}
 	in.mu.Unlock()
 	if closed {
 		return nil, ErrClosed
 	}
+	defer in.wg.Done()
 	if !ok {
 		return nil, &EditError{"no upstream known for endpoint " + quote(orig.Endpoint)}
 	}
@@ -89,8 +93,6 @@ func (in *Inspector) Replay(ctx context.Context, id uint64, edit *Edit) (*Exchan
 	if err != nil {
 		return nil, err
 	}
-	in.wg.Add(1)
-	defer in.wg.Done()
 	ctx, cancel := context.WithTimeout(ctx, in.cfg.ReplayTimeout)
 	defer cancel()
 	stop := context.AfterFunc(in.client.ctx, cancel)
@@ -203,10 +205,12 @@ func (in *Inspector) replayRequest(orig *Exchange, edit *Edit, up Upstream) (*ht
 	if host == "" {
 		host = o.Host
 	}
-	header.Del("Host")
-	header.Del("Content-Length")
-	header.Del("Transfer-Encoding")
-	header.Del("Connection")
+	// Hop-by-hop headers were the edge's connection's, not the request's:
+	// a replay is a plain request on a connection of its own.
+	for _, h := range []string{"Host", "Content-Length", "Transfer-Encoding", "Connection", "Upgrade",
+		"Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Expect"} {
+		header.Del(h)
+	}
 	scheme := "http"
 	if up.TLS != nil {
 		scheme = "https"
