@@ -70,7 +70,7 @@ type Config struct {
 	Name string
 	// Logger receives logs; if nil, logs are discarded.
 	Logger *slog.Logger
-	// Inspector, if not nil, captures the exchanges of HTTP/1.1 endpoints
+	// Inspector, if not nil, captures the exchanges of HTTP endpoints
 	// served by ServeUpstream and ServeHTTPUpstream (see package
 	// agent/inspect). The caller closes it after the agent.
 	Inspector *inspect.Inspector

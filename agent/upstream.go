@@ -94,7 +94,7 @@ func (u *upstreamHandler) serve(c *quicutil.Conn, h quicutil.StreamHeader, st *e
 		}
 		u.a.log.Warn("upstream unreachable", "endpoint_id", h.Endpoint, "upstream", u.up.Addr, "err", err)
 		msg := fmt.Sprintf("agent could not reach upstream %s: %v", u.up.Addr, unwrapOp(err))
-		if h.Kind == quicutil.KindHTTP {
+		if h.Kind.IsHTTP() {
 			cfg.Inspector.Refused(u.inspectInfo(h), msg)
 		}
 		refuse(c, code, msg)
@@ -115,6 +115,12 @@ func (u *upstreamHandler) serve(c *quicutil.Conn, h quicutil.StreamHeader, st *e
 		}
 		quicutil.JoinUpstream(c, up, idle)
 		return
+	}
+	if h.Kind == quicutil.KindHTTP2 {
+		if s := cfg.Inspector.Stream(u.inspectInfo(h)); s != nil {
+			s.Close(quicutil.JoinObserved(c, up, idle, s).Err)
+			return
+		}
 	}
 	quicutil.Join(c, up, idle)
 }
@@ -170,6 +176,6 @@ func clientAddr(h quicutil.StreamHeader, fallback net.Addr) net.Addr {
 
 // inspectInfo describes a stream to the inspector.
 func (u *upstreamHandler) inspectInfo(h quicutil.StreamHeader) inspect.StreamInfo {
-	return inspect.StreamInfo{Endpoint: h.Endpoint, ClientAddr: h.ClientAddr,
-		Upstream: inspect.Upstream{Addr: u.up.Addr, TLS: u.up.TLS}}
+	return inspect.StreamInfo{Endpoint: h.Endpoint, ClientAddr: h.ClientAddr, HTTP2: h.Kind == quicutil.KindHTTP2,
+		Upstream: inspect.Upstream{Addr: u.up.Addr, TLS: u.up.TLS, HTTP2: u.up.HTTP2}}
 }

@@ -60,7 +60,13 @@ type Observer interface {
 // JoinUpstreamObserved is JoinUpstream, showing obs what flows each way.
 // It moves the same bytes as JoinUpstream.
 func JoinUpstreamObserved(str *Conn, up net.Conn, idle time.Duration, obs Observer) JoinResult {
-	return join(str, up, idle, &joiner{str: str, up: up, obs: obs})
+	return join(str, up, idle, &joiner{str: str, up: up, obs: obs, obsUp: up})
+}
+
+// JoinObserved is Join, showing obs what flows each way: b is the
+// upstream side (FromUpstream), a the other.
+func JoinObserved(a, b net.Conn, idle time.Duration, obs Observer) JoinResult {
+	return join(a, b, idle, &joiner{obs: obs, obsUp: b})
 }
 
 func join(a, b net.Conn, idle time.Duration, j *joiner) JoinResult {
@@ -114,7 +120,8 @@ type joiner struct {
 	peek    *peeker
 	upEnded bool     // up sent EOF
 	unsent  bool     // str's peer was told StreamCodeUnsent
-	obs     Observer // for JoinUpstreamObserved, else nil
+	obs     Observer // for JoinUpstreamObserved and JoinObserved, else nil
+	obsUp   net.Conn // the side obs sees as the upstream
 }
 
 // fromUp notes bytes from up.
@@ -222,7 +229,7 @@ func (j *joiner) copy(dst, src net.Conn) (int64, error) {
 				j.fromUp()
 			}
 			if j.obs != nil {
-				if src == j.up {
+				if src == j.obsUp {
 					j.obs.FromUpstream(buf[:n])
 				} else {
 					j.obs.ToUpstream(buf[:n])

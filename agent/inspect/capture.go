@@ -18,9 +18,10 @@ type StreamInfo struct {
 	Endpoint   string
 	ClientAddr string // the stream header's, used when the request has no forwarding header
 	Upstream   Upstream
+	HTTP2      bool // the stream carries HTTP/2 (prior knowledge), else HTTP/1.1
 }
 
-// A Stream captures one HTTP/1.1 stream: it is the quicutil.Observer of
+// A Stream captures one HTTP/1.1 or HTTP/2 stream: it is the quicutil.Observer of
 // the stream's copy. Its methods never block on the parser.
 type Stream struct {
 	in        *Inspector
@@ -47,7 +48,11 @@ func (in *Inspector) Stream(info StreamInfo) *Stream {
 	in.streams[s] = struct{}{}
 	in.wg.Go(func() {
 		p := &parser{in: in, info: info, reqPipe: s.req, respPipe: s.resp, endErr: s.err}
-		p.run(s.req, s.resp)
+		if info.HTTP2 {
+			p.runH2(s.req, s.resp)
+		} else {
+			p.run(s.req, s.resp)
+		}
 		s.req.stop()
 		s.resp.stop()
 		in.mu.Lock()

@@ -7,10 +7,13 @@
 // copies it into a bounded buffer per direction and returns; one goroutine
 // per stream parses the buffered bytes with net/http. When a buffer is
 // full the bytes are dropped, not waited for, and the exchange is marked
-// truncated. Only HTTP/1.1 streams are captured (not HTTP/2 ones, nor TCP).
+// truncated. HTTP/1.1 streams are parsed with net/http, HTTP/2 streams
+// (the edge speaks HTTP/2 to h2c and h2 upstreams) with x/net/http2's
+// Framer; TCP streams are not captured.
 //
 //	agent copy ──ToUpstream──▶ pipe (≤ 1 MiB)   ──▶ ReadRequest ─┐
 //	agent copy ◀─FromUpstream─ pipe (≤ 1 MiB)   ──▶ ReadResponse ─┴▶ Exchange ▶ ring (M exchanges, B bytes)
+//	(HTTP/2: an http2.Framer on each pipe, frames matched by stream ID)
 //
 // It imports no package of Pico: agent.Config.Inspector plugs it in.
 package inspect
@@ -123,8 +126,9 @@ type Inspector struct {
 
 // Upstream says how to reach an endpoint's upstream, for replays.
 type Upstream struct {
-	Addr string      // host:port
-	TLS  *tls.Config // nil: plaintext
+	Addr  string      // host:port
+	TLS   *tls.Config // nil: plaintext
+	HTTP2 bool        // HTTP/2: with prior knowledge (h2c) in plaintext, by ALPN over TLS
 }
 
 // New returns an Inspector for cfg.

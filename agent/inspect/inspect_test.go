@@ -481,3 +481,70 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// An h2c upstream: the edge speaks HTTP/2 to the agent, and the inspector
+// parses the frames: several requests on the connection, bodies,
+// trailers, redaction; a replay goes to the upstream over HTTP/2.
+func TestCaptureHTTP2(t *testing.T) {
+	in, err := inspect.New(inspect.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close() })
+	var mu sync.Mutex
+	var seen []string
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		seen = append(seen, fmt.Sprintf("%s %s %s %s replay=%s", r.Proto, r.Method, r.URL.RequestURI(), b, r.Header.Get(inspect.ReplayHeader)))
+		mu.Unlock()
+		w.Header().Set("Trailer", "Grpc-Status")
+		w.Header().Set("Set-Cookie", "s=1")
+		fmt.Fprintf(w, "h2 %s", b)
+		w.Header().Set("Grpc-Status", "0")
+	}))
+	up.Config.Protocols = new(http.Protocols)
+	up.Config.Protocols.SetUnencryptedHTTP2(true)
+	up.Start()
+	t.Cleanup(up.Close)
+	n := edgetest.NewNode(t)
+	a := n.NewAgent(t, func(c *agent.Config) { c.Inspector = in })
+	if err := a.ServeHTTPUpstream(t.Context(), "h2", agent.Upstream{Addr: strings.TrimPrefix(up.URL, "http://"), HTTP2: true}); err != nil {
+		t.Fatal(err)
+	}
+	c := edgetest.Client(t)
+	for i := range 3 {
+		req := n.Request(t, "POST", "h2", fmt.Sprintf("/g/%d", i), strings.NewReader(fmt.Sprintf("body-%d", i)))
+		req.Header.Set("Authorization", "Bearer x")
+		if code, body := do(t, c, req); code != 200 || body != fmt.Sprintf("h2 body-%d", i) {
+			t.Fatalf("request %d: %d %q", i, code, body)
+		}
+	}
+	got := waitExchanges(t, in, 3)
+	for i, e := range got {
+		if e.Request == nil || e.Response == nil || e.Request.Proto != "HTTP/2.0" {
+			t.Fatalf("exchange %d: %+v", i, e)
+		}
+		if e.Request.Method != "POST" || e.Request.URL != fmt.Sprintf("/g/%d", i) || string(e.Request.Body) != fmt.Sprintf("body-%d", i) {
+			t.Errorf("exchange %d request: %s %s %q", i, e.Request.Method, e.Request.URL, e.Request.Body)
+		}
+		if e.Response.Status != 200 || string(e.Response.Body) != fmt.Sprintf("h2 body-%d", i) || e.Response.Trailer.Get("Grpc-Status") != "0" {
+			t.Errorf("exchange %d response: %d %q trailer %v", i, e.Response.Status, e.Response.Body, e.Response.Trailer)
+		}
+		if e.Request.Header.Get("Authorization") != inspect.Redacted || e.Response.Header.Get("Set-Cookie") != inspect.Redacted {
+			t.Errorf("exchange %d: not redacted: %v %v", i, e.Request.Header, e.Response.Header)
+		}
+		if e.State != "complete" || e.ClientAddr != "127.0.0.1" {
+			t.Errorf("exchange %d: state %q client %q", i, e.State, e.ClientAddr)
+		}
+	}
+	r, err := in.Replay(t.Context(), got[1].ID, nil)
+	if err != nil || r.Response == nil || string(r.Response.Body) != "h2 body-1" || r.Response.Proto != "HTTP/2.0" {
+		t.Fatalf("replay: %+v %v", r, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if last := seen[len(seen)-1]; last != fmt.Sprintf("HTTP/2.0 POST /g/1 body-1 replay=%d", got[1].ID) {
+		t.Errorf("the upstream saw the replay as %q", last)
+	}
+}

@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // parseBytes parses the two directions of a stream given whole, as the
@@ -171,6 +174,94 @@ func FuzzParse(f *testing.F) {
 		}
 		if len(got) > len(req)+1 {
 			t.Fatalf("%d exchanges from %d request bytes", len(got), len(req))
+		}
+	})
+}
+
+// h2Seed encodes an HTTP/2 exchange on stream 1 with the x/net/http2
+// encoder: the client's preface, HEADERS and DATA; the upstream's HEADERS,
+// DATA and trailers.
+func h2Seed(t testing.TB) (req, resp []byte) {
+	var rq, rs bytes.Buffer
+	rq.WriteString(http2.ClientPreface)
+	enc := func(fields ...string) []byte {
+		var b bytes.Buffer
+		e := hpack.NewEncoder(&b)
+		for i := 0; i+1 < len(fields); i += 2 {
+			e.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+		}
+		return b.Bytes()
+	}
+	cf := http2.NewFramer(&rq, nil)
+	cf.WriteSettings()
+	cf.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true,
+		BlockFragment: enc(":method", "POST", ":scheme", "http", ":path", "/x?y=1", ":authority", "a", "authorization", "secret")})
+	cf.WriteData(1, true, []byte("hello"))
+	sf := http2.NewFramer(&rs, nil)
+	sf.WriteSettings()
+	sf.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: enc(":status", "200", "content-type", "text/plain")})
+	sf.WriteData(1, false, []byte("world"))
+	sf.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true, BlockFragment: enc("grpc-status", "0")})
+	return rq.Bytes(), rs.Bytes()
+}
+
+// parseH2Bytes is parseBytes for an HTTP/2 stream.
+func parseH2Bytes(t testing.TB, req, resp []byte) []*Exchange {
+	t.Helper()
+	in, err := New(Config{BodyBytes: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	p := &parser{in: in, info: StreamInfo{Endpoint: "web", HTTP2: true}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.runH2(bytes.NewReader(req), bytes.NewReader(resp))
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the HTTP/2 parser hangs on\nrequest %q\nresponse %q", req, resp)
+	}
+	return in.Exchanges(nil)
+}
+
+func TestParseH2(t *testing.T) {
+	req, resp := h2Seed(t)
+	got := parseH2Bytes(t, req, resp)
+	if len(got) != 1 {
+		t.Fatalf("got %d exchanges: %+v", len(got), got)
+	}
+	e := got[0]
+	if e.Request.Method != "POST" || e.Request.URL != "/x?y=1" || string(e.Request.Body) != "hello" || e.Request.Header.Get("Authorization") != Redacted {
+		t.Errorf("request: %+v", e.Request)
+	}
+	if e.Response.Status != 200 || string(e.Response.Body) != "world" || e.Response.Trailer.Get("Grpc-Status") != "0" || e.State != "complete" {
+		t.Errorf("response: %+v state %s", e.Response, e.State)
+	}
+	// Cut short: the exchange is kept with an error.
+	got = parseH2Bytes(t, req, resp[:len(resp)-12])
+	if len(got) != 1 || got[0].State != "error" {
+		t.Fatalf("cut response: %+v", got)
+	}
+}
+
+func FuzzParseH2(f *testing.F) {
+	req, resp := h2Seed(f)
+	f.Add(req, resp)
+	f.Add(req[:30], resp)
+	f.Add([]byte(http2.ClientPreface), []byte{})
+	f.Fuzz(func(t *testing.T, req, resp []byte) {
+		for _, e := range parseH2Bytes(t, req, resp) {
+			for _, m := range []*Message{e.Request, e.Response} {
+				if m != nil && (len(m.Body) > 16 || int64(len(m.Body)) > m.BodySize) {
+					t.Fatalf("body kept %d of %d, limit 16", len(m.Body), m.BodySize)
+				}
+			}
+			if e.State == "" {
+				t.Fatalf("exchange without a state: %+v", e)
+			}
 		}
 	})
 }

@@ -100,7 +100,11 @@ func (in *Inspector) Replay(ctx context.Context, id uint64, edit *Edit) (*Exchan
 	req = req.WithContext(ctx)
 
 	ex := &Exchange{Time: time.Now(), Endpoint: orig.Endpoint, Upstream: up.Addr, ClientAddr: "agent (replay)", ReplayOf: id}
-	ex.Request = &Message{Method: req.Method, URL: req.URL.RequestURI(), Host: req.Host, Proto: "HTTP/1.1",
+	proto := "HTTP/1.1"
+	if up.HTTP2 {
+		proto = "HTTP/2.0"
+	}
+	ex.Request = &Message{Method: req.Method, URL: req.URL.RequestURI(), Host: req.Host, Proto: proto,
 		Header: in.redactHeader(req.Header)}
 	ex.Request.Header.Set("Host", req.Host)
 	in.keepBody(ex.Request, body)
@@ -111,7 +115,15 @@ func (in *Inspector) Replay(ctx context.Context, id uint64, edit *Edit) (*Exchan
 		DisableKeepAlives:     true,
 		DisableCompression:    true,
 		ResponseHeaderTimeout: in.cfg.ReplayTimeout,
-		ForceAttemptHTTP2:     false,
+	}
+	if up.HTTP2 {
+		var protos http.Protocols
+		if up.TLS != nil {
+			protos.SetHTTP2(true)
+		} else {
+			protos.SetUnencryptedHTTP2(true)
+		}
+		tr.Protocols = &protos
 	}
 	defer tr.CloseIdleConnections()
 	resp, err := tr.RoundTrip(req)
@@ -207,9 +219,13 @@ func (in *Inspector) replayRequest(orig *Exchange, edit *Edit, up Upstream) (*ht
 	}
 	// Hop-by-hop headers were the edge's connection's, not the request's:
 	// a replay is a plain request on a connection of its own.
+	te := header.Get("Te") // "trailers" is the request's (gRPC needs it)
 	for _, h := range []string{"Host", "Content-Length", "Transfer-Encoding", "Connection", "Upgrade",
 		"Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Expect"} {
 		header.Del(h)
+	}
+	if te == "trailers" {
+		header.Set("Te", te)
 	}
 	scheme := "http"
 	if up.TLS != nil {

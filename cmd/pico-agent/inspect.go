@@ -22,7 +22,7 @@ const defaultAdminAddr = "127.0.0.1:4040"
 
 // InspectFlags configure the request inspector of pico-agent http.
 type InspectFlags struct {
-	Inspect          bool     `help:"Capture the HTTP exchanges of HTTP/1.1 endpoints and serve the inspector (web UI and /api/requests) on a loopback --admin-addr; --no-inspect turns it off." default:"true" negatable:""`
+	Inspect          bool     `help:"Capture the HTTP exchanges of the endpoints and serve the inspector (web UI and /api/requests) on a loopback --admin-addr; --no-inspect turns it off." default:"true" negatable:""`
 	InspectExchanges int      `help:"Exchanges the inspector keeps, the oldest dropped first." default:"500"`
 	InspectMemory    byteSize `help:"Memory the inspector may use for the exchanges it keeps and the bytes waiting to be parsed (KiB, MiB, GiB suffixes)." default:"64MiB"`
 	InspectBody      byteSize `help:"Bytes of each request and response body the inspector keeps (KiB, MiB suffixes; 0: none)." default:"64KiB"`
