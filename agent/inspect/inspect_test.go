@@ -387,7 +387,7 @@ func TestMemoryWithinBudget(t *testing.T) {
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
-	const requests, workers = 600, 8
+	const requests, workers = 600 / raceScale, 8
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	for w := range workers {
