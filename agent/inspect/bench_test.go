@@ -17,8 +17,9 @@ import (
 
 // BenchmarkCapture measures small-request throughput through a real edge
 // and agent, with capture on (endpoint "on", an agent with an Inspector)
-// and off (endpoint "off", an agent without), in alternating rounds of the
-// same run, and reports both rates and their ratio:
+// and off (endpoint "off", an agent without), in short alternating rounds
+// of the same run (so that the load of other processes falls on both), and
+// reports both rates and their ratio:
 //
 //	go test -run XXX -bench Capture -benchtime 1x ./agent/inspect
 func BenchmarkCapture(b *testing.B) {
@@ -40,7 +41,7 @@ func BenchmarkCapture(b *testing.B) {
 		b.Fatal(err)
 	}
 	c := edgetest.Client(b)
-	const workers, round, rounds = 8, 500 * time.Millisecond, 6
+	const workers, round, rounds = 8, 150 * time.Millisecond, 20
 	load := func(id string) (float64, error) {
 		var count atomic.Int64
 		var wg sync.WaitGroup
