@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"go.uber.org/goleak"
 
 	"github.com/pico-edge/pico/agent"
@@ -546,5 +547,63 @@ func TestCaptureHTTP2(t *testing.T) {
 	defer mu.Unlock()
 	if last := seen[len(seen)-1]; last != fmt.Sprintf("HTTP/2.0 POST /g/1 body-1 replay=%d", got[1].ID) {
 		t.Errorf("the upstream saw the replay as %q", last)
+	}
+}
+
+// Through a real edge: a WebSocket exchange keeps its handshake and counts
+// the messages each way; an event stream counts its events.
+func TestCaptureWebSocketAndSSE(t *testing.T) {
+	n, in, _ := setup(t, inspect.Config{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/events" {
+			w.Header().Set("Content-Type", "text/event-stream")
+			for i := range 3 {
+				fmt.Fprintf(w, "data: %d\n\n", i)
+				w.(http.Flusher).Flush()
+			}
+			return
+		}
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, b, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if err := c.Write(r.Context(), typ, b); err != nil {
+				return
+			}
+		}
+	}))
+	c := edgetest.Client(t)
+	if code, body := do(t, c, n.Request(t, "GET", "web", "/events", nil)); code != 200 || strings.Count(body, "data:") != 3 {
+		t.Fatalf("events: %d %q", code, body)
+	}
+	ctx := t.Context()
+	ws, _, err := websocket.Dial(ctx, strings.Replace(n.ProxyURL, "http", "ws", 1)+"/ws", &websocket.DialOptions{
+		HTTPClient: c, HTTPHeader: http.Header{"X-Pico-Endpoint": {"web"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		if err := ws.Write(ctx, websocket.MessageText, fmt.Appendf(nil, "m%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := ws.Read(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ws.Close(websocket.StatusNormalClosure, "")
+	got := waitExchanges(t, in, 2)
+	sse, wsx := got[0], got[1]
+	if sse.Events != 3 || sse.State != "complete" {
+		t.Errorf("event stream: %d events, state %s; want 3, complete", sse.Events, sse.State)
+	}
+	// 4 messages each way, and the close frames are control frames, not messages.
+	if wsx.Upgrade != "websocket" || wsx.Response.Status != 101 || wsx.MessagesIn != 4 || wsx.MessagesOut != 4 {
+		t.Errorf("websocket: upgrade %q status %d messages %d in, %d out; want websocket 101 4 4 (%+v)",
+			wsx.Upgrade, wsx.Response.Status, wsx.MessagesIn, wsx.MessagesOut, wsx)
 	}
 }
