@@ -3,6 +3,7 @@ package inspect
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/subtle"
 	_ "embed"
 	"encoding/base64"
 	"encoding/json"
@@ -58,8 +59,17 @@ const maxEditBytes = 8 << 20
 //
 // It answers only requests from a loopback address naming a loopback host
 // (no DNS rebinding), and refuses cross-origin writes: serve it on a
-// loopback address.
-func (in *Inspector) Handler() http.Handler {
+// loopback address, or use HandlerWithToken.
+func (in *Inspector) Handler() http.Handler { return in.HandlerWithToken("") }
+
+// tokenCookie holds the token in a browser that opened /?token=TOKEN.
+const tokenCookie = "pico_inspector"
+
+// HandlerWithToken is Handler for any address when token is not empty:
+// every request must carry it, as "Authorization: Bearer TOKEN" or in the
+// cookie that opening /?token=TOKEN sets (HttpOnly, SameSite=Strict); 401
+// otherwise. Cross-origin writes are still refused.
+func (in *Inspector) HandlerWithToken(token string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", serveUI)
 	mux.HandleFunc("GET /api/requests", in.serveList)
@@ -83,7 +93,7 @@ func (in *Inspector) Handler() http.Handler {
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such API path: "+r.Method+" "+r.URL.Path)
 	})
-	return guard(mux)
+	return guard(mux, token)
 }
 
 func serveUI(w http.ResponseWriter, r *http.Request) {
@@ -99,13 +109,34 @@ func serveUI(w http.ResponseWriter, r *http.Request) {
 
 // guard refuses requests that do not come from this machine to a loopback
 // name, and writes from another origin.
-func guard(next http.Handler) http.Handler {
+func guard(next http.Handler, token string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !loopbackAddr(r.RemoteAddr) {
+		switch {
+		case token != "":
+			if q := r.URL.Query().Get("token"); q != "" && r.URL.Path == "/" && r.Method == http.MethodGet {
+				if !sameToken(q, token) {
+					writeError(w, http.StatusUnauthorized, "wrong token")
+					return
+				}
+				http.SetCookie(w, &http.Cookie{Name: tokenCookie, Value: token, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode})
+				http.Redirect(w, r, "/", http.StatusSeeOther) // the token leaves the address bar
+				return
+			}
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok {
+				if c, err := r.Cookie(tokenCookie); err == nil {
+					got = c.Value
+				}
+			}
+			if !sameToken(got, token) {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="pico-agent inspector"`)
+				writeError(w, http.StatusUnauthorized, "the inspector needs its token: Authorization: Bearer TOKEN, or open /?token=TOKEN once in the browser")
+				return
+			}
+		case !loopbackAddr(r.RemoteAddr):
 			writeError(w, http.StatusForbidden, "the inspector answers only this machine (loopback)")
 			return
-		}
-		if !loopbackHost(r.Host) {
+		case !loopbackHost(r.Host):
 			writeError(w, http.StatusForbidden, "the inspector answers only requests to localhost or a loopback address, not "+quote(r.Host))
 			return
 		}
@@ -121,6 +152,10 @@ func guard(next http.Handler) http.Handler {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		next.ServeHTTP(w, r)
 	})
+}
+
+func sameToken(got, want string) bool {
+	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
 func loopbackAddr(addr string) bool {

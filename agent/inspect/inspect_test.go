@@ -607,3 +607,60 @@ func TestCaptureWebSocketAndSSE(t *testing.T) {
 			wsx.Upgrade, wsx.Response.Status, wsx.MessagesIn, wsx.MessagesOut, wsx)
 	}
 }
+
+// Without a token the handler answers loopback names only (DNS
+// rebinding) and refuses cross-origin writes; with one it asks for it, as
+// a bearer token or the cookie /?token= sets.
+func TestHandlerGuard(t *testing.T) {
+	in, err := inspect.New(inspect.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	const token = "0123456789abcdef0123"
+	open := httptest.NewServer(in.Handler())
+	defer open.Close()
+	guarded := httptest.NewServer(in.HandlerWithToken(token))
+	defer guarded.Close()
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for name, tc := range map[string]struct {
+		srv                *httptest.Server
+		method, path, host string
+		header             http.Header
+		code               int
+		msg                string
+	}{
+		"loopback":             {open, "GET", "/api/requests", "", nil, 200, ""},
+		"rebound name":         {open, "GET", "/api/requests", "evil.example:4040", nil, 403, "evil.example:4040"},
+		"localhost":            {open, "GET", "/", "localhost:4040", nil, 200, ""},
+		"cross-origin write":   {open, "DELETE", "/api/requests", "", http.Header{"Origin": {"http://evil.example"}}, 403, "cross-origin"},
+		"no token":             {guarded, "GET", "/api/requests", "", nil, 401, "needs its token"},
+		"wrong token":          {guarded, "GET", "/api/requests", "", http.Header{"Authorization": {"Bearer nope"}}, 401, "needs its token"},
+		"bearer":               {guarded, "GET", "/api/requests", "any.example", http.Header{"Authorization": {"Bearer " + token}}, 200, ""},
+		"cookie":               {guarded, "GET", "/api/requests", "", http.Header{"Cookie": {"pico_inspector=" + token}}, 200, ""},
+		"token in the address": {guarded, "GET", "/?token=" + token, "", nil, 303, ""},
+		"wrong in the address": {guarded, "GET", "/?token=x", "", nil, 401, "wrong token"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, tc.srv.URL+tc.path, nil)
+			if tc.host != "" {
+				req.Host = tc.host
+			}
+			for k, v := range tc.header {
+				req.Header[k] = v
+			}
+			resp, err := noRedirect.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.code && !(tc.code == 200 && resp.StatusCode == 204) || !strings.Contains(string(b), tc.msg) {
+				t.Fatalf("got %d %s, want %d with %q", resp.StatusCode, b, tc.code, tc.msg)
+			}
+			if tc.code == 303 && !strings.Contains(resp.Header.Get("Set-Cookie"), "pico_inspector="+token) {
+				t.Errorf("no cookie set: %v", resp.Header)
+			}
+		})
+	}
+}

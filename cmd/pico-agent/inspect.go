@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,12 +28,32 @@ type InspectFlags struct {
 	InspectMemory    byteSize `help:"Memory the inspector may use for the exchanges it keeps and the bytes waiting to be parsed (KiB, MiB, GiB suffixes)." default:"64MiB"`
 	InspectBody      byteSize `help:"Bytes of each request and response body the inspector keeps (KiB, MiB suffixes; 0: none)." default:"64KiB"`
 	InspectRedact    []string `help:"Headers whose values the inspector masks, comma separated." default:"Authorization,Cookie,Set-Cookie,X-Pico-Authorization" sep:","`
+	InspectTokenFile string   `help:"File with a token (at least 16 characters) the inspector asks for; with it, the inspector is served on an --admin-addr that is not loopback too." type:"path" placeholder:"FILE"`
 }
 
-// newInspector returns the inspector the flags ask for, or nil.
-func (f *InspectFlags) newInspector(log *slog.Logger) (*inspect.Inspector, error) {
+// inspectorRun is the inspector of a pico-agent http and the token it
+// asks for.
+type inspectorRun struct {
+	in    *inspect.Inspector // nil: off
+	token string
+}
+
+// newInspector returns the inspector the flags ask for; its in is nil when
+// it is off.
+func (f *InspectFlags) newInspector(log *slog.Logger) (inspectorRun, error) {
 	if !f.Inspect {
-		return nil, nil
+		return inspectorRun{}, nil
+	}
+	var token string
+	if f.InspectTokenFile != "" {
+		b, err := os.ReadFile(f.InspectTokenFile)
+		if err != nil {
+			return inspectorRun{}, fmt.Errorf("--inspect-token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+		if len(token) < 16 {
+			return inspectorRun{}, fmt.Errorf("--inspect-token-file %s: the token has %d characters; use at least 16 (openssl rand -hex 32)", f.InspectTokenFile, len(token))
+		}
 	}
 	body := int(f.InspectBody)
 	if body == 0 {
@@ -47,9 +68,9 @@ func (f *InspectFlags) newInspector(log *slog.Logger) (*inspect.Inspector, error
 	in, err := inspect.New(inspect.Config{MaxExchanges: f.InspectExchanges, MaxBytes: int64(f.InspectMemory),
 		BodyBytes: body, Redact: redact, Logger: log.With("component", "inspector")})
 	if err != nil {
-		return nil, fmt.Errorf("--inspect-*: %w", err)
+		return inspectorRun{}, fmt.Errorf("--inspect-*: %w", err)
 	}
-	return in, nil
+	return inspectorRun{in: in, token: token}, nil
 }
 
 // listenAdmin listens on --admin-addr; when that is the default and it is
@@ -62,20 +83,26 @@ func (g *Globals) listenAdmin() (net.Listener, error) {
 	return ln, err
 }
 
-// withInspector serves the inspector beside the admin API h on a loopback
-// address, and says where on out.
+// withInspector serves the inspector beside the admin API h, on a loopback
+// address or with its token, and says where on out.
 func (g *Globals) withInspector(h http.Handler, addr net.Addr, out io.Writer) http.Handler {
-	if g.inspector == nil {
+	ir := g.inspector
+	if ir.in == nil {
 		return h
 	}
 	ap, err := netip.ParseAddrPort(addr.String())
-	if err != nil || !ap.Addr().Unmap().IsLoopback() {
-		fmt.Fprintf(out, "inspector off: --admin-addr %s is not a loopback address\n", addr)
+	loopback := err == nil && ap.Addr().Unmap().IsLoopback()
+	switch {
+	case ir.token != "":
+		fmt.Fprintf(out, "inspector on http://%s/ (with its token: open /?token=TOKEN once)\n", addr)
+	case !loopback:
+		fmt.Fprintf(out, "inspector off: --admin-addr %s is not a loopback address (give --inspect-token-file to serve it there)\n", addr)
 		return h
+	default:
+		fmt.Fprintf(out, "inspector on http://%s/\n", addr)
 	}
-	fmt.Fprintf(out, "inspector on http://%s/\n", addr)
 	mux := http.NewServeMux()
-	mux.Handle("/", g.inspector.Handler())
+	mux.Handle("/", ir.in.HandlerWithToken(ir.token))
 	for _, p := range []string{"/healthz", "/readyz", "/status", "/metrics"} {
 		mux.Handle(p, h)
 	}

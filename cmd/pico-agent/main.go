@@ -22,7 +22,6 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/pico-edge/pico/agent"
-	"github.com/pico-edge/pico/agent/inspect"
 	"github.com/pico-edge/pico/certs"
 	"github.com/pico-edge/pico/cmd/internal/cli"
 	"github.com/pico-edge/pico/quicutil"
@@ -39,7 +38,7 @@ type Globals struct {
 	AdminAddr   string         `help:"Address (host:port) to serve /metrics (Prometheus), /status (JSON), /healthz and /readyz on, and the inspector of pico-agent http when loopback; if the default 127.0.0.1:4040 is taken (another pico-agent), another loopback port; empty: none." placeholder:"ADDR" default:"127.0.0.1:4040"`
 	cli.LogFlags
 
-	inspector *inspect.Inspector // of pico-agent http, if on
+	inspector inspectorRun // of pico-agent http, if on
 }
 
 type CLI struct {
@@ -108,7 +107,7 @@ func (g *Globals) newAgent(log *slog.Logger) (*agent.Agent, error) {
 		Token:       token,
 		Name:        "pico-agent/" + cli.Version(),
 		Logger:      log,
-		Inspector:   g.inspector,
+		Inspector:   g.inspector.in,
 	}
 	if g.CA != "" {
 		pool, err := certs.LoadPool(g.CA)
@@ -232,12 +231,12 @@ func (s *ServeCmd) run(ctx context.Context, g *Globals, log *slog.Logger, kind q
 		pairs = append(pairs, pair{id, up, proto})
 	}
 	if kind == quicutil.KindHTTP {
-		in, err := s.newInspector(log)
+		ir, err := s.newInspector(log)
 		if err != nil {
 			return err
 		}
-		defer in.Close() // after the agent
-		g.inspector = in
+		defer ir.in.Close() // after the agent
+		g.inspector = ir
 	}
 	a, err := g.newAgent(log)
 	if err != nil {
