@@ -34,6 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pico-edge/pico/agent/inspect"
 	"github.com/pico-edge/pico/quicutil"
 )
 
@@ -87,6 +88,10 @@ type Config struct {
 	// tries QUIC again; it doubles up to MaxQUICProbe. If zero,
 	// DefaultQUICProbe.
 	QUICProbe time.Duration
+	// Inspector, if not nil, captures the exchanges of HTTP endpoints
+	// served by ServeUpstream and ServeHTTPUpstream (see package
+	// agent/inspect). The caller closes it after the agent.
+	Inspector *inspect.Inspector
 }
 
 func (c Config) withDefaults() Config {

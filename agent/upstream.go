@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/pico-edge/pico/agent/inspect"
 	"github.com/pico-edge/pico/quicutil"
 )
 
@@ -92,7 +93,11 @@ func (u *upstreamHandler) serve(c *quicutil.Conn, h quicutil.StreamHeader, st *e
 			code = quicutil.StatusUpstreamTimeout
 		}
 		u.a.log.Warn("upstream unreachable", "endpoint_id", h.Endpoint, "upstream", u.up.Addr, "err", err)
-		refuse(c, code, fmt.Sprintf("agent could not reach upstream %s: %v", u.up.Addr, unwrapOp(err)))
+		msg := fmt.Sprintf("agent could not reach upstream %s: %v", u.up.Addr, unwrapOp(err))
+		if h.Kind.IsHTTP() {
+			cfg.Inspector.Refused(u.inspectInfo(h), msg)
+		}
+		refuse(c, code, msg)
 		return
 	}
 	idle := cfg.TCPIdleTimeout
@@ -104,8 +109,18 @@ func (u *upstreamHandler) serve(c *quicutil.Conn, h quicutil.StreamHeader, st *e
 		// A keep-alive stream: when the upstream closes the idle
 		// connection as the edge sends the next request, the edge learns
 		// that the request never reached it.
+		if s := cfg.Inspector.Stream(u.inspectInfo(h)); s != nil {
+			s.Close(quicutil.JoinUpstreamObserved(c, up, idle, s).Err)
+			return
+		}
 		quicutil.JoinUpstream(c, up, idle)
 		return
+	}
+	if h.Kind == quicutil.KindHTTP2 {
+		if s := cfg.Inspector.Stream(u.inspectInfo(h)); s != nil {
+			s.Close(quicutil.JoinObserved(c, up, idle, s).Err)
+			return
+		}
 	}
 	quicutil.Join(c, up, idle)
 }
@@ -157,4 +172,10 @@ func clientAddr(h quicutil.StreamHeader, fallback net.Addr) net.Addr {
 		return net.TCPAddrFromAddrPort(ap)
 	}
 	return fallback
+}
+
+// inspectInfo describes a stream to the inspector.
+func (u *upstreamHandler) inspectInfo(h quicutil.StreamHeader) inspect.StreamInfo {
+	return inspect.StreamInfo{Endpoint: h.Endpoint, ClientAddr: h.ClientAddr, HTTP2: h.Kind == quicutil.KindHTTP2,
+		Upstream: inspect.Upstream{Addr: u.up.Addr, TLS: u.up.TLS, HTTP2: u.up.HTTP2}}
 }

@@ -49,6 +49,26 @@ func JoinUpstream(str *Conn, up net.Conn, idle time.Duration) JoinResult {
 	return join(str, up, idle, &joiner{str: str, up: up})
 }
 
+// An Observer sees the bytes JoinUpstreamObserved moves, in order, just
+// before they are written. Its methods are called from the copying
+// goroutines, one per direction, and must neither block nor keep p.
+type Observer interface {
+	ToUpstream(p []byte)   // bytes read from the stream, going to up
+	FromUpstream(p []byte) // bytes read from up, going to the stream
+}
+
+// JoinUpstreamObserved is JoinUpstream, showing obs what flows each way.
+// It moves the same bytes as JoinUpstream.
+func JoinUpstreamObserved(str *Conn, up net.Conn, idle time.Duration, obs Observer) JoinResult {
+	return join(str, up, idle, &joiner{str: str, up: up, obs: obs, obsUp: up})
+}
+
+// JoinObserved is Join, showing obs what flows each way: b is the
+// upstream side (FromUpstream), a the other.
+func JoinObserved(a, b net.Conn, idle time.Duration, obs Observer) JoinResult {
+	return join(a, b, idle, &joiner{obs: obs, obsUp: b})
+}
+
 func join(a, b net.Conn, idle time.Duration, j *joiner) JoinResult {
 	for _, c := range []net.Conn{a, b} {
 		if qc, ok := c.(*Conn); ok {
@@ -98,8 +118,10 @@ type joiner struct {
 	sinceUp int64 // bytes forwarded to up since up's last byte
 	upSent  bool  // up has sent bytes: it is a keep-alive connection in use
 	peek    *peeker
-	upEnded bool // up sent EOF
-	unsent  bool // str's peer was told StreamCodeUnsent
+	upEnded bool     // up sent EOF
+	unsent  bool     // str's peer was told StreamCodeUnsent
+	obs     Observer // for JoinUpstreamObserved and JoinObserved, else nil
+	obsUp   net.Conn // the side obs sees as the upstream
 }
 
 // fromUp notes bytes from up.
@@ -205,6 +227,13 @@ func (j *joiner) copy(dst, src net.Conn) (int64, error) {
 		if n > 0 {
 			if src == j.up {
 				j.fromUp()
+			}
+			if j.obs != nil {
+				if src == j.obsUp {
+					j.obs.FromUpstream(buf[:n])
+				} else {
+					j.obs.ToUpstream(buf[:n])
+				}
 			}
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -189,5 +190,44 @@ func TestJoinPassesUnsentOn(t *testing.T) {
 	fromA.Close()
 	if res := recv(t, "Join", done); res.Err != nil {
 		t.Fatalf("Join ended with %v, want a clean end", res.Err)
+	}
+}
+
+// recorder is an Observer that keeps what it is shown.
+type recorder struct {
+	mu       sync.Mutex
+	to, from []byte
+}
+
+func (r *recorder) ToUpstream(p []byte)   { r.mu.Lock(); r.to = append(r.to, p...); r.mu.Unlock() }
+func (r *recorder) FromUpstream(p []byte) { r.mu.Lock(); r.from = append(r.from, p...); r.mu.Unlock() }
+
+// JoinUpstreamObserved and JoinObserved move what JoinUpstream and Join
+// move, and show the Observer exactly those bytes, each way.
+func TestJoinObserved(t *testing.T) {
+	for name, join := range map[string]func(*quicutil.Conn, net.Conn, quicutil.Observer) quicutil.JoinResult{
+		"JoinUpstreamObserved": func(c *quicutil.Conn, up net.Conn, o quicutil.Observer) quicutil.JoinResult {
+			return quicutil.JoinUpstreamObserved(c, up, 0, o)
+		},
+		"JoinObserved": func(c *quicutil.Conn, up net.Conn, o quicutil.Observer) quicutil.JoinResult {
+			return quicutil.JoinObserved(c, up, 0, o)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			rec := &recorder{}
+			j := startJoinWith(t, func(server *net.TCPConn, c *quicutil.Conn) quicutil.JoinResult {
+				return join(c, server, rec)
+			})
+			j.exchange(t, "GET /a HTTP/1.1\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+			j.exchange(t, "GET /b HTTP/1.1\r\n\r\n", "HTTP/1.1 204 No Content\r\n\r\n")
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			if got, want := string(rec.to), "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"; got != want {
+				t.Errorf("observed to the upstream %q, want %q", got, want)
+			}
+			if got, want := string(rec.from), "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1 204 No Content\r\n\r\n"; got != want {
+				t.Errorf("observed from the upstream %q, want %q", got, want)
+			}
+		})
 	}
 }

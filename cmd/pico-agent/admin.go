@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -21,12 +20,12 @@ func (g *Globals) serveAdmin(a *agent.Agent, out io.Writer) (stop func(), err er
 	if g.AdminAddr == "" {
 		return func() {}, nil
 	}
-	ln, err := net.Listen("tcp", g.AdminAddr)
+	ln, err := g.listenAdmin()
 	if err != nil {
 		return nil, fmt.Errorf("listen on --admin-addr: %w", err)
 	}
 	fmt.Fprintf(out, "admin API on http://%s: /metrics, /status, /healthz, /readyz\n", ln.Addr())
-	srv := &http.Server{Handler: adminHandler(a), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: g.withInspector(adminHandler(a), ln.Addr(), out), ReadHeaderTimeout: 10 * time.Second}
 	var wg sync.WaitGroup
 	wg.Go(func() { srv.Serve(ln) })
 	return func() { srv.Close(); wg.Wait() }, nil

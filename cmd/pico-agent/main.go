@@ -38,8 +38,10 @@ type Globals struct {
 	Token       string         `help:"Token presented to the edge (a JWT when the edge checks tokens)."`
 	TokenFile   string         `help:"File with the token, looked at every 2s: when it changes, new links use the new token and live links hand it to their edge, which keeps them past the old token's expiry." type:"path"`
 	Connections int            `help:"Links to keep, each to a distinct edge node; every link registers every endpoint. 0: 2 when more than one edge node is known (several --edge addresses, or the edge lists other nodes of its cluster), else 1." default:"0"`
-	AdminAddr   string         `help:"Address (host:port) to serve /metrics (Prometheus), /status (JSON), /healthz and /readyz on, e.g. 127.0.0.1:9091; empty: none." placeholder:"ADDR"`
+	AdminAddr   string         `help:"Address (host:port) to serve /metrics (Prometheus), /status (JSON), /healthz and /readyz on, and the inspector of pico-agent http when loopback; if the default 127.0.0.1:4040 is taken (another pico-agent), another loopback port; empty: none." placeholder:"ADDR" default:"127.0.0.1:4040"`
 	cli.LogFlags
+
+	inspector inspectorRun // of pico-agent http, if on
 }
 
 type CLI struct {
@@ -58,6 +60,8 @@ type ServeCmd struct {
 	UpstreamCA            string `help:"PEM bundle of CAs that verify TLS upstreams (default: the system roots)." type:"existingfile"`
 	UpstreamServerName    string `help:"Name to verify in TLS upstreams' certificates (default: the upstream's host)."`
 	UpstreamTLSSkipVerify bool   `help:"Do not verify TLS upstreams' certificates (self-signed development servers only)."`
+
+	InspectFlags
 }
 
 // ForwardCmd forwards a local port to an endpoint.
@@ -108,6 +112,7 @@ func (g *Globals) newAgent(log *slog.Logger) (*agent.Agent, error) {
 		Logger:      log,
 		Transport:   agent.Transport(g.Transport),
 		QUICProbe:   g.QUICProbe,
+		Inspector:   g.inspector.in,
 	}
 	if g.ProxyURL != "" {
 		u, err := url.Parse(g.ProxyURL)
@@ -239,6 +244,14 @@ func (s *ServeCmd) run(ctx context.Context, g *Globals, log *slog.Logger, kind q
 			return fmt.Errorf("endpoint %s: %w", id, err)
 		}
 		pairs = append(pairs, pair{id, up, proto})
+	}
+	if kind == quicutil.KindHTTP {
+		ir, err := s.newInspector(log)
+		if err != nil {
+			return err
+		}
+		defer ir.in.Close() // after the agent
+		g.inspector = ir
 	}
 	a, err := g.newAgent(log)
 	if err != nil {
