@@ -290,6 +290,7 @@ func (s *slot) backoff() time.Duration {
 func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 	a := s.a
 	avoidTries := 0
+	dupRounds := 0 // rounds that reached only nodes linked already
 	if l := s.ready; l != nil { // a probe's link over QUIC
 		s.ready = nil
 		if err := a.admit(l, avoid, true); err == nil {
@@ -362,9 +363,19 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 		if lastErr == nil { // no candidate: cannot happen, Edges is never empty
 			lastErr = errors.New("no edge address to dial")
 		}
-		wait := s.backoff()
-		if dupOnly && a.balanced() {
-			wait = min(wait, dupRetryMax)
+		// A round that reached only nodes linked already is no failure:
+		// it waits by a count of its own, so that it does not lengthen
+		// the backoff of the next lost link (a link made after such
+		// rounds and lost soon after waited 15 s to reconnect).
+		var wait time.Duration
+		if dupOnly {
+			wait = a.cfg.Backoff.Delay(dupRounds, nil)
+			dupRounds++
+			if a.balanced() {
+				wait = min(wait, dupRetryMax)
+			}
+		} else {
+			wait = s.backoff()
 		}
 		retryIn := wait.Round(time.Millisecond).String()
 		switch msg := lastErr.Error(); {

@@ -66,9 +66,10 @@ func testNginx(t *testing.T, nginx string, passthrough bool) {
 		drainDelay = time.Second
 		grace      = 3 * time.Second
 		// relinkWait bounds the time from a node's restart to the agent's
-		// link to it; killReadyWait the wait, before the SIGKILL, until
-		// the agent is linked to both nodes (long: see relinked).
-		relinkWait    = 10 * time.Second
+		// link to it (a ceiling for failure: the time is logged, 0.2 to
+		// 8 s on a loaded 2-core machine); killReadyWait the wait, before
+		// the SIGKILL, until the agent is linked to both nodes.
+		relinkWait    = waitTimeout
 		killReadyWait = 90 * time.Second
 	)
 	tlsPorts := []string{freeTCPUDPPort(t), freeTCPUDPPort(t)}
