@@ -290,7 +290,7 @@ func (s *slot) backoff() time.Duration {
 func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 	a := s.a
 	avoidTries := 0
-	dupRounds := 0 // rounds that reached only nodes linked already
+	dupRounds := 0              // rounds that reached only nodes linked already
 	if l := s.ready; l != nil { // a probe's link over QUIC
 		s.ready = nil
 		if err := a.admit(l, avoid, true); err == nil {
