@@ -217,7 +217,12 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	// The TCP transport before the doors: they hand /_pico/agent to it
+	// from their first request on.
+	s.agentTCP.start(g.Go, tlsConf, lns.AgentTCP)
 	if err := s.door.Start(frontdoor.Listeners{Plain: lns.Proxy, TLS: lns.TLS, H3: lns.H3}, g.Go); err != nil {
+		s.agentTCP.close()
+		g.Wait() // its goroutines end with it
 		if s.cluster != nil {
 			s.cluster.Leave(0)
 		}
@@ -226,7 +231,6 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		return err
 	}
 	g.Go(func() error { return s.acceptAgents(ln) })
-	s.agentTCP.start(g.Go, tlsConf, lns.AgentTCP)
 	if s.auth != nil {
 		g.Go(func() error { s.auth.Run(); return nil }) // until shutdown closes it
 	}
