@@ -114,7 +114,7 @@ func TestParseProc(t *testing.T) {
 
 func TestParseFlags(t *testing.T) {
 	o, err := parseFlags([]string{"--quick"})
-	if err != nil || o.Duration != 3*time.Second || len(o.Scenarios) != 9 || o.UploadBytes != 256<<20 ||
+	if err != nil || o.Duration != 3*time.Second || len(o.Scenarios) != 10 || o.UploadBytes != 256<<20 ||
 		!slices.Equal(o.SmallConns, []int{1, 16, 64, 256}) || o.AgentConns != 2 {
 		t.Errorf("--quick: %+v, %v", o, err)
 	}
@@ -127,7 +127,7 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || o.Duration != time.Second || !o.Scenarios["a"] || !o.Scenarios["c"] || o.Scenarios["b"] {
 		t.Errorf("--quick --duration 1s --scenarios a,C: %+v, %v", o, err)
 	}
-	for _, bad := range [][]string{{"--duration", "1500ms"}, {"--scenarios", "x"}, {"--idle-agents", "0"}, {"extra"},
+	for _, bad := range [][]string{{"--duration", "1500ms"}, {"--scenarios", "z"}, {"--idle-agents", "0"}, {"extra"},
 		{"--conns", "0"}, {"--conns", "a"}, {"--conns", ","}, {"--agent-connections", "9"}, {"--upload-mib", "0"}, {"--tcp-bulk-mib", "-1"}} {
 		if _, err := parseFlags(bad); err == nil {
 			t.Errorf("parseFlags(%q) accepted", bad)
@@ -149,7 +149,7 @@ func TestHarness(t *testing.T) {
 	var out strings.Builder
 	opts := Options{
 		Duration: time.Second, Warmup: time.Second, Repeat: 1,
-		Scenarios:  map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true, "g": true, "h": true, "i": true, "t": true},
+		Scenarios:  map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true, "g": true, "h": true, "i": true, "t": true, "x": true},
 		IdleAgents: 20, JSON: jsonPath, Settle: 300 * time.Millisecond, SettleSamples: 2,
 		// One connection count keeps the smoke short; the new scenarios'
 		// bulk runs are tiny, and H measures an agent of 2 links too.
@@ -274,6 +274,20 @@ func TestHarness(t *testing.T) {
 			t.Errorf("T %s: %+v", row.Path, row)
 		}
 	}
+	// X: every row on both transports (runX checked the edge listed the
+	// links on each), with figures measured and a pass verdict.
+	if len(res.Transport) != len(xRows) {
+		t.Errorf("scenario X: %d rows, want %d: %+v", len(res.Transport), len(xRows), res.Transport)
+	}
+	for i, row := range res.Transport {
+		if row.Figure != xRows[i].figure || row.QUIC <= 0 || row.TCP <= 0 || len(row.Pairs) != 1 ||
+			tunnelCPU(row.QUICCPU) <= 0 || tunnelCPU(row.TCPCPU) <= 0 {
+			t.Errorf("X row %d: %+v", i, row)
+		}
+		if row.Unit != "us" && (row.RatioPct <= 0 || row.Pass != (row.RatioPct >= 70)) {
+			t.Errorf("X %s: ratio %v, pass %v", row.Figure, row.RatioPct, row.Pass)
+		}
+	}
 	if res.Host.NProc <= 0 || res.Host.GoVersion == "" {
 		t.Errorf("host info: %+v", res.Host)
 	}
@@ -294,7 +308,7 @@ func TestHarness(t *testing.T) {
 		t.Errorf("%d files next to the results (history off), want 1", len(entries))
 	}
 	for _, want := range []string{"A. small requests", "B. 1 MiB responses", "C. quic-go one-stream copy", "D. idle agent links", "E. small requests",
-		"B'. 1 MiB responses", "G. one 8 MiB POST", "H. TCP forward", "I. WebSocket echo", "T. the tunnel floor"} {
+		"B'. 1 MiB responses", "G. one 8 MiB POST", "H. TCP forward", "I. WebSocket echo", "T. the tunnel floor", "X. the agent's TCP transport"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -50,6 +50,14 @@ func figures(r *Results) []figure {
 		add(name+" pico/floor", row.PicoVsFloorPct, "%", true)
 		add(name+" pico cpu/req", row.PicoCPUUs, "us", false)
 	}
+	for _, row := range r.Transport {
+		if row.Unit == "us" {
+			add("X "+row.Figure+" tcp", row.TCP, "us", false)
+			continue
+		}
+		add("X "+row.Figure+" tcp", row.TCP, row.Unit, true)
+		add("X "+row.Figure+" tcp/quic", row.RatioPct, "%", true)
+	}
 	if b := r.Bulk; b != nil {
 		add("B pico MiB/s", b.PicoMiBps, "MiB/s", true)
 		add("B ratio", b.RatioPct, "%", true)

@@ -101,6 +101,9 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	if opts.Scenarios["t"] && ctx.Err() == nil {
 		h.record("T", h.runT(ctx))
 	}
+	if opts.Scenarios["x"] && ctx.Err() == nil {
+		h.record("X", h.runX(ctx))
+	}
 	h.runScale(ctx)
 	if h.res.Bulk != nil && h.res.QUICCopy != nil {
 		h.res.PicoVsQUICPct = pct(h.res.Bulk.PicoMiBps, h.res.QUICCopy.MiBps)

@@ -32,10 +32,11 @@ type BulkLinkRow struct {
 // serving the endpoint, then up to linkWait more for all of them. Any
 // agent that served it before must have been stopped (stopAgent). It
 // returns the links the edge lists: pico-agent links each node once, so
-// against one edge node that is 1 whatever --connections says.
-func (h *harness) startAgentLinks(ctx context.Context, e *edgeProc, name, kind, endpoint, upstream string, links int) (*proc, int, error) {
-	ag, err := h.procs.start(name, false, h.binary("pico-agent"), kind, endpoint, upstream,
-		"--edge", e.agentAddr, "--ca", e.caFile(), "--connections", strconv.Itoa(links), "--log-format", "json")
+// against one edge node that is 1 whatever --connections says. Extra
+// flags go to pico-agent after the usual ones.
+func (h *harness) startAgentLinks(ctx context.Context, e *edgeProc, name, kind, endpoint, upstream string, links int, extra ...string) (*proc, int, error) {
+	ag, err := h.procs.start(name, false, h.binary("pico-agent"), append([]string{kind, endpoint, upstream,
+		"--edge", e.agentAddr, "--ca", e.caFile(), "--connections", strconv.Itoa(links), "--log-format", "json"}, extra...)...)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -22,6 +22,9 @@
 //	   upstream; bulk at 1 and 4 connections (--tcp-bulk-mib per run; its ratio to C), request/response
 //	   (64-byte ping-pong) at 1, 16 and 64 connections; bulk again with agents of --agent-connections links
 //	I  WebSocket echo (64-byte messages) at 1, 16 and 64 connections
+//	T  the tunnel floor: small requests and 1 MiB through a bare TCP-QUIC-TCP pipe over quic-go
+//	X  the agent's TCP transport beside QUIC in the same run: small requests at 1 and 16 connections
+//	   (and p50 at 1), 1 MiB responses at 4, TCP forward bulk at 1, each with --transport quic and tcp
 //	S  scale: 1,000 idle agent links × 10 endpoints on one edge and on one node of three:
 //	   RSS and live heap per agent and per endpoint, gossip state size, time until routable everywhere
 //	R  registrations per second from one agent link and from ten
@@ -132,7 +135,7 @@ var subcommands = map[string]func(ctx context.Context, args []string) error{
 	"floor-agent":  runFloorAgent,
 }
 
-var allScenarios = []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "t", "s", "r", "w"}
+var allScenarios = []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "t", "x", "s", "r", "w"}
 
 func parseFlags(args []string) (Options, error) {
 	fs := flag.NewFlagSet("pico-bench", flag.ContinueOnError)
@@ -146,7 +149,7 @@ func parseFlags(args []string) (Options, error) {
 	}
 	duration := fs.Duration("duration", 10*time.Second, "length of each wrk run and of the QUIC copy (whole seconds, at least 1s)")
 	quick := fs.Bool("quick", false, "smoke mode: 3s runs (unless --duration is given), shorter warm-up and settle")
-	scenarios := fs.String("scenarios", "a,b,c,d,e,g,h,i,t", "scenarios to run, comma separated, or all: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory), e (small requests over HTTP/2 and HTTP/3), f (cross-node relay), g (1 GiB upload), h (TCP forward), i (WebSocket echo), t (small requests through the tunnel floor: a bare TCP-QUIC-TCP pipe over quic-go), s (scale: 10,000 endpoints), r (registrations per second), w (10,000 idle WebSockets)")
+	scenarios := fs.String("scenarios", "a,b,c,d,e,g,h,i,t,x", "scenarios to run, comma separated, or all: a (small requests), b (1 MiB responses), c (quic-go copy), d (idle agent memory), e (small requests over HTTP/2 and HTTP/3), f (cross-node relay), g (1 GiB upload), h (TCP forward), i (WebSocket echo), t (small requests through the tunnel floor: a bare TCP-QUIC-TCP pipe over quic-go), x (the agent's TCP transport beside QUIC: small requests, 1 MiB responses, TCP forward bulk), s (scale: 10,000 endpoints), r (registrations per second), w (10,000 idle WebSockets)")
 	conns := fs.String("conns", "1,16,64,256", "connection counts of scenarios A (HTTP/1.1) and E (HTTP/2, HTTP/3), comma separated")
 	agentConns := fs.Int("agent-connections", 2, "B and H also measure an agent started with pico-agent --connections N (links to the one edge node), beside the one-link agent; 1: don't")
 	upload := fs.Int64("upload-mib", 1024, "size of scenario G's upload in MiB (--quick: 256 unless given)")

@@ -140,6 +140,7 @@ func printReport(w io.Writer, r *Results) {
 	}
 	printMoreReport(w, r)
 	printFloorReport(w, r)
+	printTransportReport(w, r)
 	if len(r.PeakRSSKiB) > 0 {
 		fmt.Fprintf(w, "\npeak RSS (VmHWM) during A/B: edge %s, agent %s\n", fmtKiB(r.PeakRSSKiB["edge"]), fmtKiB(r.PeakRSSKiB["agent"]))
 	}

@@ -38,6 +38,9 @@ type Results struct {
 	WS    *WSResult    `json:"scenario_w_websockets,omitempty"`
 	// Floor is scenario T (floor.go).
 	Floor []FloorRow `json:"scenario_t_tunnel_floor,omitempty"`
+	// Transport is scenario X (scenario_x.go): the agent's TCP transport
+	// beside QUIC.
+	Transport []TransportRow `json:"scenario_x_transport,omitempty"`
 
 	// PicoVsQUICPct is scenario B's Pico MiB/s over scenario C's quic-go
 	// copy MiB/s, in percent (target >= 100).

@@ -357,18 +357,19 @@ func (t *tcpPico) kill() {
 }
 
 // startTCPPico starts an agent serving endpoint tcpbench from up, and a
-// pico-agent forward to it, each with links links to e.
-func (h *harness) startTCPPico(ctx context.Context, e *edgeProc, up string, links int) (*tcpPico, error) {
+// pico-agent forward to it, each with links links to e and the extra
+// flags.
+func (h *harness) startTCPPico(ctx context.Context, e *edgeProc, up string, links int, extra ...string) (*tcpPico, error) {
 	suffix := ""
 	if links > 1 {
 		suffix = "-" + strconv.Itoa(links)
 	}
-	serve, seen, err := h.startAgentLinks(ctx, e, "agent-tcp"+suffix, "tcp", "tcpbench", up, links)
+	serve, seen, err := h.startAgentLinks(ctx, e, "agent-tcp"+suffix, "tcp", "tcpbench", up, links, extra...)
 	if err != nil {
 		return nil, err
 	}
-	fwd, err := h.procs.start("fwd-agent"+suffix, false, h.binary("pico-agent"), "forward", "127.0.0.1:0", "tcpbench",
-		"--edge", e.agentAddr, "--ca", e.caFile(), "--connections", strconv.Itoa(links), "--log-format", "json")
+	fwd, err := h.procs.start("fwd-agent"+suffix, false, h.binary("pico-agent"), append([]string{"forward", "127.0.0.1:0", "tcpbench",
+		"--edge", e.agentAddr, "--ca", e.caFile(), "--connections", strconv.Itoa(links), "--log-format", "json"}, extra...)...)
 	if err != nil {
 		serve.kill()
 		return nil, err
@@ -393,19 +394,31 @@ func (h *harness) startTCPPico(ctx context.Context, e *edgeProc, up string, link
 	return t, nil
 }
 
+// startTCPUpstream starts the TCP sink/echo upstream of scenarios H and X.
+// The caller kills it.
+func (h *harness) startTCPUpstream(ctx context.Context) (*proc, string, error) {
+	up, err := h.procs.start("tcp-upstream", false, h.binary("pico-bench"), "tcp-upstream", "--addr", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", err
+	}
+	var ready upstreamReady
+	if _, err := up.waitLine(ctx, 20*time.Second, jsonLine(&ready, func() bool { return ready.Addr != "" })); err != nil {
+		up.kill()
+		return nil, "", err
+	}
+	return up, ready.Addr, nil
+}
+
 // runH measures TCP forwarding: bulk at 1 and 4 connections, and
 // request/response at 1, 16 and 64, direct and through Pico; then bulk
 // with --agent-connections links.
 func (h *harness) runH(ctx context.Context) error {
-	up, err := h.procs.start("tcp-upstream", false, h.binary("pico-bench"), "tcp-upstream", "--addr", "127.0.0.1:0")
+	up, upAddr, err := h.startTCPUpstream(ctx)
 	if err != nil {
 		return err
 	}
 	defer up.kill()
-	var ready upstreamReady
-	if _, err := up.waitLine(ctx, 20*time.Second, jsonLine(&ready, func() bool { return ready.Addr != "" })); err != nil {
-		return err
-	}
+	ready := upstreamReady{Addr: upAddr}
 	e, err := h.startEdge(ctx, "edge-tcp", false)
 	if err != nil {
 		return err
