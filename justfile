@@ -11,27 +11,11 @@ build:
 run:
     go run ./cmd/pico-edge
 
-# A 3-node cluster on this machine (ports 8000-8003, 8100-8103, 8200-8203;
-# data in .pico-cluster/); Ctrl-C stops all three
+# A 3-node cluster on this machine sharing one development CA (ports
+# 8000-8003, 8100-8103, 8200-8203; data in .pico-cluster/; see
+# deploy/local-cluster.sh); Ctrl-C stops all three
 cluster:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    go build -o bin/ ./cmd/pico-edge
-    mkdir -p .pico-cluster
-    [ -f .pico-cluster/cluster.key ] || head -c 32 /dev/urandom | base64 > .pico-cluster/cluster.key
-    pids=()
-    trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
-    for i in 0 1 2; do
-        p=$((8000 + 100 * i))
-        join=()
-        [ "$i" -gt 0 ] && join=(--join 127.0.0.1:8003)
-        bin/pico-edge --node-id "node-$i" --data-dir ".pico-cluster/node-$i" \
-            --cluster-secret-file .pico-cluster/cluster.key --advertise-addr 127.0.0.1 \
-            --proxy-addr "127.0.0.1:$p" --agent-addr "127.0.0.1:$((p + 1))" --admin-addr "127.0.0.1:$((p + 2))" \
-            --gossip-addr "127.0.0.1:$((p + 3))" --proxy-tls-addr "127.0.0.1:$((p + 43))" "${join[@]}" &
-        pids+=($!)
-    done
-    wait
+    bash deploy/local-cluster.sh
 
 # The full test suite of every module (.ci/modules), as CI runs it
 test:

@@ -38,10 +38,13 @@ type Dev struct {
 	CertIssued bool
 }
 
-// LoadOrCreateDev loads the development CA and server certificate from dir,
-// creating what is missing: dir (0700), a CA valid for ten years, and a server
-// certificate for DefaultHosts plus extraHosts (DNS names or IP addresses)
-// valid for 397 days.
+// LoadOrCreateDev loads the development CA from caDir and the server
+// certificate from dir (the same directory, or one CA for several nodes:
+// each node's certificate in its own dir), creating what is missing: the
+// directories (0700), a CA valid for ten years, and a server certificate for
+// DefaultHosts plus extraHosts (DNS names or IP addresses) valid for 397 days.
+// Nodes that start at once with one caDir create one CA between them: the
+// creation holds a lock in caDir.
 //
 // On later calls it reuses both. It issues a new server certificate, signed by
 // the existing CA, when the current one does not cover every host, expires
@@ -50,25 +53,27 @@ type Dev struct {
 // the CA is damaged or expired, it returns an error that says which file to
 // restore or remove. A ca-key.pem without ca.pem (left by a crash during
 // creation) is replaced by a new CA.
-func LoadOrCreateDev(dir string, extraHosts []string) (*Dev, error) {
-	return loadOrCreateDev(dir, extraHosts, time.Now())
+func LoadOrCreateDev(caDir, dir string, extraHosts []string) (*Dev, error) {
+	return loadOrCreateDev(caDir, dir, extraHosts, time.Now())
 }
 
-func loadOrCreateDev(dir string, extraHosts []string, now time.Time) (*Dev, error) {
-	if dir == "" {
+func loadOrCreateDev(caDir, dir string, extraHosts []string, now time.Time) (*Dev, error) {
+	if dir == "" || caDir == "" {
 		return nil, ErrNoDir
 	}
 	hs, err := parseHosts(append(DefaultHosts(), extraHosts...))
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("certs: create directory: %w", err)
+	for _, d := range []string{caDir, dir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("certs: create directory: %w", err)
+		}
 	}
 	d := &Dev{
 		Dir:       dir,
-		CAFile:    filepath.Join(dir, caFileName),
-		CAKeyFile: filepath.Join(dir, caKeyFileName),
+		CAFile:    filepath.Join(caDir, caFileName),
+		CAKeyFile: filepath.Join(caDir, caKeyFileName),
 		CertFile:  filepath.Join(dir, certFileName),
 		KeyFile:   filepath.Join(dir, keyFileName),
 	}
@@ -102,6 +107,15 @@ func loadOrCreateDev(dir string, extraHosts []string, now time.Time) (*Dev, erro
 // loadOrCreateCA loads the CA, or creates it when ca.pem does not exist.
 func (d *Dev) loadOrCreateCA(now time.Time) (*x509.Certificate, crypto.Signer, error) {
 	certPEM, err := os.ReadFile(d.CAFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Another node sharing the directory may be creating it now.
+		unlock, lerr := lockDir(filepath.Dir(d.CAFile))
+		if lerr != nil {
+			return nil, nil, lerr
+		}
+		defer unlock()
+		certPEM, err = os.ReadFile(d.CAFile)
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		// No CA certificate, so no agent can trust this CA yet: create it,
 		// replacing any ca-key.pem left by a crash between the two writes.
@@ -199,4 +213,37 @@ func (d *Dev) TLSCertificate() (tls.Certificate, error) {
 // CAPool loads CAFile as a certificate pool, for clients of this edge.
 func (d *Dev) CAPool() (*x509.CertPool, error) {
 	return LoadPool(d.CAFile)
+}
+
+// lockName is the lock directory that CA creation holds in the CA's
+// directory; a lock older than staleLock was left by a process that died
+// holding it.
+const (
+	lockName  = ".ca-lock"
+	staleLock = 10 * time.Second
+)
+
+// lockDir takes dir's CA lock, waiting while another process holds it
+// (creating a CA takes milliseconds), and returns its release. A directory
+// is the lock because creating one is atomic on every system.
+func lockDir(dir string) (func(), error) {
+	lock := filepath.Join(dir, lockName)
+	deadline := time.Now().Add(2 * staleLock)
+	for {
+		err := os.Mkdir(lock, 0o700)
+		if err == nil {
+			return func() { os.Remove(lock) }, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("certs: lock %s: %w", dir, err)
+		}
+		if st, err := os.Stat(lock); err == nil && time.Since(st.ModTime()) > staleLock {
+			os.Remove(lock) // left by a crash; the next Mkdir decides who has it
+			continue
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("certs: %s is held by another process for over %v; remove it if no pico-edge is starting", lock, 2*staleLock)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -37,14 +37,14 @@ func TestLoadOrCreateDevValidity(t *testing.T) {
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
-			first, err := loadOrCreateDev(dir, nil, created)
+			first, err := loadOrCreateDev(dir, dir, nil, created)
 			if err != nil {
 				t.Fatal(err)
 			}
 			ca := readCA(t, first)
 			oldLeaf := leafOf(t, first)
 
-			d, err := loadOrCreateDev(dir, nil, tt.at)
+			d, err := loadOrCreateDev(dir, dir, nil, tt.at)
 			if err != nil {
 				t.Fatalf("load at %s: %v", tt.at, err)
 			}
@@ -81,10 +81,10 @@ func TestLoadOrCreateDevValidity(t *testing.T) {
 func TestLoadOrCreateDevExpiredCA(t *testing.T) {
 	dir := t.TempDir()
 	now := time.Now()
-	if _, err := loadOrCreateDev(dir, nil, now); err != nil {
+	if _, err := loadOrCreateDev(dir, dir, nil, now); err != nil {
 		t.Fatal(err)
 	}
-	_, err := loadOrCreateDev(dir, nil, now.AddDate(caYears, 0, 1))
+	_, err := loadOrCreateDev(dir, dir, nil, now.AddDate(caYears, 0, 1))
 	if !errors.Is(err, ErrCAExpired) {
 		t.Fatalf("load after CA expiry got error %v, want %v", err, ErrCAExpired)
 	}

@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/pico-edge/pico/certs"
 )
@@ -18,7 +20,7 @@ import (
 // mustDev calls LoadOrCreateDev and fails the test on error.
 func mustDev(t testing.TB, dir string, extra ...string) *certs.Dev {
 	t.Helper()
-	d, err := certs.LoadOrCreateDev(dir, extra)
+	d, err := certs.LoadOrCreateDev(dir, dir, extra)
 	if err != nil {
 		t.Fatalf("LoadOrCreateDev(%q, %q): %v", dir, extra, err)
 	}
@@ -283,7 +285,7 @@ func TestLoadOrCreateDevCAErrors(t *testing.T) {
 			tt.damage(t, d)
 			before := readFile(t, d.CAFile)
 
-			_, err := certs.LoadOrCreateDev(dir, nil)
+			_, err := certs.LoadOrCreateDev(dir, dir, nil)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("LoadOrCreateDev got error %v, want %v", err, tt.wantErr)
 			}
@@ -340,10 +342,78 @@ func TestLoadOrCreateDevInvalidArgs(t *testing.T) {
 			if name != "no directory" {
 				dir = t.TempDir()
 			}
-			_, err := certs.LoadOrCreateDev(dir, tt.extra)
+			_, err := certs.LoadOrCreateDev(dir, dir, tt.extra)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("LoadOrCreateDev(%q, %q) got error %v, want %v", dir, tt.extra, err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestSharedCA: nodes that start at once with one CA directory and their
+// own data directories create one CA between them, and each its own server
+// certificate signed by it.
+func TestSharedCA(t *testing.T) {
+	caDir := filepath.Join(t.TempDir(), "ca")
+	const nodes = 8
+	devs := make([]*certs.Dev, nodes)
+	errs := make([]error, nodes)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Go(func() { devs[i], errs[i] = certs.LoadOrCreateDev(caDir, t.TempDir(), nil) })
+	}
+	wg.Wait()
+	created := 0
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("node %d: %v", i, err)
+		}
+		if devs[i].CACreated {
+			created++
+		}
+	}
+	if created != 1 {
+		t.Fatalf("%d nodes created a CA, want 1", created)
+	}
+	pool, err := certs.LoadPool(filepath.Join(caDir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range devs {
+		if d.CAFile != filepath.Join(caDir, "ca.pem") || filepath.Dir(d.CertFile) != d.Dir {
+			t.Errorf("node %d: CA %s, certificate %s (dir %s)", i, d.CAFile, d.CertFile, d.Dir)
+		}
+		cert, err := d.TLSCertificate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := x509.ParseCertificate(cert.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "localhost"}); err != nil {
+			t.Errorf("node %d: its certificate does not verify with the shared CA: %v", i, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(caDir, ".ca-lock")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the creation lock is still there: %v", err)
+	}
+}
+
+// TestSharedCAStaleLock: a lock left by a process that died while creating
+// the CA does not stop the next start.
+func TestSharedCAStaleLock(t *testing.T) {
+	caDir := t.TempDir()
+	lock := filepath.Join(caDir, ".ca-lock")
+	if err := os.Mkdir(lock, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Minute)
+	if err := os.Chtimes(lock, old, old); err != nil {
+		t.Fatal(err)
+	}
+	d, err := certs.LoadOrCreateDev(caDir, t.TempDir(), nil)
+	if err != nil || !d.CACreated {
+		t.Fatalf("LoadOrCreateDev with a stale lock: %+v, %v", d, err)
 	}
 }

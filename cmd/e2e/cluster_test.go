@@ -75,7 +75,7 @@ func newCluster(t testing.TB, n int, opts clusterOpts) *testCluster {
 	}
 	// One CA in every data directory: each node issues its own server
 	// certificate from it.
-	dev, err := certs.LoadOrCreateDev(dirs[0], nil)
+	dev, err := certs.LoadOrCreateDev(dirs[0], dirs[0], nil)
 	if err != nil {
 		t.Fatalf("development CA: %v", err)
 	}

@@ -195,7 +195,7 @@ func (l *lab) startCluster(t testing.TB) *testCluster {
 		t.Fatalf("cluster secret: %v", err)
 	}
 	first := t.TempDir()
-	dev, err := certs.LoadOrCreateDev(first, nil)
+	dev, err := certs.LoadOrCreateDev(first, first, nil)
 	if err != nil {
 		t.Fatalf("development CA: %v", err)
 	}

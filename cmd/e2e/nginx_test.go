@@ -372,7 +372,7 @@ func nginxCert(t testing.TB, c *testCluster) *certs.Dev {
 	dir := t.TempDir()
 	copyFile(t, c.ca, filepath.Join(dir, "ca.pem"), 0o644)
 	copyFile(t, filepath.Join(c.nodes[0].dir, "ca-key.pem"), filepath.Join(dir, "ca-key.pem"), 0o600)
-	dev, err := certs.LoadOrCreateDev(dir, nil)
+	dev, err := certs.LoadOrCreateDev(dir, dir, nil)
 	if err != nil {
 		t.Fatalf("nginx certificate: %v", err)
 	}

@@ -25,7 +25,7 @@ func TestAutoFallsBackWhenUDPBlocked(t *testing.T) {
 	l := newLab(t, 1)
 	ns, ip := l.nodes[0], l.nodeIP(0)
 	dir := t.TempDir()
-	dev, err := certs.LoadOrCreateDev(dir, nil)
+	dev, err := certs.LoadOrCreateDev(dir, dir, nil)
 	if err != nil {
 		t.Fatalf("development CA: %v", err)
 	}

@@ -12,7 +12,7 @@ import (
 
 func TestLocalDevCA(t *testing.T) {
 	dir := t.TempDir()
-	dev, err := certs.LoadOrCreateDev(dir, nil)
+	dev, err := certs.LoadOrCreateDev(dir, dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,9 +42,10 @@ type CLI struct {
 	NodeID  string `help:"ID of this node in logs and status (default: random edge-xxxxxxxx)." group:"Node"`
 	DataDir string `help:"Directory for the development CA and certificate and the QUIC reset key." default:"${data_dir}" type:"path" group:"Node"`
 
-	TLSCert string   `help:"Certificate (PEM) served to agents, reloaded when the file changes. Without it a development certificate is generated in --data-dir." type:"path" group:"TLS"`
-	TLSKey  string   `help:"Private key (PEM) of --tls-cert." type:"path" group:"TLS"`
-	TLSHost []string `help:"Extra names (DNS or IP) for the development certificate, besides localhost, *.localhost, 127.0.0.1 and ::1." sep:"," group:"TLS"`
+	TLSCert  string   `help:"Certificate (PEM) served to agents, reloaded when the file changes. Without it a development certificate is generated in --data-dir." type:"path" group:"TLS"`
+	TLSKey   string   `help:"Private key (PEM) of --tls-cert." type:"path" group:"TLS"`
+	TLSHost  []string `help:"Extra names (DNS or IP) for the development certificate, besides localhost, *.localhost, 127.0.0.1 and ::1." sep:"," group:"TLS"`
+	DevCADir string   `help:"Directory of the development CA (ca.pem, ca-key.pem) that signs the development certificate (default: --data-dir). Nodes of a local cluster given the same directory share one CA, so one --ca works for all of them; pico-edge's default --data-dir (${data_dir}) is where pico-agent finds it without --ca." type:"path" group:"TLS"`
 
 	ReadHeaderTimeout      time.Duration `help:"Time a client has to send its request header." default:"${read_header_timeout}" group:"Limits"`
 	IdleTimeout            time.Duration `help:"Idle time after which a client keep-alive connection is closed." default:"${idle_timeout}" group:"Limits"`
@@ -283,6 +284,14 @@ func (c *CLI) cluster(log *slog.Logger) (*cluster.Config, error) {
 	}, nil
 }
 
+// devCADir is --dev-ca-dir, or --data-dir without it.
+func (c *CLI) devCADir() string {
+	if c.DevCADir != "" {
+		return c.DevCADir
+	}
+	return c.DataDir
+}
+
 // certificates returns the agent listener's certificate source, and the
 // CA file agents need when it is the development CA.
 func (c *CLI) certificates(ctx context.Context, bg *sync.WaitGroup, log *slog.Logger) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), string, error) {
@@ -302,7 +311,7 @@ func (c *CLI) certificates(ctx context.Context, bg *sync.WaitGroup, log *slog.Lo
 		})
 		return r.GetCertificate, "", nil
 	}
-	dev, err := certs.LoadOrCreateDev(c.DataDir, c.TLSHost)
+	dev, err := certs.LoadOrCreateDev(c.devCADir(), c.DataDir, c.TLSHost)
 	if err != nil {
 		return nil, "", fmt.Errorf("development certificate: %w", err)
 	}
