@@ -1503,3 +1503,60 @@ current-context: test
 		t.Errorf("kubectl sent writes in a client dry run: %v", writes)
 	}
 }
+
+// TestDocsAgentRoutes checks the Ingress and the HTTPRoute that
+// docs/kubernetes.md shows for agents over the TCP transport: they decode
+// strictly, route exactly /_pico/agent, and their backend is a Service of
+// the base with a port to the pods' agent port over TCP.
+func TestDocsAgentRoutes(t *testing.T) {
+	d, err := os.ReadFile("../docs/kubernetes.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := decodeCluster(t, baseObjects(t))
+	ctr := c.edgeContainer(t)
+	kinds := map[string]int{}
+	for _, m := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(d), -1) {
+		for _, o := range splitObjects(t, "docs/kubernetes.md", []byte(m[1])) {
+			kinds[o.kind]++
+			switch o.kind {
+			case "Ingress":
+				ing := decode(t, o).(*networkingv1.Ingress)
+				if ing.Namespace != namespace || len(ing.Spec.Rules) != 1 || ing.Spec.Rules[0].HTTP == nil || len(ing.Spec.Rules[0].HTTP.Paths) != 1 {
+					t.Fatalf("docs' Ingress: namespace %q rules %+v, want %s and one path", ing.Namespace, ing.Spec.Rules, namespace)
+				}
+				p := ing.Spec.Rules[0].HTTP.Paths[0]
+				if p.Path != agentPath || p.PathType == nil || *p.PathType != networkingv1.PathTypeExact || p.Backend.Service == nil {
+					t.Fatalf("docs' Ingress path %+v, want %s Exact to a Service", p, agentPath)
+				}
+				checkAgentBackend(t, c, ctr, p.Backend.Service.Name, func(sp corev1.ServicePort) bool { return sp.Name == p.Backend.Service.Port.Name })
+				if ing.Annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "" {
+					t.Errorf("docs' Ingress sets no proxy-read-timeout")
+				}
+			case "HTTPRoute":
+				var r httpRoute
+				if err := yaml.UnmarshalStrict(o.doc, &r); err != nil {
+					t.Fatalf("docs' HTTPRoute: %v", err)
+				}
+				if r.Metadata.Namespace != namespace {
+					t.Errorf("docs' HTTPRoute in namespace %q, want %s, the Service's", r.Metadata.Namespace, namespace)
+				}
+				if r.APIVersion != "gateway.networking.k8s.io/v1" || len(r.Spec.Rules) != 1 || len(r.Spec.Rules[0].Matches) != 1 || len(r.Spec.Rules[0].BackendRefs) != 1 {
+					t.Fatalf("docs' HTTPRoute %s rules %+v, want v1 and one rule with one match and one backend", r.APIVersion, r.Spec.Rules)
+				}
+				rule := r.Spec.Rules[0]
+				if m := rule.Matches[0].Path; m.Type != "Exact" || m.Value != agentPath {
+					t.Errorf("docs' HTTPRoute match %+v, want Exact %s", m, agentPath)
+				}
+				if rule.Timeouts == nil || rule.Timeouts.Request != "0s" {
+					t.Errorf("docs' HTTPRoute timeouts %+v, want request 0s", rule.Timeouts)
+				}
+				b := rule.BackendRefs[0]
+				checkAgentBackend(t, c, ctr, b.Name, func(sp corev1.ServicePort) bool { return sp.Port == b.Port })
+			}
+		}
+	}
+	if kinds["Ingress"] != 1 || kinds["HTTPRoute"] != 1 || kinds["Gateway"] != 1 {
+		t.Errorf("docs/kubernetes.md shows %v, want one Ingress, one Gateway and one HTTPRoute", kinds)
+	}
+}

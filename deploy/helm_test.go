@@ -80,6 +80,7 @@ type httpRoute struct {
 	Kind       string `json:"kind"`
 	Metadata   struct {
 		Name        string            `json:"name"`
+		Namespace   string            `json:"namespace"`
 		Labels      map[string]string `json:"labels"`
 		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
