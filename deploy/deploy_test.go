@@ -25,6 +25,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
@@ -55,7 +56,7 @@ var listeners = []struct {
 }{
 	{"--proxy-addr", 8000, []corev1.Protocol{corev1.ProtocolTCP}},
 	{"--proxy-tls-addr", 8443, []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP}},
-	{"--agent-addr", 8001, []corev1.Protocol{corev1.ProtocolUDP}},
+	{"--agent-addr", 8001, []corev1.Protocol{corev1.ProtocolUDP, corev1.ProtocolTCP}}, // TCP: the TCP transport of agent links
 	{"--admin-addr", 8002, []corev1.Protocol{corev1.ProtocolTCP}},
 	{"--gossip-addr", 8003, []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP}},
 }
@@ -103,7 +104,7 @@ func splitObjects(t testing.TB, source string, b []byte) []object {
 var apiVersions = map[string]string{
 	"Namespace": "v1", "Service": "v1", "ConfigMap": "v1",
 	"StatefulSet": "apps/v1", "Deployment": "apps/v1",
-	"PodDisruptionBudget": "policy/v1",
+	"PodDisruptionBudget": "policy/v1", "Ingress": "networking.k8s.io/v1",
 }
 
 // decode decodes o strictly into its Kubernetes API type: an unknown or
@@ -125,6 +126,8 @@ func decode(t testing.TB, o object) any {
 		v = &appsv1.Deployment{}
 	case "PodDisruptionBudget":
 		v = &policyv1.PodDisruptionBudget{}
+	case "Ingress":
+		v = &networkingv1.Ingress{}
 	default:
 		t.Fatalf("%s: kind %q is not one the tests know", o.source, o.kind)
 	}
@@ -455,7 +458,7 @@ func checkCluster(t *testing.T, c cluster) {
 			t.Errorf("load balancer %s: externalTrafficPolicy %q, want Local", s.Name, s.Spec.ExternalTrafficPolicy)
 		}
 	}
-	for _, p := range []string{"8000/TCP", "8443/TCP", "8443/UDP", "8001/UDP"} {
+	for _, p := range []string{"8000/TCP", "8443/TCP", "8443/UDP", "8001/UDP", "8001/TCP"} {
 		if !exposed[p] {
 			t.Errorf("no load balancer exposes container port %s", p)
 		}
@@ -1170,6 +1173,21 @@ func checkPodStarts(t *testing.T, c cluster) {
 		"--edge="+agentAddr, "--server-name="+serverName, "--ca="+filepath.Join(certDir, "ca.crt"), "--log-format=json")
 	agent.waitLine(t, fmt.Sprintf("endpoint %s (%s) is registered", agentArgs[1], agentArgs[0]))
 
+	// The TCP transport at the agent port's number (container port
+	// agent-tcp), as an Ingress or a Gateway forwards it through the
+	// Service …-agents-http: a plain HTTP upgrade at /_pico/agent.
+	edge.mu.Lock()
+	twinOff := slices.ContainsFunc(edge.lines, func(l string) bool { return strings.Contains(l, "agent links over TCP are off") })
+	edge.mu.Unlock()
+	if twinOff { // another process took the TCP port of the agent port's number
+		t.Log("pico-edge could not listen on TCP at the agent port's number: not checking the TCP transport")
+	} else {
+		tcpAgent := startLogged(t, filepath.Join(dir, "pico-agent"), env, agentArgs[0], agentArgs[1], ln.Addr().String(),
+			"--edge=http://"+agentAddr+agentPath, "--connections=1", "--server-name="+serverName,
+			"--ca="+filepath.Join(certDir, "ca.crt"), "--log-format=json")
+		tcpAgent.waitLine(t, fmt.Sprintf("endpoint %s (%s) is registered on %s (over TCP)", agentArgs[1], agentArgs[0], vars["POD_NAME"]))
+	}
+
 	// SIGTERM arrives after the preStop sleep; the drain must end before
 	// the rest of the grace period does.
 	budget := time.Duration(*pod.TerminationGracePeriodSeconds)*time.Second - time.Duration(ctr.Lifecycle.PreStop.Sleep.Seconds)*time.Second
@@ -1375,6 +1393,12 @@ func TestManifestKubectlDryRun(t *testing.T) {
 		"/apis/policy/v1": {
 			{"name": "poddisruptionbudgets", "kind": "PodDisruptionBudget", "namespaced": true},
 		},
+		"/apis/networking.k8s.io/v1": {
+			{"name": "ingresses", "kind": "Ingress", "namespaced": true},
+		},
+		"/apis/gateway.networking.k8s.io/v1": {
+			{"name": "httproutes", "kind": "HTTPRoute", "namespaced": true},
+		},
 	}
 	group := func(name string) map[string]any {
 		gv := map[string]any{"groupVersion": name + "/v1", "version": "v1"}
@@ -1401,7 +1425,7 @@ func TestManifestKubectlDryRun(t *testing.T) {
 			reply(w, 200, map[string]any{"kind": "APIVersions", "versions": []string{"v1"},
 				"serverAddressByClientCIDRs": []any{map[string]any{"clientCIDR": "0.0.0.0/0", "serverAddress": r.Host}}})
 		case p == "/apis":
-			reply(w, 200, map[string]any{"kind": "APIGroupList", "apiVersion": "v1", "groups": []any{group("apps"), group("policy")}})
+			reply(w, 200, map[string]any{"kind": "APIGroupList", "apiVersion": "v1", "groups": []any{group("apps"), group("policy"), group("networking.k8s.io"), group("gateway.networking.k8s.io")}})
 		case resources[p] != nil:
 			list := resources[p]
 			for _, res := range list {
@@ -1446,8 +1470,8 @@ current-context: test
 		t.Helper()
 		for _, o := range objs {
 			want := strings.ToLower(o.kind) + "/" + o.name + " created (dry run)"
-			if o.kind == "StatefulSet" || o.kind == "PodDisruptionBudget" {
-				want = strings.ToLower(o.kind) + "." + map[string]string{"StatefulSet": "apps", "PodDisruptionBudget": "policy"}[o.kind] + "/" + o.name + " created (dry run)"
+			if g := map[string]string{"StatefulSet": "apps", "PodDisruptionBudget": "policy", "Ingress": "networking.k8s.io", "HTTPRoute": "gateway.networking.k8s.io"}[o.kind]; g != "" {
+				want = strings.ToLower(o.kind) + "." + g + "/" + o.name + " created (dry run)"
 			}
 			if !strings.Contains(out, want) {
 				t.Errorf("%s: no %q in:\n%s", what, want, out)
@@ -1455,18 +1479,21 @@ current-context: test
 		}
 	}
 	created("kubectl apply -k", run("-k", manifestDir), baseObjects(t))
-	// The Helm chart's objects, as `helm template` renders them.
-	rendered, err := helmTemplate(t, "pico-edge", namespace, "")
-	if err != nil {
-		t.Fatalf("helm template: %v", err)
+	// The Helm chart's objects, as `helm template` renders them, with its
+	// defaults and with the Ingress and the HTTPRoute.
+	for _, values := range []string{"", "{ingress: {enabled: true, host: agents.example.com}, gateway: {enabled: true, parentRefs: [{name: shared}]}}"} {
+		rendered, err := helmTemplate(t, "pico-edge", namespace, values)
+		if err != nil {
+			t.Fatalf("helm template %s: %v", values, err)
+		}
+		var manifest []string
+		for _, o := range rendered {
+			manifest = append(manifest, string(o.doc))
+		}
+		chartFile := filepath.Join(t.TempDir(), "chart.yaml")
+		os.WriteFile(chartFile, []byte(strings.Join(manifest, "\n---\n")), 0o600)
+		created("kubectl apply -f <helm template "+values+">", run("-n", namespace, "-f", chartFile), rendered)
 	}
-	var manifest []string
-	for _, o := range rendered {
-		manifest = append(manifest, string(o.doc))
-	}
-	chartFile := filepath.Join(t.TempDir(), "chart.yaml")
-	os.WriteFile(chartFile, []byte(strings.Join(manifest, "\n---\n")), 0o600)
-	created("kubectl apply -f <helm template>", run("-n", namespace, "-f", chartFile), rendered)
 	if out := run("-n", namespace, "-f", filepath.Join(manifestDir, "examples", "agent.yaml")); !strings.Contains(out, "deployment.apps/pico-agent-demo created (dry run)") {
 		t.Errorf("kubectl apply -f examples/agent.yaml:\n%s", out)
 	}
@@ -1474,5 +1501,62 @@ current-context: test
 	defer mu.Unlock()
 	if len(writes) > 0 {
 		t.Errorf("kubectl sent writes in a client dry run: %v", writes)
+	}
+}
+
+// TestDocsAgentRoutes checks the Ingress and the HTTPRoute that
+// docs/kubernetes.md shows for agents over the TCP transport: they decode
+// strictly, route exactly /_pico/agent, and their backend is a Service of
+// the base with a port to the pods' agent port over TCP.
+func TestDocsAgentRoutes(t *testing.T) {
+	d, err := os.ReadFile("../docs/kubernetes.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := decodeCluster(t, baseObjects(t))
+	ctr := c.edgeContainer(t)
+	kinds := map[string]int{}
+	for _, m := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(d), -1) {
+		for _, o := range splitObjects(t, "docs/kubernetes.md", []byte(m[1])) {
+			kinds[o.kind]++
+			switch o.kind {
+			case "Ingress":
+				ing := decode(t, o).(*networkingv1.Ingress)
+				if ing.Namespace != namespace || len(ing.Spec.Rules) != 1 || ing.Spec.Rules[0].HTTP == nil || len(ing.Spec.Rules[0].HTTP.Paths) != 1 {
+					t.Fatalf("docs' Ingress: namespace %q rules %+v, want %s and one path", ing.Namespace, ing.Spec.Rules, namespace)
+				}
+				p := ing.Spec.Rules[0].HTTP.Paths[0]
+				if p.Path != agentPath || p.PathType == nil || *p.PathType != networkingv1.PathTypeExact || p.Backend.Service == nil {
+					t.Fatalf("docs' Ingress path %+v, want %s Exact to a Service", p, agentPath)
+				}
+				checkAgentBackend(t, c, ctr, p.Backend.Service.Name, func(sp corev1.ServicePort) bool { return sp.Name == p.Backend.Service.Port.Name })
+				if ing.Annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "" {
+					t.Errorf("docs' Ingress sets no proxy-read-timeout")
+				}
+			case "HTTPRoute":
+				var r httpRoute
+				if err := yaml.UnmarshalStrict(o.doc, &r); err != nil {
+					t.Fatalf("docs' HTTPRoute: %v", err)
+				}
+				if r.Metadata.Namespace != namespace {
+					t.Errorf("docs' HTTPRoute in namespace %q, want %s, the Service's", r.Metadata.Namespace, namespace)
+				}
+				if r.APIVersion != "gateway.networking.k8s.io/v1" || len(r.Spec.Rules) != 1 || len(r.Spec.Rules[0].Matches) != 1 || len(r.Spec.Rules[0].BackendRefs) != 1 {
+					t.Fatalf("docs' HTTPRoute %s rules %+v, want v1 and one rule with one match and one backend", r.APIVersion, r.Spec.Rules)
+				}
+				rule := r.Spec.Rules[0]
+				if m := rule.Matches[0].Path; m.Type != "Exact" || m.Value != agentPath {
+					t.Errorf("docs' HTTPRoute match %+v, want Exact %s", m, agentPath)
+				}
+				if rule.Timeouts == nil || rule.Timeouts.Request != "0s" {
+					t.Errorf("docs' HTTPRoute timeouts %+v, want request 0s", rule.Timeouts)
+				}
+				b := rule.BackendRefs[0]
+				checkAgentBackend(t, c, ctr, b.Name, func(sp corev1.ServicePort) bool { return sp.Port == b.Port })
+			}
+		}
+	}
+	if kinds["Ingress"] != 1 || kinds["HTTPRoute"] != 1 || kinds["Gateway"] != 1 {
+		t.Errorf("docs/kubernetes.md shows %v, want one Ingress, one Gateway and one HTTPRoute", kinds)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"helm.sh/helm/v3/pkg/lint/support"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -71,28 +72,85 @@ type serviceMonitor struct {
 	} `json:"spec"`
 }
 
+// httpRoute is the part of the Gateway API's HTTPRoute
+// (gateway.networking.k8s.io/v1) the chart sets, with the fields of a
+// parentRef; decoded strictly, a field outside it fails the test.
+type httpRoute struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name        string            `json:"name"`
+		Namespace   string            `json:"namespace"`
+		Labels      map[string]string `json:"labels"`
+		Annotations map[string]string `json:"annotations"`
+	} `json:"metadata"`
+	Spec struct {
+		ParentRefs []struct {
+			Group       string `json:"group,omitempty"`
+			Kind        string `json:"kind,omitempty"`
+			Namespace   string `json:"namespace,omitempty"`
+			Name        string `json:"name"`
+			SectionName string `json:"sectionName,omitempty"`
+			Port        *int32 `json:"port,omitempty"`
+		} `json:"parentRefs"`
+		Hostnames []string `json:"hostnames"`
+		Rules     []struct {
+			Matches []struct {
+				Path struct {
+					Type  string `json:"type"`
+					Value string `json:"value"`
+				} `json:"path"`
+			} `json:"matches"`
+			BackendRefs []struct {
+				Name string `json:"name"`
+				Port int32  `json:"port"`
+			} `json:"backendRefs"`
+			Timeouts *struct {
+				Request string `json:"request"`
+			} `json:"timeouts"`
+		} `json:"rules"`
+	} `json:"spec"`
+}
+
+// extras are the chart's optional objects outside the base's kinds.
+type extras struct {
+	monitors  []serviceMonitor
+	ingresses []*networkingv1.Ingress
+	routes    []httpRoute
+}
+
 // helmCluster renders the chart and decodes its objects strictly; the
-// ServiceMonitors, a kind outside the Kubernetes API, come apart.
-func helmCluster(t testing.TB, release, ns, values string) (cluster, []serviceMonitor) {
+// ServiceMonitors and HTTPRoutes (kinds outside the Kubernetes API) and
+// the Ingresses (not in the base) come apart.
+func helmCluster(t testing.TB, release, ns, values string) (cluster, extras) {
 	t.Helper()
 	objs, err := helmTemplate(t, release, ns, values)
 	if err != nil {
 		t.Fatalf("helm template with values %q: %v", values, err)
 	}
 	var kube []object
-	var monitors []serviceMonitor
+	var x extras
 	for _, o := range objs {
-		if o.kind != "ServiceMonitor" {
+		switch o.kind {
+		case "ServiceMonitor":
+			var sm serviceMonitor
+			if err := yaml.UnmarshalStrict(o.doc, &sm); err != nil {
+				t.Fatalf("%s: %v", o.source, err)
+			}
+			x.monitors = append(x.monitors, sm)
+		case "HTTPRoute":
+			var r httpRoute
+			if err := yaml.UnmarshalStrict(o.doc, &r); err != nil {
+				t.Fatalf("%s: %v", o.source, err)
+			}
+			x.routes = append(x.routes, r)
+		case "Ingress":
+			x.ingresses = append(x.ingresses, decode(t, o).(*networkingv1.Ingress))
+		default:
 			kube = append(kube, o)
-			continue
 		}
-		var sm serviceMonitor
-		if err := yaml.UnmarshalStrict(o.doc, &sm); err != nil {
-			t.Fatalf("%s: %v", o.source, err)
-		}
-		monitors = append(monitors, sm)
 	}
-	return decodeCluster(t, kube), monitors
+	return decodeCluster(t, kube), x
 }
 
 // TestHelmLint runs Helm's linter (`helm lint --strict`) on the chart with
@@ -103,7 +161,9 @@ func TestHelmLint(t *testing.T) {
 		"all values set": `{replicaCount: 5, image: {repository: registry.example.com/pico-edge, tag: v1},
 			auth: {secretName: pico-edge-auth, hmacSecretKey: hmac.key, jwksKey: jwks.json},
 			extraArgs: [--auth-issuer=https://issuer.example.com], serviceMonitor: {enabled: true, labels: {release: prom}},
-			service: {proxy: {annotations: {a: b}}}}`,
+			service: {proxy: {annotations: {a: b}}},
+			ingress: {enabled: true, host: agents.example.com, tlsSecretName: agents-tls, annotations: {a: b}},
+			gateway: {enabled: true, parentRefs: [{name: shared, namespace: infra}], hostnames: [agents.example.com], annotations: {a: b}}}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			vals := map[string]any{}
@@ -130,10 +190,11 @@ func TestHelmLint(t *testing.T) {
 // TestHelmTemplate renders the chart with its defaults and passes the
 // objects through the checks the Kustomize base passes.
 func TestHelmTemplate(t *testing.T) {
-	c, monitors := helmCluster(t, "pico-edge", namespace, "")
+	c, x := helmCluster(t, "pico-edge", namespace, "")
 	checkCluster(t, c)
-	if len(monitors) != 0 {
-		t.Errorf("%d ServiceMonitors by default, want none (serviceMonitor.enabled: false)", len(monitors))
+	if len(x.monitors) != 0 || len(x.ingresses) != 0 || len(x.routes) != 0 {
+		t.Errorf("%d ServiceMonitors, %d Ingresses, %d HTTPRoutes by default, want none (serviceMonitor, ingress and gateway are off)",
+			len(x.monitors), len(x.ingresses), len(x.routes))
 	}
 	chrt, err := loader.Load(chartDir)
 	if err != nil {
@@ -227,26 +288,26 @@ func sameJSON(t *testing.T, what string, got, want any) {
 func TestHelmValues(t *testing.T) {
 	for name, tc := range map[string]struct {
 		release, values string
-		check           func(t *testing.T, c cluster, ctr *corev1.Container, f map[string]string, monitors []serviceMonitor)
+		check           func(t *testing.T, c cluster, ctr *corev1.Container, f map[string]string, x extras)
 		skipReplicas    bool
 		flagsExist      bool // check the flags against pico-edge --help (skipped under -short)
 	}{
-		"replicaCount": {values: "replicaCount: 5", skipReplicas: true, check: func(t *testing.T, c cluster, _ *corev1.Container, _ map[string]string, _ []serviceMonitor) {
+		"replicaCount": {values: "replicaCount: 5", skipReplicas: true, check: func(t *testing.T, c cluster, _ *corev1.Container, _ map[string]string, _ extras) {
 			if r := c.sts.Spec.Replicas; r == nil || *r != 5 {
 				t.Errorf("replicas %v, want 5", r)
 			}
 		}},
-		"image": {values: "image: {repository: registry.example.com/pico-edge, tag: v1.2.3, pullPolicy: Always}", check: func(t *testing.T, _ cluster, ctr *corev1.Container, _ map[string]string, _ []serviceMonitor) {
+		"image": {values: "image: {repository: registry.example.com/pico-edge, tag: v1.2.3, pullPolicy: Always}", check: func(t *testing.T, _ cluster, ctr *corev1.Container, _ map[string]string, _ extras) {
 			if ctr.Image != "registry.example.com/pico-edge:v1.2.3" || ctr.ImagePullPolicy != corev1.PullAlways {
 				t.Errorf("image %q pull policy %q, want registry.example.com/pico-edge:v1.2.3, Always", ctr.Image, ctr.ImagePullPolicy)
 			}
 		}},
-		"resources": {values: "{resources: {requests: {cpu: '1', memory: 1Gi}, limits: {memory: 2Gi}}, goMemLimit: 1843MiB}", check: func(t *testing.T, _ cluster, ctr *corev1.Container, _ map[string]string, _ []serviceMonitor) {
+		"resources": {values: "{resources: {requests: {cpu: '1', memory: 1Gi}, limits: {memory: 2Gi}}, goMemLimit: 1843MiB}", check: func(t *testing.T, _ cluster, ctr *corev1.Container, _ map[string]string, _ extras) {
 			if got := ctr.Resources.Limits.Memory().String(); got != "2Gi" || ctr.Resources.Requests.Cpu().String() != "1" {
 				t.Errorf("resources %v, want the values'", ctr.Resources)
 			}
 		}},
-		"auth keys from an existing Secret": {values: "auth: {secretName: pico-edge-auth, hmacSecretKey: hmac.key, ed25519PublicKeyKey: ed.pem}", check: func(t *testing.T, c cluster, ctr *corev1.Container, f map[string]string, _ []serviceMonitor) {
+		"auth keys from an existing Secret": {values: "auth: {secretName: pico-edge-auth, hmacSecretKey: hmac.key, ed25519PublicKeyKey: ed.pem}", check: func(t *testing.T, c cluster, ctr *corev1.Container, f map[string]string, _ extras) {
 			if f["--auth-hmac-secret-file"] != "/etc/pico/auth/hmac.key" || f["--auth-ed25519-public-key"] != "/etc/pico/auth/ed.pem" {
 				t.Errorf("args %v, want --auth-hmac-secret-file and --auth-ed25519-public-key in /etc/pico/auth", ctr.Args)
 			}
@@ -259,7 +320,7 @@ func TestHelmValues(t *testing.T) {
 				t.Errorf("no volume of the Secret pico-edge-auth")
 			}
 		}, flagsExist: true},
-		"tls and cluster secret names": {values: "{tls: {secretName: my-tls}, clusterSecret: {secretName: my-cluster, key: k}}", check: func(t *testing.T, c cluster, _ *corev1.Container, f map[string]string, _ []serviceMonitor) {
+		"tls and cluster secret names": {values: "{tls: {secretName: my-tls}, clusterSecret: {secretName: my-cluster, key: k}}", check: func(t *testing.T, c cluster, _ *corev1.Container, f map[string]string, _ extras) {
 			secrets := map[string]string{}
 			for _, v := range c.sts.Spec.Template.Spec.Volumes {
 				if v.Secret != nil {
@@ -270,31 +331,112 @@ func TestHelmValues(t *testing.T) {
 				t.Errorf("secret volumes %v, --cluster-secret-file=%s; want my-tls, my-cluster and its key k", secrets, f["--cluster-secret-file"])
 			}
 		}},
-		"extraArgs": {values: "extraArgs: [--auth-issuer=https://issuer.example.com, --max-inflight-per-endpoint=100]", check: func(t *testing.T, c cluster, ctr *corev1.Container, f map[string]string, _ []serviceMonitor) {
+		"extraArgs": {values: "extraArgs: [--auth-issuer=https://issuer.example.com, --max-inflight-per-endpoint=100]", check: func(t *testing.T, c cluster, ctr *corev1.Container, f map[string]string, _ extras) {
 			if f["--auth-issuer"] != "https://issuer.example.com" || f["--max-inflight-per-endpoint"] != "100" {
 				t.Errorf("args %v, want the extra arguments", ctr.Args)
 			}
 		}, flagsExist: true},
-		"gracePeriodSeconds": {values: "gracePeriodSeconds: 60", check: func(t *testing.T, c cluster, _ *corev1.Container, f map[string]string, _ []serviceMonitor) {
+		"gracePeriodSeconds": {values: "gracePeriodSeconds: 60", check: func(t *testing.T, c cluster, _ *corev1.Container, f map[string]string, _ extras) {
 			if g := c.sts.Spec.Template.Spec.TerminationGracePeriodSeconds; f["--grace-period"] != "60s" || g == nil || *g != 75 {
 				t.Errorf("--grace-period=%s terminationGracePeriodSeconds %v, want 60s and 75", f["--grace-period"], g)
 			}
 		}},
-		"another release name": {release: "edge", check: func(t *testing.T, c cluster, _ *corev1.Container, f map[string]string, _ []serviceMonitor) {
+		"another release name": {release: "edge", check: func(t *testing.T, c cluster, _ *corev1.Container, f map[string]string, _ extras) {
 			if c.sts.Name != "edge-pico-edge" || c.services["edge-pico-edge-proxy"] == nil {
 				t.Errorf("StatefulSet %s, Services %v: want the prefix edge-pico-edge", c.sts.Name, mapsKeys(c.services))
 			}
 		}},
-		"fullnameOverride": {release: "x", values: "fullnameOverride: edge", check: func(t *testing.T, c cluster, _ *corev1.Container, _ map[string]string, _ []serviceMonitor) {
+		"fullnameOverride": {release: "x", values: "fullnameOverride: edge", check: func(t *testing.T, c cluster, _ *corev1.Container, _ map[string]string, _ extras) {
 			if c.sts.Name != "edge" || c.services["edge-gossip"] == nil || c.pdb.Name != "edge" {
 				t.Errorf("StatefulSet %s, PDB %s, Services %v: want the name edge", c.sts.Name, c.pdb.Name, mapsKeys(c.services))
 			}
 		}},
-		"serviceMonitor": {values: "serviceMonitor: {enabled: true, interval: 15s, labels: {release: prom}}", check: func(t *testing.T, c cluster, ctr *corev1.Container, _ map[string]string, monitors []serviceMonitor) {
-			if len(monitors) != 1 {
-				t.Fatalf("%d ServiceMonitors, want 1", len(monitors))
+		"ingress": {values: `ingress: {enabled: true, host: agents.pico.example.com, tlsSecretName: agents-tls,
+			annotations: {nginx.ingress.kubernetes.io/proxy-read-timeout: "7200", example.com/x: v}}`, check: func(t *testing.T, c cluster, ctr *corev1.Container, _ map[string]string, x extras) {
+			if len(x.ingresses) != 1 || len(x.routes) != 0 {
+				t.Fatalf("%d Ingresses and %d HTTPRoutes, want one Ingress", len(x.ingresses), len(x.routes))
 			}
-			sm := monitors[0]
+			ing := x.ingresses[0]
+			if ing.Name != "pico-edge-agents" || ing.Spec.IngressClassName == nil || *ing.Spec.IngressClassName != "nginx" {
+				t.Errorf("Ingress %s class %v, want pico-edge-agents of class nginx", ing.Name, ing.Spec.IngressClassName)
+			}
+			// The timeouts become ingress-nginx's annotations; a key of
+			// ingress.annotations wins.
+			want := map[string]string{"nginx.ingress.kubernetes.io/proxy-read-timeout": "7200",
+				"nginx.ingress.kubernetes.io/proxy-send-timeout": "3600", "example.com/x": "v"}
+			if !maps.Equal(ing.Annotations, want) {
+				t.Errorf("annotations %v, want %v", ing.Annotations, want)
+			}
+			if len(ing.Spec.TLS) != 1 || !slices.Equal(ing.Spec.TLS[0].Hosts, []string{"agents.pico.example.com"}) || ing.Spec.TLS[0].SecretName != "agents-tls" {
+				t.Errorf("tls %+v, want agents.pico.example.com with Secret agents-tls", ing.Spec.TLS)
+			}
+			if len(ing.Spec.Rules) != 1 || ing.Spec.Rules[0].Host != "agents.pico.example.com" || ing.Spec.Rules[0].HTTP == nil || len(ing.Spec.Rules[0].HTTP.Paths) != 1 {
+				t.Fatalf("rules %+v, want one for agents.pico.example.com with one path", ing.Spec.Rules)
+			}
+			p := ing.Spec.Rules[0].HTTP.Paths[0]
+			if p.Path != agentPath || p.PathType == nil || *p.PathType != networkingv1.PathTypeExact || p.Backend.Service == nil {
+				t.Fatalf("path %+v, want %s Exact to a Service", p, agentPath)
+			}
+			checkAgentBackend(t, c, ctr, p.Backend.Service.Name, func(sp corev1.ServicePort) bool {
+				return sp.Name == p.Backend.Service.Port.Name && p.Backend.Service.Port.Number == 0
+			})
+		}},
+		"ingress without timeouts or TLS": {values: "ingress: {enabled: true, host: a.example.com, timeoutSeconds: null, className: ''}", check: func(t *testing.T, c cluster, ctr *corev1.Container, _ map[string]string, x extras) {
+			if len(x.ingresses) != 1 {
+				t.Fatalf("%d Ingresses, want 1", len(x.ingresses))
+			}
+			if ing := x.ingresses[0]; len(ing.Annotations) != 0 || ing.Spec.TLS != nil || ing.Spec.IngressClassName != nil {
+				t.Errorf("annotations %v, tls %v, class %v: want none", ing.Annotations, ing.Spec.TLS, ing.Spec.IngressClassName)
+			}
+		}},
+		"gateway": {values: `gateway: {enabled: true, parentRefs: [{name: shared, namespace: gateway-infra, sectionName: https}],
+			hostnames: [agents.pico.example.com]}`, check: func(t *testing.T, c cluster, ctr *corev1.Container, _ map[string]string, x extras) {
+			if len(x.routes) != 1 || len(x.ingresses) != 0 {
+				t.Fatalf("%d HTTPRoutes and %d Ingresses, want one HTTPRoute", len(x.routes), len(x.ingresses))
+			}
+			r := x.routes[0]
+			if r.APIVersion != "gateway.networking.k8s.io/v1" || r.Metadata.Name != "pico-edge-agents" || r.Metadata.Labels["app.kubernetes.io/instance"] != "pico-edge" {
+				t.Errorf("HTTPRoute %s %s labels %v", r.APIVersion, r.Metadata.Name, r.Metadata.Labels)
+			}
+			if pr := r.Spec.ParentRefs; len(pr) != 1 || pr[0].Name != "shared" || pr[0].Namespace != "gateway-infra" || pr[0].SectionName != "https" {
+				t.Errorf("parentRefs %+v, want the values'", pr)
+			}
+			if !slices.Equal(r.Spec.Hostnames, []string{"agents.pico.example.com"}) {
+				t.Errorf("hostnames %v", r.Spec.Hostnames)
+			}
+			if len(r.Spec.Rules) != 1 || len(r.Spec.Rules[0].Matches) != 1 || len(r.Spec.Rules[0].BackendRefs) != 1 {
+				t.Fatalf("rules %+v, want one with one match and one backend", r.Spec.Rules)
+			}
+			rule := r.Spec.Rules[0]
+			if m := rule.Matches[0].Path; m.Type != "Exact" || m.Value != agentPath {
+				t.Errorf("path match %+v, want Exact %s", m, agentPath)
+			}
+			if rule.Timeouts == nil || rule.Timeouts.Request != "0s" {
+				t.Errorf("timeouts %+v, want request 0s (off: the Gateway never cuts a long-lived link)", rule.Timeouts)
+			}
+			// A backendRef names a Service port by number: every port of
+			// that number must be the TCP transport's.
+			b := rule.BackendRefs[0]
+			checkAgentBackend(t, c, ctr, b.Name, func(sp corev1.ServicePort) bool { return sp.Port == b.Port })
+		}},
+		"gateway without timeouts": {values: "gateway: {enabled: true, parentRefs: [{name: g}], requestTimeout: ''}", check: func(t *testing.T, c cluster, _ *corev1.Container, _ map[string]string, x extras) {
+			if len(x.routes) != 1 || len(x.routes[0].Spec.Rules) != 1 {
+				t.Fatalf("HTTPRoutes %+v, want one with one rule", x.routes)
+			}
+			if r := x.routes[0]; r.Spec.Rules[0].Timeouts != nil || r.Spec.Hostnames != nil {
+				t.Errorf("timeouts %+v hostnames %v, want neither", r.Spec.Rules[0].Timeouts, r.Spec.Hostnames)
+			}
+		}},
+		"ingress and gateway off": {values: "{ingress: {enabled: false, host: a.example.com}, gateway: {enabled: false, parentRefs: [{name: g}]}}", check: func(t *testing.T, c cluster, _ *corev1.Container, _ map[string]string, x extras) {
+			if len(x.ingresses) != 0 || len(x.routes) != 0 {
+				t.Errorf("%d Ingresses and %d HTTPRoutes, want neither", len(x.ingresses), len(x.routes))
+			}
+		}},
+		"serviceMonitor": {values: "serviceMonitor: {enabled: true, interval: 15s, labels: {release: prom}}", check: func(t *testing.T, c cluster, ctr *corev1.Container, _ map[string]string, x extras) {
+			if len(x.monitors) != 1 {
+				t.Fatalf("%d ServiceMonitors, want 1", len(x.monitors))
+			}
+			sm := x.monitors[0]
 			if sm.APIVersion != "monitoring.coreos.com/v1" || sm.Metadata.Labels["release"] != "prom" {
 				t.Errorf("ServiceMonitor apiVersion %q labels %v", sm.APIVersion, sm.Metadata.Labels)
 			}
@@ -327,9 +469,9 @@ func TestHelmValues(t *testing.T) {
 			if release == "" {
 				release = "pico-edge"
 			}
-			c, monitors := helmCluster(t, release, namespace, tc.values)
+			c, x := helmCluster(t, release, namespace, tc.values)
 			ctr := c.edgeContainer(t)
-			tc.check(t, c, ctr, flags(t, ctr.Args), monitors)
+			tc.check(t, c, ctr, flags(t, ctr.Args), x)
 			if tc.skipReplicas {
 				three := int32(3)
 				c.sts.Spec.Replicas = &three
@@ -342,6 +484,35 @@ func TestHelmValues(t *testing.T) {
 	}
 }
 
+// agentPath is the TCP transport's upgrade path (quicutil.AgentPath).
+const agentPath = "/_pico/agent"
+
+// checkAgentBackend checks that the Service svcName exists, selects the
+// edge pods (checkCluster) and that every port of it that port accepts is
+// TCP to the container's agent port 8001 over TCP, where pico-edge takes
+// the upgrade, and that there is one.
+func checkAgentBackend(t *testing.T, c cluster, ctr *corev1.Container, svcName string, port func(corev1.ServicePort) bool) {
+	t.Helper()
+	s := c.services[svcName]
+	if s == nil {
+		t.Fatalf("the backend Service %s is not among the chart's %v", svcName, mapsKeys(c.services))
+	}
+	n := 0
+	for _, sp := range s.Spec.Ports {
+		if !port(sp) {
+			continue
+		}
+		n++
+		cp, ok := containerPort(ctr, sp.TargetPort, corev1.ProtocolTCP)
+		if sp.Protocol != corev1.ProtocolTCP || !ok || cp.ContainerPort != 8001 {
+			t.Errorf("backend %s port %s (%d/%s): want TCP to container port 8001/TCP", s.Name, sp.Name, sp.Port, sp.Protocol)
+		}
+	}
+	if n == 0 {
+		t.Errorf("the backend names no port of Service %s (%+v)", s.Name, s.Spec.Ports)
+	}
+}
+
 // TestHelmValuesRefused checks that values the chart cannot honour stop
 // the rendering with a message that names them.
 func TestHelmValuesRefused(t *testing.T) {
@@ -349,6 +520,8 @@ func TestHelmValuesRefused(t *testing.T) {
 		"auth key without its Secret": {"auth: {hmacSecretKey: hmac.key}", "auth.secretName"},
 		"no TLS Secret":               {"tls: {secretName: ''}", "tls.secretName"},
 		"no cluster Secret":           {"clusterSecret: {secretName: null}", "clusterSecret.secretName"},
+		"ingress without its host":    {"ingress: {enabled: true}", "ingress.host"},
+		"gateway without a Gateway":   {"gateway: {enabled: true, hostnames: [a.example.com]}", "gateway.parentRefs"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := helmTemplate(t, "pico-edge", namespace, tc.values)

@@ -79,9 +79,17 @@ func (t *agentTCP) serveUpgrade(w http.ResponseWriter, r *http.Request) {
 	t.mu.Lock()
 	started := t.ln != nil
 	t.mu.Unlock()
-	if !started || t.s.draining.Load() {
+	// A draining node takes no new agent, as over UDP (links.admit): the
+	// 503 makes a balancer or the agent try another node at once, instead
+	// of a link that the QUIC handshake inside would refuse.
+	switch {
+	case t.s.draining.Load():
 		w.Header().Set("Retry-After", "1")
-		http.Error(w, "edge node "+t.s.cfg.NodeID+" is not taking agent links over TCP now (starting or shutting down)", http.StatusServiceUnavailable)
+		http.Error(w, "edge node "+t.s.cfg.NodeID+" is draining: it takes no new agent links; connect to another node", http.StatusServiceUnavailable)
+		return
+	case !started:
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "edge node "+t.s.cfg.NodeID+" is starting: it takes agent links over TCP in a moment", http.StatusServiceUnavailable)
 		return
 	}
 	t.mux.ServeUpgrade(w, r, t.clientAddr(r))

@@ -3,6 +3,7 @@ package edge_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pico-edge/pico/agent"
+	"github.com/pico-edge/pico/edge"
 	"github.com/pico-edge/pico/edge/edgetest"
 	"github.com/pico-edge/pico/quicutil"
 )
@@ -146,6 +148,76 @@ func TestAgentOverTCPShutdown(t *testing.T) {
 		t.Skip("the agent port's TCP twin was taken on restart")
 	}
 	n2.WaitRoute(t, "web", 1)
+}
+
+// While a node drains, an agent's upgrade to the TCP transport is refused
+// with 503 and a body saying the node drains, on every place the edge takes
+// it, as a QUIC agent connection is refused then: a balancer or the agent
+// goes to another node. Before the drain, the same upgrade gets 101.
+func TestAgentOverTCPRefusedWhileDraining(t *testing.T) {
+	// The drain delay keeps the doors open during the drain; Kill ends it.
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.NodeID, c.DrainDelay = "node-d", time.Minute })
+	if n.AgentTCPURL == "" {
+		t.Skip("the agent port's TCP twin was taken")
+	}
+	doors := map[string]func() (net.Conn, string, error){
+		"agent port": func() (net.Conn, string, error) {
+			c, err := net.Dial("tcp", strings.TrimPrefix(strings.TrimSuffix(n.AgentTCPURL, quicutil.AgentPath), "http://"))
+			return c, n.AgentTCPURL, err
+		},
+		"plain front door": func() (net.Conn, string, error) {
+			c, err := net.Dial("tcp", strings.TrimPrefix(n.ProxyURL, "http://"))
+			return c, n.ProxyURL + quicutil.AgentPath, err
+		},
+		"TLS front door": func() (net.Conn, string, error) {
+			c, err := tls.Dial("tcp", strings.TrimPrefix(n.TLSURL, "https://"),
+				&tls.Config{RootCAs: n.CAPool, ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+			return c, n.TLSURL + quicutil.AgentPath, err
+		},
+	}
+	upgrade := func(t *testing.T, door func() (net.Conn, string, error)) error {
+		t.Helper()
+		c, u, err := door()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		pc, err := quicutil.Upgrade(ctx, c, u, nil)
+		if err == nil {
+			pc.Close()
+		}
+		return err
+	}
+	for name, door := range doors {
+		t.Run("before/"+name, func(t *testing.T) {
+			if err := upgrade(t, door); err != nil {
+				t.Fatalf("upgrade before the drain: %v", err)
+			}
+		})
+	}
+	n.Server.Drain()
+	waitFor(t, "the node to say it drains", func() bool {
+		var st struct {
+			Draining bool `json:"draining"`
+		}
+		getJSON(t, n.AdminURL+"/status/node", &st)
+		return st.Draining
+	})
+	for name, door := range doors {
+		t.Run("draining/"+name, func(t *testing.T) {
+			err := upgrade(t, door)
+			var ue *quicutil.UpgradeError
+			if !errors.As(err, &ue) {
+				t.Fatalf("upgrade while draining: %v, want a refusal with 503", err)
+			}
+			if ue.StatusCode != http.StatusServiceUnavailable || !strings.Contains(ue.Body, "node-d is draining") {
+				t.Fatalf("upgrade while draining: %v, want 503 saying node-d is draining", err)
+			}
+		})
+	}
+	n.Kill(t)
 }
 
 func tcpEchoServer(t *testing.T) string {
