@@ -81,12 +81,15 @@ func (a *Agent) connect(ctx context.Context, c candidate, token string) (*link, 
 // connectOver dials the edge at c over transport t (TransportQUIC or
 // TransportTCP) and says hello with token.
 func (a *Agent) connectOver(ctx context.Context, c candidate, token string, t Transport) (*link, error) {
+	tlsConf, err := a.tlsConfig(c)
+	if err != nil {
+		return nil, fmt.Errorf("dial edge %s: %w", c.addr, err)
+	}
 	pc, remote, err := a.packetConn(ctx, c, t)
 	if err != nil {
 		return nil, err
 	}
 	tr := &quic.Transport{Conn: pc}
-	tlsConf := a.tlsConfig(c)
 	conn, err := tr.Dial(ctx, remote, tlsConf, quicConfig(t))
 	if err != nil {
 		tr.Close()
