@@ -348,7 +348,7 @@ func (a *Agent) serve(ctx context.Context, id string, kind quicutil.Kind, h hand
 	}
 	r := &registration{id: id, kind: kind, handler: h, done: make(chan struct{})}
 	a.mu.Lock()
-	if a.closed {
+	if a.closed || a.draining {
 		a.mu.Unlock()
 		return nil, ErrClosed
 	}
@@ -475,6 +475,9 @@ func (a *Agent) lookup(id string) *registration {
 func (a *Agent) askAll() []*registration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.draining {
+		return nil // Shutdown withdrew them: a new link registers nothing
+	}
 	out := make([]*registration, 0, len(a.endpoints))
 	for _, r := range a.endpoints {
 		r.ask()

@@ -255,9 +255,9 @@ func (l *link) register(regs []*registration) {
 			l.a.setAnswer(l, r, err, true)
 		default:
 			l.log.Info("endpoint registered", "endpoint_id", r.id, "protocol", r.kind.String())
-			if l.a.lookup(r.id) != r {
-				// Removed while this link registered it: Remove may
-				// not have known the link yet.
+			if l.a.lookup(r.id) != r || l.a.isDraining() {
+				// Removed while this link registered it (Remove may
+				// not have known the link yet), or Shutdown began.
 				l.deregister(r.id)
 			} else {
 				l.a.setAnswer(l, r, nil, true)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -70,6 +71,13 @@ func TestReadmeSDK(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(body, "hello from Go, ") {
 		t.Fatalf("GET through the edge: %d %q; want 200 hello from Go", resp.StatusCode, body)
 	}
+
+	// SIGTERM: it withdraws the endpoint and exits once nothing is in flight.
+	p.signal(t, syscall.SIGTERM)
+	if st := p.waitExit(t, startTimeout); !st.Success() {
+		t.Errorf("after SIGTERM: %s; want exit 0", st)
+	}
+	e.waitEndpointAgents(t, "hello", 0, waitTimeout)
 
 	t.Run("without the development CA it says why at once", func(t *testing.T) {
 		q := startProcEnv(t, "readme-sdk without CA", []string{"XDG_DATA_HOME=" + t.TempDir()}, exe, "-edge", e.agent)

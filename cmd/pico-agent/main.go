@@ -36,6 +36,7 @@ type Globals struct {
 	Token       string         `help:"Token presented to the edge (a JWT when the edge checks tokens)."`
 	TokenFile   string         `help:"File with the token, looked at every 2s: when it changes, new links use the new token and live links hand it to their edge, which keeps them past the old token's expiry." type:"path"`
 	Connections int            `help:"Links to keep, each to a distinct edge node; every link registers every endpoint. 0: 2 when more than one edge node is known (several --edge addresses, or the edge lists other nodes of its cluster), else 1." default:"0"`
+	GracePeriod time.Duration  `help:"On SIGTERM or SIGINT: how long the requests and connections in flight may take to finish, once every endpoint is withdrawn from the edges (which send new ones to other agents); a second signal exits at once." default:"30s"`
 	AdminAddr   string         `help:"Address (host:port) to serve /metrics (Prometheus), /status (JSON), /healthz and /readyz on, and the inspector of pico-agent http when loopback; if the default 127.0.0.1:4040 is taken (another pico-agent), another loopback port; empty: none." placeholder:"ADDR" default:"127.0.0.1:4040"`
 	cli.LogFlags
 
@@ -134,8 +135,10 @@ func (g *Globals) newAgent(log *slog.Logger) (*agent.Agent, error) {
 }
 
 // runAgent runs a until ctx ends, and runs work meanwhile; an error of
-// either ends both. With --admin-addr, the admin server runs as long and
-// says where on out.
+// either ends both. When ctx ends (a signal), the agent drains: it
+// withdraws its endpoints and waits up to --grace-period for the streams
+// in flight. With --admin-addr, the admin server runs as long and says
+// where on out.
 func (g *Globals) runAgent(ctx context.Context, a *agent.Agent, out io.Writer, work func(ctx context.Context) error) error {
 	stopAdmin, err := g.serveAdmin(a, out)
 	if err != nil {
@@ -143,19 +146,26 @@ func (g *Globals) runAgent(ctx context.Context, a *agent.Agent, out io.Writer, w
 		return err
 	}
 	defer stopAdmin()
-	ctx, cancel := context.WithCancelCause(ctx)
+	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	var runErr error
 	wg.Go(func() {
-		runErr = a.Run(ctx)
+		// Run outlives ctx: the links serve the streams in flight while the
+		// agent drains, until Shutdown or Close ends it.
+		runErr = a.Run(context.WithoutCancel(ctx))
 		cancel(runErr)
 	})
-	err = work(ctx)
+	err = work(wctx)
 	if err != nil {
 		cancel(err)
 	} else {
-		<-ctx.Done()
+		<-wctx.Done()
+	}
+	if err == nil && ctx.Err() != nil {
+		grace, stop := context.WithTimeout(context.Background(), g.GracePeriod)
+		a.Shutdown(grace) // logs how it ended
+		stop()
 	}
 	a.Close()
 	wg.Wait()
