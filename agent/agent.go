@@ -219,6 +219,7 @@ type registration struct {
 	handler handler
 	done    chan struct{} // closed when the answers decide; err is set then
 	stats   endpointStats
+	urls    []string // where clients reach it, as the edges said; guarded by Agent.mu
 
 	mu      sync.Mutex // guards the fields below
 	err     error      // the decision: nil (some link accepted) or a refusal
