@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/pico-edge/pico/agent/inspect"
+	"github.com/pico-edge/pico/certs"
 	"github.com/pico-edge/pico/quicutil"
 )
 
@@ -52,8 +53,20 @@ type Config struct {
 	// Edges, or an edge listed other nodes of its cluster), else 1. At
 	// most MaxConnections.
 	Connections int
-	// RootCAs verify the edge's certificate; if nil, the system roots.
+	// RootCAs verify the edge's certificate. If nil, the system roots and,
+	// when every address in Edges is on this machine (localhost or a
+	// loopback IP), the development CA that pico-edge keeps in its
+	// default data directory ($XDG_DATA_HOME/pico/ca.pem, else
+	// ~/.local/share/pico/ca.pem), read again at each connection attempt:
+	// it may appear (pico-edge's first start) or change while the agent
+	// runs.
 	RootCAs *x509.CertPool
+	// WaitOnCertErrors keeps Listen, ListenTCP and the Serve methods
+	// waiting (until their context ends) while the edge's certificate
+	// cannot be verified. By default they return a *ConnectError at once
+	// when no link is up and the last attempts failed so. Run retries
+	// with backoff either way. pico-agent sets it, and logs each error.
+	WaitOnCertErrors bool
 	// ServerName overrides the name verified in the edge's certificate;
 	// if empty, the host of the address dialled.
 	ServerName string
@@ -173,6 +186,12 @@ type Agent struct {
 	running   bool
 	stopping  bool // Run is closing its links: changes are not logged
 
+	dev      *devCA        // the development CA trusted beside the system roots, or nil
+	certErr  error         // no link is up and the last attempts failed to verify the edge's certificate
+	failed   chan struct{} // closed when certErr is set, then replaced
+	runErr   error         // why Run returned, once it did
+	draining bool          // Shutdown runs: no endpoint is registered any more
+
 	reconnects    atomic.Uint64 // links replaced
 	connectErrors atomic.Uint64 // failed attempts to connect
 
@@ -200,6 +219,7 @@ type registration struct {
 	handler handler
 	done    chan struct{} // closed when the answers decide; err is set then
 	stats   endpointStats
+	urls    []string // where clients reach it, as the edges said; guarded by Agent.mu
 
 	mu      sync.Mutex // guards the fields below
 	err     error      // the decision: nil (some link accepted) or a refusal
@@ -258,6 +278,7 @@ func New(cfg Config) (*Agent, error) {
 		endpoints: make(map[string]*registration),
 		changed:   make(chan struct{}),
 		statusCh:  make(chan struct{}),
+		failed:    make(chan struct{}),
 		hints:     make(map[string]hint),
 		addrNode:  make(map[string]string),
 		grow:      make(chan struct{}, 1),
@@ -265,6 +286,11 @@ func New(cfg Config) (*Agent, error) {
 		runDone:   make(chan struct{}),
 	}
 	a.fb.started = time.Now()
+	if cfg.RootCAs == nil {
+		if file := localDevCA(cfg.Edges, certs.DefaultDir()); file != "" {
+			a.dev = &devCA{file: file}
+		}
+	}
 	if cfg.ProxyURL == nil {
 		a.envProxy = envProxyFunc()
 	}
@@ -323,7 +349,7 @@ func (a *Agent) serve(ctx context.Context, id string, kind quicutil.Kind, h hand
 	}
 	r := &registration{id: id, kind: kind, handler: h, done: make(chan struct{})}
 	a.mu.Lock()
-	if a.closed {
+	if a.closed || a.draining {
 		a.mu.Unlock()
 		return nil, ErrClosed
 	}
@@ -341,19 +367,82 @@ func (a *Agent) serve(ctx context.Context, id string, kind quicutil.Kind, h hand
 		a.bg.Go(func() { l.register([]*registration{r}) })
 	}
 	a.mu.Unlock()
-	select {
-	case <-r.done:
-	case <-ctx.Done():
+	if err := a.await(ctx, r); err != nil {
 		a.remove(r)
-		return nil, fmt.Errorf("register endpoint %q: %w", id, ctx.Err())
-	case <-a.quit:
-		return nil, ErrClosed
+		return nil, fmt.Errorf("register endpoint %q: %w", id, err)
 	}
 	if r.err != nil {
 		a.remove(r)
 		return nil, r.err
 	}
 	return r, nil
+}
+
+// await waits until the links' answers decide r, and returns nil then. It
+// returns an error when ctx ends or the agent closes first, when Run
+// returned, or when no link is up and the last attempts to connect failed
+// on the edge's certificate (unless Config.WaitOnCertErrors).
+func (a *Agent) await(ctx context.Context, r *registration) error {
+	for {
+		a.mu.Lock()
+		failed, certErr, runDone := a.failed, a.certErr, a.runDone
+		stuck := certErr != nil && !a.cfg.WaitOnCertErrors && len(a.liveLocked()) == 0
+		a.mu.Unlock()
+		if stuck {
+			select {
+			case <-r.done: // decided meanwhile after all
+				return nil
+			default:
+			}
+			return &ConnectError{Err: certErr, Hint: certHint(certErr)}
+		}
+		select {
+		case <-r.done:
+			return nil
+		case <-failed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.quit:
+			return ErrClosed
+		case <-runDone:
+			a.mu.Lock()
+			err := a.runErr
+			a.mu.Unlock()
+			if err == nil {
+				err = errors.New("agent: Run has returned")
+			}
+			return err
+		}
+	}
+}
+
+// ConnectError is returned when no link is up and the agent's last
+// attempts to connect failed for a reason that retrying alone does not
+// fix: the edge's certificate cannot be verified. Run retries meanwhile
+// (see Config.WaitOnCertErrors).
+type ConnectError struct {
+	Err  error  // the last attempt's error
+	Hint string // what to do about it
+}
+
+func (e *ConnectError) Error() string {
+	return fmt.Sprintf("cannot connect to the edge: %v (%s)", e.Err, e.Hint)
+}
+
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// roundFailed records that a round of attempts to connect reached no
+// edge, and why: await reports a certificate error at once.
+func (a *Agent) roundFailed(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if certHint(err) == "" {
+		a.certErr = nil // the edge unreachable, say: the agent waits for it
+		return
+	}
+	a.certErr = err
+	close(a.failed)
+	a.failed = make(chan struct{})
 }
 
 // remove stops serving r and withdraws it from every link.
@@ -387,6 +476,9 @@ func (a *Agent) lookup(id string) *registration {
 func (a *Agent) askAll() []*registration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.draining {
+		return nil // Shutdown withdrew them: a new link registers nothing
+	}
 	out := make([]*registration, 0, len(a.endpoints))
 	for _, r := range a.endpoints {
 		r.ask()
@@ -493,6 +585,7 @@ func (a *Agent) admit(l *link, avoid string, allowAvoid bool) error {
 		return &duplicateError{node: l.nodeID, leaving: true}
 	}
 	a.links = append(a.links, l)
+	a.certErr = nil
 	a.linksChangedLocked()
 	return nil
 }
@@ -574,13 +667,17 @@ func (a *Agent) linksChangedLocked() {
 }
 
 // tlsConfig returns the TLS config for dialling c.
-func (a *Agent) tlsConfig(c candidate) *tls.Config {
+func (a *Agent) tlsConfig(c candidate) (*tls.Config, error) {
+	roots, err := a.rootCAs()
+	if err != nil {
+		return nil, err
+	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
-		RootCAs:    a.cfg.RootCAs,
+		RootCAs:    roots,
 		ServerName: a.serverName(c),
 		NextProtos: []string{quicutil.ALPNAgent},
-	}
+	}, nil
 }
 
 // serverName is the name verified in the certificate of the edge at c:

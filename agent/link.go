@@ -7,6 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,12 +84,15 @@ func (a *Agent) connect(ctx context.Context, c candidate, token string) (*link, 
 // connectOver dials the edge at c over transport t (TransportQUIC or
 // TransportTCP) and says hello with token.
 func (a *Agent) connectOver(ctx context.Context, c candidate, token string, t Transport) (*link, error) {
+	tlsConf, err := a.tlsConfig(c)
+	if err != nil {
+		return nil, fmt.Errorf("dial edge %s: %w", c.addr, err)
+	}
 	pc, remote, err := a.packetConn(ctx, c, t)
 	if err != nil {
 		return nil, err
 	}
 	tr := &quic.Transport{Conn: pc}
-	tlsConf := a.tlsConfig(c)
 	conn, err := tr.Dial(ctx, remote, tlsConf, quicConfig(t))
 	if err != nil {
 		tr.Close()
@@ -251,10 +257,16 @@ func (l *link) register(regs []*registration) {
 			l.log.Error("endpoint refused", "endpoint_id", r.id, "err", er.Err())
 			l.a.setAnswer(l, r, err, true)
 		default:
-			l.log.Info("endpoint registered", "endpoint_id", r.id, "protocol", r.kind.String())
-			if l.a.lookup(r.id) != r {
-				// Removed while this link registered it: Remove may
-				// not have known the link yet.
+			urls := publicURLs(er.Message)
+			if len(urls) > 0 {
+				l.log.Info("endpoint registered", "endpoint_id", r.id, "protocol", r.kind.String(), "urls", urls)
+				l.a.addURLs(r, urls)
+			} else {
+				l.log.Info("endpoint registered", "endpoint_id", r.id, "protocol", r.kind.String())
+			}
+			if l.a.lookup(r.id) != r || l.a.isDraining() {
+				// Removed while this link registered it (Remove may
+				// not have known the link yet), or Shutdown began.
 				l.deregister(r.id)
 			} else {
 				l.a.setAnswer(l, r, nil, true)
@@ -262,6 +274,34 @@ func (l *link) register(regs []*registration) {
 		}
 		// A draining edge refuses for now; the agent's next link asks again.
 		r.answered(err, er.Code != quicutil.StatusShuttingDown)
+	}
+}
+
+// publicURLs returns the URLs in the message of an ok registration: where
+// the edge says clients reach the endpoint (none from an edge that does
+// not say).
+func publicURLs(msg string) []string {
+	var out []string
+	for _, f := range strings.Fields(msg) {
+		if u, err := url.Parse(f); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// addURLs adds urls to where r is reached.
+func (a *Agent) addURLs(r *registration, urls []string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := len(r.urls)
+	for _, u := range urls {
+		if !slices.Contains(r.urls, u) {
+			r.urls = append(r.urls, u)
+		}
+	}
+	if len(r.urls) != n {
+		a.statusChangedLocked()
 	}
 }
 

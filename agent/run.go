@@ -93,6 +93,9 @@ loop:
 	cancel()
 	slots.Wait()
 	a.retiring.Wait()
+	a.mu.Lock()
+	a.runErr = err
+	a.mu.Unlock()
 	return err
 }
 

@@ -391,6 +391,9 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 			a.log.Warn("cannot connect to edge; retrying with backoff", "err", lastErr, "retry_in", retryIn)
 		}
 		s.lastWarn = lastErr.Error()
+		if !dupOnly {
+			a.roundFailed(lastErr)
+		}
 		sleep(ctx, wait)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()

@@ -61,6 +61,9 @@ type EndpointStatus struct {
 	// keep-alive) or many at once (HTTP/2). The edges count requests.
 	Streams  uint64 `json:"streams_total"`
 	InFlight int64  `json:"in_flight"` // streams open now (an idle keep-alive stream too)
+	// URLs are where clients reach the endpoint, as its edges said when
+	// they registered it (pico-edge's --public-url), in the order heard.
+	URLs []string `json:"urls,omitempty"`
 	// UpstreamErrors counts streams refused because the upstream could
 	// not be reached (ServeUpstream and ServeHTTPUpstream only).
 	UpstreamErrors uint64 `json:"upstream_errors_total"`
@@ -111,6 +114,7 @@ func (a *Agent) Status() Status {
 			Streams:        r.stats.streams.Load(),
 			InFlight:       r.stats.inflight.Load(),
 			UpstreamErrors: r.stats.upstreamErrors.Load(),
+			URLs:           slices.Clone(r.urls),
 		}
 		for _, l := range live {
 			err, answered := l.answers[id]

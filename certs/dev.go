@@ -23,6 +23,20 @@ const (
 // DevCAFile is the development CA certificate's file in dir.
 func DevCAFile(dir string) string { return filepath.Join(dir, caFileName) }
 
+// DefaultDir is where pico-edge keeps its development CA by default (its
+// --data-dir): $XDG_DATA_HOME/pico, else ~/.local/share/pico, else
+// pico-data in the working directory. The agent looks there for that CA
+// when it dials an edge on this machine without roots of its own.
+func DefaultDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "pico")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "pico")
+	}
+	return "pico-data"
+}
+
 // Dev is a development CA and a server certificate kept in a directory.
 type Dev struct {
 	Dir       string

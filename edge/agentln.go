@@ -295,6 +295,11 @@ func (l *link) register(m *quicutil.Register) *quicutil.Result {
 		res.Results = append(res.Results, r)
 		switch r.Code {
 		case quicutil.StatusOK:
+			if ep.Kind.IsHTTP() {
+				// An ok Result's message: the endpoint's public URLs
+				// (agents before them ignore it).
+				res.Results[len(res.Results)-1].Message = s.endpointURLs(ep.ID)
+			}
 			s.announce(routing.EndpointID(ep.ID))
 			s.m.registrations["ok"].Inc()
 			l.log.Info("endpoint registered", "endpoint_id", ep.ID, "protocol", ep.Kind.String())

@@ -111,6 +111,13 @@ type Config struct {
 	// token; nil: no authentication, which the node warns about at start.
 	Auth *auth.Config
 
+	// PublicURLs are the base URLs at which clients reach this node's
+	// front doors (https://example.com, http://localhost:8000): an agent
+	// is told, for each HTTP endpoint it registers, the URLs ID.HOST
+	// under each (https://foo.example.com/), and prints them. Empty: the
+	// agents are told none.
+	PublicURLs []string
+
 	// Logger receives logs; if nil, logs are discarded.
 	Logger *slog.Logger
 	// AccessLog receives one line per request or TCP connection; if nil, Logger.
@@ -239,6 +246,11 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEndpointsPerAgent < 0 {
 		return fmt.Errorf("edge: config: MaxEndpointsPerAgent is negative (%d)", c.MaxEndpointsPerAgent)
+	}
+	for _, u := range c.PublicURLs {
+		if _, err := parsePublicURL(u); err != nil {
+			return err
+		}
 	}
 	if c.Auth != nil {
 		if err := c.Auth.Validate(); err != nil {

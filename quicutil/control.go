@@ -93,7 +93,14 @@ type Deregister struct {
 	IDs []string
 }
 
-// EndpointResult is the outcome for one endpoint of a Register or Deregister.
+// MaxResultMessage bounds EndpointResult.Message.
+const MaxResultMessage = 1024
+
+// EndpointResult is the outcome for one endpoint of a Register or
+// Deregister. The message of a refusal says why; that of a Register's ok
+// for an HTTP endpoint lists the URLs at which clients reach it,
+// separated by spaces (empty when the edge has none to tell; an agent
+// that does not know this field ignores it).
 type EndpointResult struct {
 	ID      string
 	Code    Status
@@ -303,7 +310,7 @@ func (m *Result) parseBody(d *decoder) {
 		var r EndpointResult
 		r.ID = d.string(MaxEndpointLen)
 		r.Code = Status(d.byte())
-		r.Message = d.string(1024)
+		r.Message = d.string(MaxResultMessage)
 		m.Results = append(m.Results, r)
 	}
 }

@@ -5,13 +5,11 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -33,11 +31,12 @@ type Globals struct {
 	Transport   string         `help:"How links reach the edge: quic (UDP), tcp (the same QUIC link over one TCP connection, an HTTP/1.1 WebSocket upgrade at /_pico/agent on the --edge host and port) or auto (QUIC, and TCP when UDP gets no answer within 3s; back to QUIC when it works)." enum:"auto,quic,tcp" default:"auto"`
 	ProxyURL    string         `help:"HTTP proxy for links over TCP (http:// or https://, credentials as http://USER:PASSWORD@HOST:PORT); default: HTTPS_PROXY, except hosts in NO_PROXY." placeholder:"URL"`
 	QUICProbe   time.Duration  `help:"First wait before a link that auto moved to TCP tries QUIC again (doubling up to 5m)." default:"30s" hidden:""`
-	CA          string         `help:"PEM bundle of CA certificates that verify the edge (default: the system roots, and for an edge on this machine (loopback --edge) also the development CA of pico-edge's default --data-dir, when it exists)." type:"existingfile"`
+	CA          string         `help:"PEM bundle of CA certificates that verify the edge (default: the system roots, and for an edge on this machine (loopback --edge) also the development CA of pico-edge's default --data-dir, read again at every attempt)." type:"existingfile"`
 	ServerName  string         `help:"Name to verify in the edge's certificate (default: the host of --edge)."`
 	Token       string         `help:"Token presented to the edge (a JWT when the edge checks tokens)."`
 	TokenFile   string         `help:"File with the token, looked at every 2s: when it changes, new links use the new token and live links hand it to their edge, which keeps them past the old token's expiry." type:"path"`
 	Connections int            `help:"Links to keep, each to a distinct edge node; every link registers every endpoint. 0: 2 when more than one edge node is known (several --edge addresses, or the edge lists other nodes of its cluster), else 1." default:"0"`
+	GracePeriod time.Duration  `help:"On SIGTERM or SIGINT: how long the requests and connections in flight may take to finish, once every endpoint is withdrawn from the edges (which send new ones to other agents); a second signal exits at once." default:"30s"`
 	AdminAddr   string         `help:"Address (host:port) to serve /metrics (Prometheus), /status (JSON), /healthz and /readyz on, and the inspector of pico-agent http when loopback; if the default 127.0.0.1:4040 is taken (another pico-agent), another loopback port; empty: none." placeholder:"ADDR" default:"127.0.0.1:4040"`
 	cli.LogFlags
 
@@ -113,6 +112,10 @@ func (g *Globals) newAgent(log *slog.Logger) (*agent.Agent, error) {
 		Transport:   agent.Transport(g.Transport),
 		QUICProbe:   g.QUICProbe,
 		Inspector:   g.inspector.in,
+		// Without --ca and with an edge on this machine, the agent trusts
+		// pico-edge's development CA too, re-read at every attempt; a
+		// certificate it cannot verify is logged with a hint and retried.
+		WaitOnCertErrors: true,
 	}
 	if g.ProxyURL != "" {
 		u, err := url.Parse(g.ProxyURL)
@@ -127,69 +130,15 @@ func (g *Globals) newAgent(log *slog.Logger) (*agent.Agent, error) {
 			return nil, fmt.Errorf("--ca: %w", err)
 		}
 		cfg.RootCAs = pool
-	} else if file := localDevCA(cfg.Edges, cli.DataDir()); file != "" {
-		pool, err := devPool(file)
-		if err != nil {
-			return nil, err
-		}
-		cfg.RootCAs = pool
-		log.Info("no --ca: trusting the system roots and the development CA of pico-edge on this machine", "ca", file)
 	}
 	return agent.New(cfg)
 }
 
-// localDevCA returns the development CA that pico-edge keeps in dataDir
-// (its default --data-dir) when that file exists and every edge address is
-// on this machine (localhost or a loopback IP): then `pico-edge` and
-// `pico-agent http foo 3000` work together without flags. An edge
-// elsewhere is never verified with it; give its CA with --ca.
-func localDevCA(edges []string, dataDir string) string {
-	if len(edges) == 0 {
-		return ""
-	}
-	for _, e := range edges {
-		host, _, err := net.SplitHostPort(e)
-		if u, uerr := url.Parse(e); uerr == nil && (u.Scheme == "http" || u.Scheme == "https") {
-			host, err = u.Hostname(), nil // the TCP transport's URL
-		}
-		if err != nil {
-			return ""
-		}
-		if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
-			continue
-		}
-		if !strings.EqualFold(host, "localhost") {
-			return ""
-		}
-	}
-	file := certs.DevCAFile(dataDir)
-	if st, err := os.Stat(file); err != nil || !st.Mode().IsRegular() {
-		return ""
-	}
-	return file
-}
-
-// devPool is the system roots (an edge behind a port forward may have a
-// public certificate) plus the development CA in file.
-func devPool(file string) (*x509.CertPool, error) {
-	dev, err := certs.LoadPool(file)
-	if err != nil {
-		return nil, fmt.Errorf("the development CA of pico-edge (%s; use --ca to choose another): %w", file, err)
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil || pool == nil {
-		return dev, nil
-	}
-	data, err := os.ReadFile(file)
-	if err != nil || !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("the development CA of pico-edge (%s): no certificate in it", file)
-	}
-	return pool, nil
-}
-
 // runAgent runs a until ctx ends, and runs work meanwhile; an error of
-// either ends both. With --admin-addr, the admin server runs as long and
-// says where on out.
+// either ends both. When ctx ends (a signal), the agent drains: it
+// withdraws its endpoints and waits up to --grace-period for the streams
+// in flight. With --admin-addr, the admin server runs as long and says
+// where on out.
 func (g *Globals) runAgent(ctx context.Context, a *agent.Agent, out io.Writer, work func(ctx context.Context) error) error {
 	stopAdmin, err := g.serveAdmin(a, out)
 	if err != nil {
@@ -197,19 +146,26 @@ func (g *Globals) runAgent(ctx context.Context, a *agent.Agent, out io.Writer, w
 		return err
 	}
 	defer stopAdmin()
-	ctx, cancel := context.WithCancelCause(ctx)
+	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	var runErr error
 	wg.Go(func() {
-		runErr = a.Run(ctx)
+		// Run outlives ctx: the links serve the streams in flight while the
+		// agent drains, until Shutdown or Close ends it.
+		runErr = a.Run(context.WithoutCancel(ctx))
 		cancel(runErr)
 	})
-	err = work(ctx)
+	err = work(wctx)
 	if err != nil {
 		cancel(err)
 	} else {
-		<-ctx.Done()
+		<-wctx.Done()
+	}
+	if err == nil && ctx.Err() != nil {
+		grace, stop := context.WithTimeout(context.Background(), g.GracePeriod)
+		a.Shutdown(grace) // logs how it ended
+		stop()
 	}
 	a.Close()
 	wg.Wait()

@@ -14,10 +14,12 @@ import (
 // registered changes:
 //
 //	endpoint web (http) is registered on node-1, node-2: forwarding to localhost:3000 (http)
+//	endpoint web reachable at https://web.example.com/
 //	endpoint web (http) is registered on node-2 (12 streams served)
 //	endpoint web (http) is not registered on any edge node: no link to the edge; reconnecting (12 streams served)
 //
-// The first line that says an endpoint is registered names its upstream. Scripts wait for the
+// The first line that says an endpoint is registered names its upstream; a
+// "reachable at" line follows when the URLs the edges told change. Scripts wait for the
 // words "endpoint ID (KIND) is registered".
 type statusLines struct {
 	w        io.Writer
@@ -25,10 +27,11 @@ type statusLines struct {
 	upstream map[string]string // by endpoint: "localhost:3000 (http)"
 	last     map[string]string // by endpoint: the state of its last line
 	named    map[string]bool   // endpoints whose upstream a line named
+	urls     map[string]string // by endpoint: the URLs last printed
 }
 
 func newStatusLines(w io.Writer, kind string) *statusLines {
-	return &statusLines{w: w, kind: kind, upstream: map[string]string{}, last: map[string]string{}, named: map[string]bool{}}
+	return &statusLines{w: w, kind: kind, upstream: map[string]string{}, last: map[string]string{}, urls: map[string]string{}, named: map[string]bool{}}
 }
 
 // add starts printing lines for endpoint id, served by upstream.
@@ -71,6 +74,10 @@ func (p *statusLines) update(st agent.Status) error {
 			line += fmt.Sprintf(" (%d streams served)", e.Streams)
 		}
 		fmt.Fprintln(p.w, line)
+		if urls := strings.Join(e.URLs, ", "); urls != "" && urls != p.urls[e.ID] {
+			p.urls[e.ID] = urls
+			fmt.Fprintf(p.w, "endpoint %s reachable at %s\n", e.ID, urls)
+		}
 	}
 	return nil
 }

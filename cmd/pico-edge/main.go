@@ -64,6 +64,7 @@ type CLI struct {
 	MaxConns               int           `help:"Open client connections on all TCP front doors." default:"${max_conns}" group:"Limits"`
 	NewConnsPerIP          int           `help:"New client connections a second from one IP address (burst: twice as many; --trusted-proxies exempt); beyond, 429 on plain HTTP and a closed connection on TLS; negative: no limit." default:"${new_conns_per_ip}" group:"Limits"`
 	GracePeriod            time.Duration `help:"Time requests, WebSockets and TCP streams in flight get to finish on SIGTERM." default:"${grace_period}" aliases:"shutdown-grace" group:"Drain"`
+	PublicURL              []string      `help:"Base URLs clients reach this node's front doors at (https://example.com), comma separated: each agent is told, and prints, the URLs of its HTTP endpoints under them (https://foo.example.com/). Default, with the development certificate: http://localhost:PORT of --proxy-addr and https://pico.localhost:PORT of --proxy-tls-addr; with --tls-cert: none." sep:"," placeholder:"URL" group:"Listeners"`
 	DrainDelay             time.Duration `help:"On SIGTERM, time to keep taking new client connections after /readyz turned 503, so load balancers notice first (Kubernetes: use a preStop sleep instead)." default:"0s" group:"Drain"`
 
 	GossipAddr        string        `help:"Address for cluster gossip (hashicorp/memberlist, TCP and UDP on one port); empty: a single node, no cluster." default:":8003" group:"Cluster"`
@@ -177,7 +178,12 @@ func (c *CLI) run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	lns, err := c.listen()
+	if err != nil {
+		return err
+	}
 	srv, err := edge.New(edge.Config{
+		PublicURLs:                c.publicURLs(lns),
 		Auth:                      auth,
 		TrustedProxies:            trusted,
 		NodeID:                    c.NodeID,
@@ -212,10 +218,7 @@ func (c *CLI) run(log *slog.Logger) error {
 		AccessLog:                 accessLog,
 	})
 	if err != nil {
-		return err
-	}
-	lns, err := c.listen()
-	if err != nil {
+		closeListeners(lns)
 		return err
 	}
 	if lns.AgentTCP, err = listenAgentTCP(lns.Agent); err != nil {
@@ -430,6 +433,33 @@ func caHint(caFile string) string {
 		return ""
 	}
 	return " --ca " + caFile
+}
+
+// publicURLs is --public-url, or with the development certificate the
+// URLs of the front doors on this machine.
+func (c *CLI) publicURLs(lns edge.Listeners) []string {
+	if len(c.PublicURL) > 0 || c.TLSCert != "" {
+		return c.PublicURL
+	}
+	urls := []string{"http://localhost:" + portOf(lns.Proxy.Addr().String())}
+	if lns.TLS != nil {
+		urls = append(urls, "https://pico.localhost:"+portOf(lns.TLS.Addr().String())) // the certificate covers *.pico.localhost
+	}
+	return urls
+}
+
+// closeListeners closes what listen opened, when the node does not start.
+func closeListeners(lns edge.Listeners) {
+	for _, ln := range []net.Listener{lns.Proxy, lns.Admin, lns.TLS} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	for _, pc := range []net.PacketConn{lns.Agent, lns.H3} {
+		if pc != nil {
+			pc.Close()
+		}
+	}
 }
 
 func loopbackIfUnspecified(addr string) string {

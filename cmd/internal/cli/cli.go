@@ -9,12 +9,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
 
 	"github.com/lmittmann/tint"
+
+	"github.com/pico-edge/pico/certs"
 )
 
 // LogFlags are the logging flags of both commands.
@@ -78,15 +79,7 @@ func SignalContext() (context.Context, context.CancelFunc) {
 // DataDir is pico-edge's default --data-dir, where it keeps its development
 // CA: $XDG_DATA_HOME/pico, else ~/.local/share/pico. pico-agent looks there
 // for that CA when it has no --ca and dials an edge on this machine.
-func DataDir() string {
-	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
-		return filepath.Join(d, "pico")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "share", "pico")
-	}
-	return "pico-data"
-}
+func DataDir() string { return certs.DefaultDir() }
 
 // SplitList splits a comma-separated flag value, dropping blanks.
 func SplitList(v string) []string {
