@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"net/http/httptest"
 	"regexp"
 	"strings"
@@ -20,7 +21,13 @@ import (
 	"github.com/pico-edge/pico/quicutil"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		main() // the test binary as the command: see runMain
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // status runs 'pico-edge status what --admin admin' and returns its
 // header line and table rows, each split into its cells.
