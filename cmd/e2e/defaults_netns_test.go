@@ -156,4 +156,3 @@ func listeningSockets(t *testing.T, pid int) []string {
 	slices.Sort(out)
 	return slices.Compact(out)
 }
-
