@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -99,6 +100,10 @@ func (a *Agent) connectOver(ctx context.Context, c candidate, token string, t Tr
 		pc.Close()
 		if t == TransportTCP {
 			return nil, fmt.Errorf("dial edge %s over TCP: %w", c.addr, err)
+		}
+		if udp, ok := remote.(*net.UDPAddr); ok && noHandshake(err) && udpRefused(udp) {
+			// A closed UDP port looks like silence to quic-go.
+			return nil, fmt.Errorf("dial edge %s: no QUIC answer, and the UDP port is closed (ICMP port unreachable): %w", c.addr, syscall.ECONNREFUSED)
 		}
 		return nil, fmt.Errorf("dial edge %s: %w", c.addr, err)
 	}

@@ -23,6 +23,7 @@ type slot struct {
 	attempt  int // backoff attempt
 	lastWait time.Duration
 	lastWarn string
+	fails    failLog       // rounds that failed since the last link, for the log
 	leaving  []leavingLink // links being replaced, until the next registers
 	// ready is a link over QUIC that a probe made to replace the slot's
 	// link over TCP (TransportAuto); dial takes it first.
@@ -336,6 +337,7 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 			err = a.admit(l, avoid, avoidTries >= maxAvoidTries)
 			if err == nil {
 				s.lastWarn = ""
+				s.fails.reset()
 				if tok := a.currentToken(); tok != l.token {
 					// SetToken ran while this link said hello with the old one.
 					l.wg.Go(func() {
@@ -378,17 +380,28 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 			wait = s.backoff()
 		}
 		retryIn := wait.Round(time.Millisecond).String()
-		switch msg := lastErr.Error(); {
+		msg := lastErr.Error()
+		repeat := msg == s.fails.last
+		switch {
 		case msg == s.lastWarn && dupOnly:
 			a.log.Debug("still no other edge node", "err", lastErr, "retry_in", retryIn)
-		case msg == s.lastWarn:
-			a.log.Debug("still cannot connect to edge", "err", lastErr, "retry_in", retryIn)
 		case dupOnly:
 			a.log.Info("every edge node reached is linked already; retrying", "err", lastErr, "retry_in", retryIn)
-		case certHint(lastErr) != "":
-			a.log.Warn("cannot connect to edge; retrying with backoff", "err", lastErr, "hint", certHint(lastErr), "retry_in", retryIn)
+		case s.fails.failed(msg, time.Now()):
+			// The first failure, a new error, or the same one after a
+			// growing interval: never silent, never a flood.
+			attrs := []any{"err", lastErr, "attempts", s.fails.rounds, "retry_in", retryIn}
+			if h := dialHint(lastErr); h != "" {
+				attrs = append(attrs, "hint", h)
+			}
+			if !repeat {
+				a.log.Warn("cannot connect to edge; retrying with backoff", attrs...)
+			} else {
+				attrs = append(attrs, "failing_for", time.Since(s.fails.first).Round(time.Second).String())
+				a.log.Warn("still cannot connect to edge; retrying with backoff", attrs...)
+			}
 		default:
-			a.log.Warn("cannot connect to edge; retrying with backoff", "err", lastErr, "retry_in", retryIn)
+			a.log.Debug("still cannot connect to edge", "err", lastErr, "attempts", s.fails.rounds, "retry_in", retryIn)
 		}
 		s.lastWarn = lastErr.Error()
 		if !dupOnly {

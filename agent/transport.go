@@ -369,7 +369,7 @@ func (a *Agent) connectAuto(ctx context.Context, c candidate, token string) (*li
 	}
 	l, terr := a.connectOver(ctx, c, token, TransportTCP)
 	if terr != nil {
-		return nil, fmt.Errorf("%w (over TCP too: %v)", qerr, terr)
+		return nil, &autoError{quic: qerr, tcp: terr}
 	}
 	fb.mu.Lock()
 	fb.onTCP = true

@@ -48,17 +48,21 @@ const (
 	namespace   = "pico" // kustomization.yaml's namespace
 )
 
-// pico-edge's listeners: flag, default port and the protocols on it.
+// pico-edge's listeners: flag, port and the protocols on it, and the value
+// the manifests must give the flag ("": none, the default). The admin API
+// defaults to 127.0.0.1:8002, which kubelet's probes and Prometheus cannot
+// reach: the manifests bind it to the pod's interfaces.
 var listeners = []struct {
 	flag  string
 	port  int32
 	proto []corev1.Protocol
+	set   string
 }{
-	{"--proxy-addr", 8000, []corev1.Protocol{corev1.ProtocolTCP}},
-	{"--proxy-tls-addr", 8443, []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP}},
-	{"--agent-addr", 8001, []corev1.Protocol{corev1.ProtocolUDP, corev1.ProtocolTCP}}, // TCP: the TCP transport of agent links
-	{"--admin-addr", 8002, []corev1.Protocol{corev1.ProtocolTCP}},
-	{"--gossip-addr", 8003, []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP}},
+	{"--proxy-addr", 8000, []corev1.Protocol{corev1.ProtocolTCP}, ""},
+	{"--proxy-tls-addr", 8443, []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP}, ""},
+	{"--agent-addr", 8001, []corev1.Protocol{corev1.ProtocolUDP, corev1.ProtocolTCP}, ""}, // TCP: the TCP transport of agent links
+	{"--admin-addr", 8002, []corev1.Protocol{corev1.ProtocolTCP}, ":8002"},
+	{"--gossip-addr", 8003, []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP}, ""},
 }
 
 // ---------------------------------------------------------------------------
@@ -367,8 +371,10 @@ func checkCluster(t *testing.T, c cluster) {
 	// as the flags leave them.
 	want := map[string]bool{}
 	for _, l := range listeners {
-		if v, set := f[l.flag]; set {
+		if v, set := f[l.flag]; l.set == "" && set {
 			t.Errorf("%s=%s is set: the tests, the Dockerfile's EXPOSE and the Services assume the default port %d", l.flag, v, l.port)
+		} else if l.set != "" && v != l.set {
+			t.Errorf("%s=%q, want %s: the default binds it to 127.0.0.1, out of reach of probes and Prometheus", l.flag, v, l.set)
 		}
 		for _, p := range l.proto {
 			want[fmt.Sprintf("%d/%s", l.port, p)] = true

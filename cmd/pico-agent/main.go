@@ -71,16 +71,17 @@ type ForwardCmd struct {
 
 func main() {
 	var c CLI
-	kctx := kong.Parse(&c,
-		kong.Name("pico-agent"),
-		kong.Description("Pico agent: serves local services on a Pico edge, and forwards local ports to endpoints.\n\nEvery flag can also be set with a PICO_* environment variable, e.g. PICO_EDGE, PICO_TOKEN."),
-		kong.DefaultEnvars("PICO"),
-		kong.UsageOnError(),
-	)
+	parser, err := newParser(&c)
+	if err != nil {
+		panic(err) // the command structs are wrong
+	}
+	kctx, ok := cli.Parse(parser, os.Args[1:], os.Stderr)
+	if !ok {
+		os.Exit(cli.ExitError)
+	}
 	log := c.Logger(os.Stderr)
 	ctx, cancel := cli.SignalContext()
 	defer cancel()
-	var err error
 	switch kctx.Command() {
 	case "http <ENDPOINT UPSTREAM>":
 		err = c.HTTP.run(ctx, &c.Globals, log, quicutil.KindHTTP, os.Stderr)
@@ -93,8 +94,16 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pico-agent:", err)
-		os.Exit(1)
+		os.Exit(cli.ExitError)
 	}
+}
+
+func newParser(c *CLI) (*kong.Kong, error) {
+	return kong.New(c,
+		kong.Name("pico-agent"),
+		kong.Description("Pico agent: serves local services on a Pico edge, and forwards local ports to endpoints.\n\nEvery flag can also be set with a PICO_* environment variable, e.g. PICO_EDGE, PICO_TOKEN."),
+		kong.DefaultEnvars("PICO"),
+	)
 }
 
 func (g *Globals) newAgent(log *slog.Logger) (*agent.Agent, error) {

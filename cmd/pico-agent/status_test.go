@@ -26,7 +26,13 @@ import (
 	"github.com/pico-edge/pico/quicutil"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		main() // the test binary as the command: see runMain
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // waitTimeout bounds every wait on a condition.
 const waitTimeout = 20 * time.Second

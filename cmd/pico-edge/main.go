@@ -35,7 +35,7 @@ type CLI struct {
 	ProxyAddr      string `help:"Address of the plain HTTP/1.1 front door (TCP)." default:":8000" group:"Listeners"`
 	ProxyTLSAddr   string `help:"Address of the HTTPS front door: HTTP/1.1 and HTTP/2 over TLS on TCP, HTTP/3 on UDP on the same port; empty disables it." default:":8443" group:"Listeners"`
 	AgentAddr      string `help:"Address agents and forwarders connect to (UDP, QUIC)." default:":8001" group:"Listeners"`
-	AdminAddr      string `help:"Address of the admin API: /healthz, /readyz, /metrics, /status/... (TCP); empty disables it." default:":8002" group:"Listeners"`
+	AdminAddr      string `help:"Address of the admin API: /healthz, /readyz, /metrics, /status/... (TCP); empty disables it. It shows agent IDs, addresses, endpoints and the auth set-up: keep it inside your network (:8002 for probes and Prometheus in a container)." default:"127.0.0.1:8002" group:"Listeners"`
 	AdminTokenFile string `help:"File with the admin token: enables the admin port's operations (POST /admin/drain, POST /admin/agents/SESSION/goaway, DELETE /admin/agents/SESSION) for requests with 'Authorization: Bearer TOKEN'. Without it the admin port is read-only." type:"path" group:"Listeners"`
 	AdminPprof     bool   `help:"Serve /debug/pprof/ on the admin port, behind the admin token." group:"Listeners"`
 
@@ -67,7 +67,7 @@ type CLI struct {
 	PublicURL              []string      `help:"Base URLs clients reach this node's front doors at (https://example.com), comma separated: each agent is told, and prints, the URLs of its HTTP endpoints under them (https://foo.example.com/). Default, with the development certificate: http://localhost:PORT of --proxy-addr and https://pico.localhost:PORT of --proxy-tls-addr; with --tls-cert: none." sep:"," placeholder:"URL" group:"Listeners"`
 	DrainDelay             time.Duration `help:"On SIGTERM, time to keep taking new client connections after /readyz turned 503, so load balancers notice first (Kubernetes: use a preStop sleep instead)." default:"0s" group:"Drain"`
 
-	GossipAddr        string        `help:"Address for cluster gossip (hashicorp/memberlist, TCP and UDP on one port); empty: a single node, no cluster." default:":8003" group:"Cluster"`
+	GossipAddr        string        `help:"Address for cluster gossip (hashicorp/memberlist, TCP and UDP on one port). Default: ${default_gossip_addr} when the node is in a cluster (--join or --cluster-secret-file given), else none: a node alone opens no gossip port." placeholder:"ADDR" group:"Cluster"`
 	Join              []string      `help:"Nodes to join: host:port or DNS names (a Kubernetes headless service), resolved again until joined and every ${rejoin_interval} after." sep:"," group:"Cluster"`
 	AdvertiseAddr     string        `help:"Address other nodes reach this one at (host or host:port), for NAT and Kubernetes; default: the gossip bind address, or a private IP of the machine." group:"Cluster"`
 	ClusterSecretFile string        `help:"File with the cluster secret (base64 of 32 random bytes: openssl rand -base64 32); it encrypts gossip and authenticates relays. Default: cluster.key in --data-dir, created on first start; every node needs the same one." type:"path" group:"Cluster"`
@@ -98,7 +98,6 @@ func newParser(c *CLI) (*kong.Kong, error) {
 		kong.Description("Pico edge node: proxies HTTP requests and TCP connections to agents connected over QUIC.\n\nEvery flag can also be set with a PICO_* environment variable, e.g. PICO_PROXY_ADDR, or in the --config file."),
 		kong.DefaultEnvars("PICO"),
 		defaultVars(),
-		kong.UsageOnError(),
 	)
 }
 
@@ -108,8 +107,10 @@ func main() {
 	if err != nil {
 		panic(err) // the command structs are wrong
 	}
-	kctx, err := parser.Parse(os.Args[1:])
-	parser.FatalIfErrorf(err)
+	kctx, ok := cli.Parse(parser, os.Args[1:], os.Stderr)
+	if !ok {
+		os.Exit(cli.ExitError)
+	}
 	if what, ok := strings.CutPrefix(kctx.Command(), "status "); ok {
 		if err := c.Status.run(os.Stdout, what, time.Now()); err != nil {
 			fmt.Fprintln(os.Stderr, "pico-edge status:", err)
@@ -224,6 +225,16 @@ func (c *CLI) run(log *slog.Logger) error {
 	if lns.AgentTCP, err = listenAgentTCP(lns.Agent); err != nil {
 		log.Warn("agent links over TCP are off on the agent port (the front doors still take them at "+quicutil.AgentPath+")", "err", err)
 	}
+	if caFile != "" { // a development node: say once what the network can reach
+		gossip := ""
+		if cluster != nil {
+			gossip = cluster.GossipAddr
+		}
+		if open := openPorts(lns, gossip); open != "" {
+			log.Warn("development node: ports open to the network", "ports", open,
+				"hint", "to keep it on this machine, bind to 127.0.0.1: --proxy-addr 127.0.0.1:8000 --proxy-tls-addr 127.0.0.1:8443 --agent-addr 127.0.0.1:8001")
+		}
+	}
 	c.printAgentHint(lns, caFile) // the node says at start who must authenticate
 	return srv.Run(ctx, lns)
 }
@@ -247,13 +258,26 @@ func (c *CLI) adminToken() (string, error) {
 	return tok, nil
 }
 
-// cluster returns the cluster configuration, or nil without --gossip-addr.
+// defaultGossipAddr is --gossip-addr of a node in a cluster that does not
+// set it.
+const defaultGossipAddr = ":8003"
+
+// inCluster reports whether the flags make the node a member of a cluster:
+// --gossip-addr, --join or --cluster-secret-file. A node alone opens no
+// gossip port; it routes as a cluster of one.
+func (c *CLI) inCluster() bool {
+	return c.GossipAddr != "" || len(c.Join) > 0 || c.ClusterSecretFile != ""
+}
+
+// cluster returns the cluster configuration, or nil for a node alone (see
+// inCluster).
 func (c *CLI) cluster(log *slog.Logger) (*cluster.Config, error) {
-	if c.GossipAddr == "" {
-		if len(c.Join) > 0 {
-			return nil, errors.New("--join needs --gossip-addr")
-		}
+	if !c.inCluster() {
 		return nil, nil
+	}
+	gossip := c.GossipAddr
+	if gossip == "" {
+		gossip = defaultGossipAddr
 	}
 	rebalance := c.RebalanceInterval
 	switch {
@@ -280,7 +304,7 @@ func (c *CLI) cluster(log *slog.Logger) (*cluster.Config, error) {
 	return &cluster.Config{
 		Secret:            secret,
 		Label:             c.ClusterLabel,
-		GossipAddr:        c.GossipAddr,
+		GossipAddr:        gossip,
 		AdvertiseAddr:     c.AdvertiseAddr,
 		Join:              c.Join,
 		RebalanceInterval: rebalance,
@@ -362,6 +386,43 @@ func (c *CLI) listen() (edge.Listeners, error) {
 		}
 	}
 	return lns, nil
+}
+
+// openPorts lists the listeners of lns (and the gossip address, which the
+// edge opens later) that are not on a loopback address, as
+// "[host]:port/protocols (name)" joined with ", "; "" when none is.
+func openPorts(lns edge.Listeners, gossip string) string {
+	var out []string
+	add := func(name, addr, protos string) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return
+		}
+		ip, err := netip.ParseAddr(host)
+		if host == "localhost" || err == nil && ip.IsLoopback() {
+			return
+		}
+		if host == "" || err == nil && ip.IsUnspecified() {
+			host = "" // every interface
+		}
+		out = append(out, fmt.Sprintf("%s/%s (%s)", net.JoinHostPort(host, port), protos, name))
+	}
+	add("proxy", lns.Proxy.Addr().String(), "tcp")
+	if lns.TLS != nil {
+		add("https and HTTP/3", lns.TLS.Addr().String(), "tcp+udp")
+	}
+	agent := "udp"
+	if lns.AgentTCP != nil {
+		agent = "udp+tcp"
+	}
+	add("agents", lns.Agent.LocalAddr().String(), agent)
+	if lns.Admin != nil {
+		add("admin", lns.Admin.Addr().String(), "tcp")
+	}
+	if gossip != "" {
+		add("gossip", gossip, "tcp+udp")
+	}
+	return strings.Join(out, ", ")
 }
 
 // listenAgentTCP listens on TCP at the agent port's address, for agent
@@ -510,6 +571,7 @@ func defaultVars() kong.Vars {
 	num := strconv.Itoa
 	return kong.Vars{
 		"data_dir":                  cli.DataDir(),
+		"default_gossip_addr":       defaultGossipAddr,
 		"read_header_timeout":       duration(d.ReadHeaderTimeout),
 		"idle_timeout":              duration(d.IdleTimeout),
 		"max_header_bytes":          num(d.MaxHeaderBytes),

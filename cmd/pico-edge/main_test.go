@@ -177,7 +177,8 @@ func TestRebalanceIntervalFlag(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := p.Parse(append([]string{"--data-dir", t.TempDir()}, tc.args...)); err != nil {
+			// A node in a cluster: a node alone has no rebalancing.
+			if _, err := p.Parse(append([]string{"--data-dir", t.TempDir(), "--gossip-addr", "127.0.0.1:0"}, tc.args...)); err != nil {
 				t.Fatalf("parse %q: %v", tc.args, err)
 			}
 			cc, err := c.cluster(slog.New(slog.DiscardHandler))

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -20,7 +21,13 @@ import (
 	"github.com/pico-edge/pico/quicutil"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		main() // the test binary as the command: see runMain
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // status runs 'pico-edge status what --admin admin' and returns its
 // header line and table rows, each split into its cells.

@@ -31,7 +31,7 @@ func (t *TokenCmd) run(out, errOut io.Writer, now time.Time) error {
 		}
 	}
 	if t.TTL <= 0 {
-		return fmt.Errorf("--ttl %s: want a positive duration", t.TTL)
+		return fmt.Errorf("--ttl %s: want a positive duration", duration(t.TTL))
 	}
 	if t.TTL > 24*time.Hour {
 		fmt.Fprintf(errOut, "note: a token valid for %s is refused by edges with the default --auth-max-token-lifetime of 24h\n", t.TTL)
