@@ -175,13 +175,14 @@ type Agent struct {
 	mu        sync.Mutex // guards the fields below and link.leaving
 	token     string     // presented to edges: Config.Token, then SetToken's
 	endpoints map[string]*registration
-	links     []*link           // open links: live ones take new work, leaving ones finish theirs
-	changed   chan struct{}     // closed when the set of live links changes, then replaced
-	statusCh  chan struct{}     // closed when what Status reports changes, then replaced
-	rr        int               // Dial's round-robin cursor
-	hints     map[string]hint   // other nodes the edges listed, by node ID
-	addrNode  map[string]string // the node last met at each address dialled
-	want      int               // links Run keeps
+	links     []*link              // open links: live ones take new work, leaving ones finish theirs
+	changed   chan struct{}        // closed when the set of live links changes, then replaced
+	statusCh  chan struct{}        // closed when what Status reports changes, then replaced
+	rr        int                  // Dial's round-robin cursor
+	hints     map[string]hint      // other nodes the edges listed, by node ID
+	addrNode  map[string]string    // the node last met at each address dialled
+	down      map[string]time.Time // addresses just lost or unreachable: dialled last until then
+	want      int                  // links Run keeps
 	closed    bool
 	running   bool
 	stopping  bool // Run is closing its links: changes are not logged
@@ -281,6 +282,7 @@ func New(cfg Config) (*Agent, error) {
 		failed:    make(chan struct{}),
 		hints:     make(map[string]hint),
 		addrNode:  make(map[string]string),
+		down:      make(map[string]time.Time),
 		grow:      make(chan struct{}, 1),
 		quit:      make(chan struct{}),
 		runDone:   make(chan struct{}),

@@ -157,8 +157,11 @@ func (l *link) hello(ctx context.Context, token string) (*quicutil.Welcome, erro
 	if d, ok := ctx.Deadline(); ok {
 		str.SetReadDeadline(d)
 	}
+	// A round that linked elsewhere cancels ctx: the read ends then too.
+	stop := context.AfterFunc(ctx, func() { str.SetReadDeadline(time.Now()) })
 	l.br = quicutil.NewUnbufferedReader(str)
 	m, err := quicutil.ReadMessage(l.br)
+	stop()
 	str.SetReadDeadline(time.Time{})
 	if err != nil {
 		return nil, refusal(err)

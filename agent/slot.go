@@ -101,6 +101,9 @@ func (a *Agent) runSlot(ctx context.Context, n int) error {
 			l.close(quicutil.ConnCodeNormal, "agent closing")
 			return nil
 		case endMoved, endSilent:
+			if end == endSilent {
+				a.markDown(l.addr)
+			}
 			a.setLeaving(l)
 			s.leaving = append(s.leaving, leavingLink{l: l, silent: end == endSilent})
 			avoid, s.attempt = l.nodeID, 0
@@ -116,6 +119,7 @@ func (a *Agent) runSlot(ctx context.Context, n int) error {
 				avoid, s.attempt = l.nodeID, 0
 				continue
 			}
+			a.markDown(l.addr)
 			if time.Since(connectedAt) > 2*s.lastWait {
 				s.attempt = 0
 			}
@@ -286,12 +290,12 @@ func (s *slot) backoff() time.Duration {
 
 // dial tries the candidates in rounds, with backoff between rounds, until
 // it has a live link to a node no other live link goes to and, for the
-// first few tries, other than avoid. Every attempt uses a new UDP socket,
-// so a load balancer that hashes the 4-tuple may pick another node.
+// first few tries, other than avoid. Every attempt uses a new UDP socket
+// (or TCP connection), so a load balancer that hashes the 4-tuple may
+// pick another node.
 func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 	a := s.a
-	avoidTries := 0
-	dupRounds := 0              // rounds that reached only nodes linked already
+	r := &round{s: s, avoid: avoid}
 	if l := s.ready; l != nil { // a probe's link over QUIC
 		s.ready = nil
 		if err := a.admit(l, avoid, true); err == nil {
@@ -301,67 +305,17 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 	}
 	for {
 		s.reap()
-		if avoid != "" && !s.leavingTo(avoid) {
+		if r.avoid != "" && !s.leavingTo(r.avoid) {
 			// The link that left avoid is gone (the node drained and
 			// exited, say): a node of that ID now is a new start of it,
 			// as good as any other.
-			avoid = ""
+			r.avoid = ""
 		}
-		var lastErr error
-		dupOnly := true // every node reached is linked already
-		for _, c := range a.candidates(s, avoid, avoidTries >= maxAvoidTries) {
-			token := a.currentToken()
-			l, err := a.connect(ctx, c, token)
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
-				}
-				a.connectErrors.Add(1)
-				if errors.Is(err, ErrUnauthorized) && a.currentToken() != token {
-					// SetToken replaced the token meanwhile: try the new one.
-					a.log.Info("edge refused the old token; trying the new one", "edge", c.addr, "err", err)
-					lastErr, dupOnly = err, false
-					continue
-				}
-				if errors.Is(err, ErrUnauthorized) {
-					a.log.Error("edge refused the agent's token; not retrying", "edge", c.addr, "err", err)
-					return nil, err
-				}
-				if c.hint {
-					a.hintFailed(c)
-				}
-				a.log.Debug("edge unreachable, trying the next", "edge", c.addr, "err", err)
-				lastErr, dupOnly = err, false
-				continue
-			}
-			err = a.admit(l, avoid, avoidTries >= maxAvoidTries)
-			if err == nil {
-				s.lastWarn = ""
-				s.fails.reset()
-				if tok := a.currentToken(); tok != l.token {
-					// SetToken ran while this link said hello with the old one.
-					l.wg.Go(func() {
-						if err := l.refresh(context.Background(), tok); err != nil {
-							l.log.Error("token refresh failed", "err", err)
-						}
-					})
-				}
-				return l, nil
-			}
-			l.close(quicutil.ConnCodeNormal, "duplicate node")
-			if errors.Is(err, ErrClosed) {
-				return nil, err
-			}
-			var dup *duplicateError
-			switch {
-			case errors.As(err, &dup) && dup.leaving:
-				avoidTries++
-			case errors.As(err, &dup):
-				s.handOffTo(ctx, dup.node)
-			}
-			l.log.Debug("reached a node the agent does not want; trying again", "err", err)
-			lastErr = err
+		l, err := r.run(ctx, a.candidates(s, r.avoid, r.avoidTries >= maxAvoidTries))
+		if l != nil || err != nil {
+			return l, err
 		}
+		lastErr := r.lastErr
 		if lastErr == nil { // no candidate: cannot happen, Edges is never empty
 			lastErr = errors.New("no edge address to dial")
 		}
@@ -370,9 +324,9 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 		// the backoff of the next lost link (a link made after such
 		// rounds and lost soon after waited 15 s to reconnect).
 		var wait time.Duration
-		if dupOnly {
-			wait = a.cfg.Backoff.Delay(dupRounds, nil)
-			dupRounds++
+		if r.dupOnly {
+			wait = a.cfg.Backoff.Delay(r.dupRounds, nil)
+			r.dupRounds++
 			if a.balanced() {
 				wait = min(wait, dupRetryMax)
 			}
@@ -383,9 +337,9 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 		msg := lastErr.Error()
 		repeat := msg == s.fails.last
 		switch {
-		case msg == s.lastWarn && dupOnly:
+		case msg == s.lastWarn && r.dupOnly:
 			a.log.Debug("still no other edge node", "err", lastErr, "retry_in", retryIn)
-		case dupOnly:
+		case r.dupOnly:
 			a.log.Info("every edge node reached is linked already; retrying", "err", lastErr, "retry_in", retryIn)
 		case s.fails.failed(msg, time.Now()):
 			// The first failure, a new error, or the same one after a
@@ -404,7 +358,7 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 			a.log.Debug("still cannot connect to edge", "err", lastErr, "attempts", s.fails.rounds, "retry_in", retryIn)
 		}
 		s.lastWarn = lastErr.Error()
-		if !dupOnly {
+		if !r.dupOnly {
 			a.roundFailed(lastErr)
 		}
 		sleep(ctx, wait)
@@ -412,6 +366,148 @@ func (s *slot) dial(ctx context.Context, avoid string) (*link, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// dialStagger is how long an attempt of a round runs alone before the
+// next candidate is dialled beside it (happy eyeballs): an address that
+// does not answer costs the round that long, not its handshake timeout.
+// An attempt that fails starts the next at once.
+const dialStagger = 250 * time.Millisecond
+
+// round is the state of a slot's dial across its rounds.
+type round struct {
+	s          *slot
+	avoid      string // the node the previous link left
+	avoidTries int    // times avoid was reached
+	dupRounds  int    // rounds that reached only nodes linked already
+	// Of the last round:
+	lastErr error
+	dupOnly bool // every node reached is linked already
+}
+
+// attempt is the outcome of one connection attempt of a round.
+type attempt struct {
+	c     candidate
+	token string
+	l     *link
+	err   error
+}
+
+// run dials the candidates of one round, each dialStagger after the
+// previous one or as soon as every attempt under way failed, whatever the
+// transport (TransportAuto's fallback runs inside each attempt). The first
+// link admitted ends the round: the attempts still under way are
+// cancelled, and the links they make are closed. run returns the link,
+// or an error when retrying cannot help, or neither when the round found
+// no link (r.lastErr says why).
+func (r *round) run(ctx context.Context, cands []candidate) (*link, error) {
+	s, a := r.s, r.s.a
+	r.lastErr, r.dupOnly = nil, true
+	rctx, cancel := context.WithCancel(ctx)
+	results := make(chan attempt, len(cands))
+	next, running := 0, 0
+	start := func() {
+		c := cands[next]
+		next++
+		running++
+		token := a.currentToken()
+		a.log.Debug("dialling edge", "edge", c.addr, "hint", c.hint)
+		go func() {
+			l, err := a.connect(rctx, c, token)
+			results <- attempt{c: c, token: token, l: l, err: err}
+		}()
+	}
+	defer func() {
+		cancel()
+		if running == 0 {
+			return
+		}
+		// The attempts still under way end soon, cancelled: Run waits
+		// for them, and what they connected is closed.
+		left := running
+		a.retiring.Go(func() {
+			for range left {
+				if at := <-results; at.l != nil {
+					at.l.close(quicutil.ConnCodeNormal, "agent linked elsewhere")
+				}
+			}
+		})
+	}()
+	stagger := time.NewTimer(dialStagger)
+	defer stagger.Stop()
+	for running > 0 || next < len(cands) {
+		if running == 0 {
+			start()
+			stagger.Reset(dialStagger)
+			continue
+		}
+		var at attempt
+		select {
+		case <-stagger.C:
+			if next < len(cands) {
+				start()
+				stagger.Reset(dialStagger)
+			}
+			continue
+		case at = <-results:
+			running--
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		c, l, err := at.c, at.l, at.err
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			a.connectErrors.Add(1)
+			if errors.Is(err, ErrUnauthorized) && a.currentToken() != at.token {
+				// SetToken replaced the token meanwhile: try the new one.
+				a.log.Info("edge refused the old token; trying the new one", "edge", c.addr, "err", err)
+				r.lastErr, r.dupOnly = err, false
+				continue
+			}
+			if errors.Is(err, ErrUnauthorized) {
+				a.log.Error("edge refused the agent's token; not retrying", "edge", c.addr, "err", err)
+				return nil, err
+			}
+			if c.hint {
+				a.hintFailed(c)
+			}
+			a.markDown(c.addr)
+			a.log.Debug("edge unreachable, trying the next", "edge", c.addr, "err", err)
+			r.lastErr, r.dupOnly = err, false
+			continue
+		}
+		a.markUp(c.addr)
+		err = a.admit(l, r.avoid, r.avoidTries >= maxAvoidTries)
+		if err == nil {
+			s.lastWarn = ""
+			s.fails.reset()
+			if tok := a.currentToken(); tok != l.token {
+				// SetToken ran while this link said hello with the old one.
+				l.wg.Go(func() {
+					if err := l.refresh(context.Background(), tok); err != nil {
+						l.log.Error("token refresh failed", "err", err)
+					}
+				})
+			}
+			return l, nil
+		}
+		l.close(quicutil.ConnCodeNormal, "duplicate node")
+		if errors.Is(err, ErrClosed) {
+			return nil, err
+		}
+		var dup *duplicateError
+		switch {
+		case errors.As(err, &dup) && dup.leaving:
+			r.avoidTries++
+		case errors.As(err, &dup):
+			s.handOffTo(ctx, dup.node)
+		}
+		l.log.Debug("reached a node the agent does not want; trying again", "err", err)
+		r.lastErr = err
+	}
+	return nil, nil
 }
 
 // certHint says what to do about an edge certificate the agent cannot
@@ -448,8 +544,9 @@ type hint struct {
 
 // candidates returns the addresses for one round of slot s: the configured
 // Edges in turn (those last met as a node in use at the end), then the
-// nodes the edges listed that no live link goes to.
-func (a *Agent) candidates(s *slot, avoid string, allowAvoid bool) []candidate {
+// nodes the edges listed that no live link goes to; the addresses just
+// lost or found unreachable come last (markDown).
+func (a *Agent) candidates(s *slot, avoid string, allowAvoid bool) (out []candidate) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	unwanted := make(map[string]bool, len(a.links)+1)
@@ -462,7 +559,7 @@ func (a *Agent) candidates(s *slot, avoid string, allowAvoid bool) []candidate {
 		unwanted[avoid] = true
 	}
 	n := len(a.cfg.Edges)
-	out := make([]candidate, 0, n+len(a.hints))
+	out = make([]candidate, 0, n+len(a.hints))
 	var later []candidate
 	for i := range n {
 		addr := a.cfg.Edges[(s.next+i)%n]
@@ -474,6 +571,7 @@ func (a *Agent) candidates(s *slot, avoid string, allowAvoid bool) []candidate {
 	}
 	s.next++
 	out = append(out, later...)
+	defer func() { out = a.downLastLocked(out) }()
 	if a.balanced() {
 		// Every edge is a balancer's URL: the nodes' own addresses that
 		// the edges list may be unreachable from here, and dialling them
@@ -530,6 +628,43 @@ func (a *Agent) learn(l *link, w *quicutil.Welcome) {
 		default:
 		}
 	}
+}
+
+// downFor is how long an address whose link was lost, or that an attempt
+// failed to reach, is dialled after every other candidate: a slot that
+// loses its link reaches a node it has not just lost first.
+const downFor = 30 * time.Second
+
+// markDown puts addr last in the rounds of the next downFor.
+func (a *Agent) markDown(addr string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.down[addr] = time.Now().Add(downFor)
+}
+
+// markUp forgets that addr was down: an attempt reached it.
+func (a *Agent) markUp(addr string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.down, addr)
+}
+
+// downLastLocked moves the candidates at addresses marked down to the
+// end, keeping the order otherwise, and forgets the marks that expired;
+// the caller holds a.mu.
+func (a *Agent) downLastLocked(cands []candidate) []candidate {
+	now := time.Now()
+	for addr, until := range a.down {
+		if !now.Before(until) {
+			delete(a.down, addr)
+		}
+	}
+	if len(a.down) == 0 {
+		return cands
+	}
+	isDown := func(c candidate) bool { _, ok := a.down[c.addr]; return ok }
+	up := slices.DeleteFunc(slices.Clone(cands), isDown)
+	return append(up, slices.DeleteFunc(cands, func(c candidate) bool { return !isDown(c) })...)
 }
 
 // hintFailed skips the listed node c for a while.

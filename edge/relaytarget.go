@@ -29,6 +29,17 @@ func (t *relayTarget) rtt() time.Duration                             { return t
 func (t *relayTarget) streamKind(id routing.EndpointID) quicutil.Kind { return t.p.StreamKind(id) }
 func (t *relayTarget) upstreams() *upstreams                          { return &t.ups }
 
+// drained lets the idle keep-alive streams to the peer go once it
+// drains: requests go to other owners now, and those streams, idle here,
+// would keep the agents' old links on the peer busy until the end of its
+// grace. A stream whose response just ended goes back to the pool a
+// moment after its body closed (trackedBody closes those of a leaving
+// target too).
+func (t *relayTarget) drained() {
+	t.ups.closeIdle(false)
+	time.AfterFunc(200*time.Millisecond, func() { t.ups.closeIdle(false) })
+}
+
 func (t *relayTarget) openStream(ctx context.Context, h *quicutil.StreamHeader, wantAnswer bool) (*quicutil.Conn, error) {
 	c, err := t.p.OpenStream(ctx, h, wantAnswer)
 	if err != nil {
@@ -67,6 +78,7 @@ func (s *Server) startCluster(ctx context.Context, agentAddr net.Addr) error {
 		Draining:       s.draining.Load,
 		MembersChanged: s.notifyMembers,
 		Target:         func(p *cluster.Peer) routing.Target { return &relayTarget{p: p} },
+		PeerDraining:   func(p *cluster.Peer) { p.Target().(*relayTarget).drained() },
 		PeerClosed:     func(p *cluster.Peer) { p.Target().(*relayTarget).ups.closeIdle(true) },
 	})
 	if err != nil {

@@ -520,7 +520,7 @@ func (c *Cluster) nodeUp(n *memberlist.Node, what string) {
 		}
 	}
 	p.doubted.Store(false) // membership sees it alive
-	p.update(meta.RelayAddr, meta.Draining)
+	drains := p.update(meta.RelayAddr, meta.Draining)
 	c.members[n.Name] = member{gossip: addr.Addr, meta: meta, state: n.State}
 	c.lastChange = time.Now()
 	snd := c.senders[n.Name]
@@ -534,6 +534,9 @@ func (c *Cluster) nodeUp(n *memberlist.Node, what string) {
 	}
 	snd.setAddr(addr)
 	c.mu.Unlock()
+	if drains {
+		c.h.PeerDraining(p)
+	}
 	if c.remote.Alive(n.Name, meta.Epoch, p.target) {
 		snd.wantFullState()
 	}

@@ -40,6 +40,10 @@ type Host struct {
 	// the node's own wrapper of a peer (its proxy's state toward it).
 	// It is called once per peer, when membership first reports it.
 	Target func(p *Peer) routing.Target
+	// PeerDraining is told that p started to drain: what this node keeps
+	// toward it between requests (idle keep-alive streams, which keep the
+	// agents' old links there busy) may go, as it routes elsewhere now.
+	PeerDraining func(p *Peer)
 	// PeerClosed is told that p is gone (the node left the cluster,
 	// restarted, or the cluster left): what Target made for it may go.
 	PeerClosed func(p *Peer)

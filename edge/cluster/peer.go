@@ -93,10 +93,14 @@ func newPeer(c *Cluster, name string, epoch uint64) *Peer {
 // Load implements routing.Target.
 func (p *Peer) Load() int64 { return p.inflight.Load() }
 
-func (p *Peer) update(addr string, draining bool) {
+// update records the peer's relay address and drain state, and reports
+// whether it started to drain.
+func (p *Peer) update(addr string, draining bool) (started bool) {
 	p.mu.Lock()
+	started = draining && !p.draining
 	p.addr, p.draining = addr, draining
 	p.mu.Unlock()
+	return started
 }
 
 func (p *Peer) state() (addr string, draining bool) {
