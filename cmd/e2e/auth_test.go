@@ -29,8 +29,9 @@ func sign(t testing.TB, secret []byte, iat, exp time.Time) string {
 // TestTokenQuickstart is the quickstart with authentication, with the real
 // binaries: 'pico-edge token' creates the secret and mints tokens, the edge
 // verifies them (agents, and clients with --proxy-auth), and an agent
-// whose token does not allow its endpoint, or that has none, exits 1
-// saying why.
+// whose token does not allow its endpoint, has expired, is signed with
+// another key or is not a JWT, or that has none, exits 1 saying why. It
+// runs over each transport.
 func TestTokenQuickstart(t *testing.T) {
 	e2e(t)
 	forEachTransport(t, testTokenQuickstart)

@@ -1111,6 +1111,12 @@ func TestClusterDrainStreams(t *testing.T) {
 		drainDelay = time.Second
 		grace      = 3 * time.Second
 	)
+	forEachTransport(t, func(t *testing.T, tr transport) {
+		testClusterDrainStreams(t, tr, drainDelay, grace)
+	})
+}
+
+func testClusterDrainStreams(t *testing.T, tr transport, drainDelay, grace time.Duration) {
 	for _, tc := range []struct {
 		name  string
 		drain int // index of the node that drains
@@ -1121,7 +1127,7 @@ func TestClusterDrainStreams(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCluster(t, 2, clusterOpts{extra: func(int) []string {
 				return []string{"--drain-delay", drainDelay.String(), "--grace-period", grace.String()}
-			}})
+			}}).over(t, tr)
 			n1, n2 := c.nodes[0], c.nodes[1]
 			c.serve(t, c.edges(0), 1, "http", "web", "127.0.0.1:"+serveHTTP(t, wsEchoServer()))
 			c.serve(t, c.edges(0), 1, "tcp", "echo", "127.0.0.1:"+serveTCP(t, func(conn *net.TCPConn) {
@@ -1162,6 +1168,9 @@ func TestClusterDrainStreams(t *testing.T) {
 				return ws.messages() >= wm+5 && tcp.messages() >= tm+5
 			})
 			stopStreams()
+			// The moved links, and the ones that stayed, are over tr: the
+			// web and echo agents and the forwarder, all on the other node.
+			c.nodes[1-tc.drain].checkLinks(t, 3)
 
 			t.Logf("%s exited 0 %d ms after SIGTERM; WebSocket: %s; TCP through a forward: %s", nd.id, exited.Milliseconds(), &ws, &tcp)
 			for _, sl := range []struct {
