@@ -44,12 +44,16 @@ type uploadResult struct {
 // the test takes about 20s either way on 2 cores.
 func TestLargeBodies(t *testing.T) {
 	e2e(t)
+	forEachTransport(t, testLargeBodies)
+}
+
+func testLargeBodies(t *testing.T, tr transport) {
 	const (
 		size        = 1 << 30
 		chunkedSize = 16 << 20
 		maxRSS      = 200 << 20
 	)
-	e := startEdge(t, "--no-access-log")
+	e := startEdge(t, "--no-access-log").over(t, tr)
 	sent := make(chan [32]byte, 1) // sum of what the upstream wrote on /download
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /download", func(w http.ResponseWriter, r *http.Request) {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,8 +35,9 @@ import (
 // secret and one development CA, so that agents verify every node with one
 // --ca file.
 type testCluster struct {
-	secret string // the cluster secret file
-	ca     string // the shared development CA certificate
+	tr     transport // of the agents the harness starts; "": pico-agent's default
+	secret string    // the cluster secret file
+	ca     string    // the shared development CA certificate
 	nodes  []*clusterNode
 }
 
@@ -117,7 +117,11 @@ func newCluster(t testing.TB, n int, opts clusterOpts) *testCluster {
 // start runs the node's pico-edge and reads its gossip address.
 func (nd *clusterNode) start(t testing.TB) {
 	t.Helper()
-	nd.edgeProc = startEdgeAt(t, nd.dir, nd.flags...)
+	var tr transport
+	if nd.edgeProc != nil {
+		tr = nd.tr // a restart keeps it
+	}
+	nd.edgeProc = startEdgeAt(t, nd.dir, nd.flags...).over(t, tr)
 	nd.edgeProc.name = "pico-edge " + nd.id
 	line := nd.waitLine(t, 0, `"cluster member started"`, isMsg("cluster member started"))
 	l, _ := parseLog(line)
@@ -169,12 +173,23 @@ func freeTCPUDPPort(t testing.TB) string {
 	return ""
 }
 
+// over makes the agents the harness starts against c (startAgent, serve,
+// forward) link over tr, and returns c.
+func (c *testCluster) over(t testing.TB, tr transport) *testCluster {
+	t.Helper()
+	c.tr = tr
+	for _, nd := range c.nodes {
+		nd.over(t, tr)
+	}
+	return c
+}
+
 // edges returns the agent addresses of the nodes with the given indexes,
 // for --edge.
 func (c *testCluster) edges(idx ...int) string {
 	var out []string
 	for _, i := range idx {
-		out = append(out, c.nodes[i].agent)
+		out = append(out, c.nodes[i].agentEdge(c.tr))
 	}
 	return strings.Join(out, ",")
 }
@@ -183,16 +198,27 @@ func (c *testCluster) edges(idx ...int) string {
 func (c *testCluster) allEdges() string {
 	var out []string
 	for _, nd := range c.nodes {
-		out = append(out, nd.agent)
+		out = append(out, nd.agentEdge(c.tr))
 	}
 	return strings.Join(out, ",")
+}
+
+// checkLinks checks, on every node still running, that every agent link
+// is over c's transport (a no-op when over set none).
+func (c *testCluster) checkLinks(t testing.TB) {
+	t.Helper()
+	for _, nd := range c.nodes {
+		if !nd.hasExited() {
+			nd.checkLinks(t, 0)
+		}
+	}
 }
 
 // startAgent runs pico-agent with --edge edges and, when conns > 0,
 // --connections conns.
 func (c *testCluster) startAgent(t testing.TB, edges string, conns int, args ...string) *proc {
 	t.Helper()
-	global := []string{"--edge", edges, "--ca", c.ca, "--log-format", "json"}
+	global := append([]string{"--edge", edges, "--ca", c.ca, "--log-format", "json"}, transportFlag(c.tr)...)
 	if conns > 0 {
 		global = append(global, "--connections", strconv.Itoa(conns))
 	}
@@ -205,7 +231,9 @@ func (c *testCluster) serve(t testing.TB, edges string, conns int, kind, id, ups
 	t.Helper()
 	a := c.startAgent(t, edges, conns, kind, id, upstream)
 	want := fmt.Sprintf("endpoint %s (%s) is registered", id, kind)
-	a.waitLineFor(t, 0, strconv.Quote(want), startTimeout, contains(want))
+	line := a.waitLineFor(t, 0, strconv.Quote(want), startTimeout, contains(want))
+	checkStatusLine(t, c.tr, line)
+	c.checkLinks(t)
 	return a
 }
 
@@ -1083,6 +1111,12 @@ func TestClusterDrainStreams(t *testing.T) {
 		drainDelay = time.Second
 		grace      = 3 * time.Second
 	)
+	forEachTransport(t, func(t *testing.T, tr transport) {
+		testClusterDrainStreams(t, tr, drainDelay, grace)
+	})
+}
+
+func testClusterDrainStreams(t *testing.T, tr transport, drainDelay, grace time.Duration) {
 	for _, tc := range []struct {
 		name  string
 		drain int // index of the node that drains
@@ -1093,7 +1127,7 @@ func TestClusterDrainStreams(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCluster(t, 2, clusterOpts{extra: func(int) []string {
 				return []string{"--drain-delay", drainDelay.String(), "--grace-period", grace.String()}
-			}})
+			}}).over(t, tr)
 			n1, n2 := c.nodes[0], c.nodes[1]
 			c.serve(t, c.edges(0), 1, "http", "web", "127.0.0.1:"+serveHTTP(t, wsEchoServer()))
 			c.serve(t, c.edges(0), 1, "tcp", "echo", "127.0.0.1:"+serveTCP(t, func(conn *net.TCPConn) {
@@ -1134,6 +1168,9 @@ func TestClusterDrainStreams(t *testing.T) {
 				return ws.messages() >= wm+5 && tcp.messages() >= tm+5
 			})
 			stopStreams()
+			// The moved links, and the ones that stayed, are over tr: the
+			// web and echo agents and the forwarder, all on the other node.
+			c.nodes[1-tc.drain].checkLinks(t, 3)
 
 			t.Logf("%s exited 0 %d ms after SIGTERM; WebSocket: %s; TCP through a forward: %s", nd.id, exited.Milliseconds(), &ws, &tcp)
 			for _, sl := range []struct {
@@ -1168,35 +1205,29 @@ func TestClusterDrainStreams(t *testing.T) {
 
 // TestClusterDrainRefusesAgents dials a draining node's agent port, as an
 // agent told to move does when that node comes first in its --edge list:
-// the node must refuse the connection at once (ConnCodeGoingAway), so
-// that the agent tries the next node instead of waiting for a timeout.
+// the node must refuse the link at once, so that the agent tries the next
+// node instead of waiting for a timeout: over QUIC it closes the
+// connection with ConnCodeGoingAway, over TCP it answers the upgrade 503.
 func TestClusterDrainRefusesAgents(t *testing.T) {
 	e2e(t)
-	e := startEdge(t, "--drain-delay", "2s", "--grace-period", "5s")
+	forEachTransport(t, testClusterDrainRefusesAgents)
+}
+
+func testClusterDrainRefusesAgents(t *testing.T, tr transport) {
+	e := startEdge(t, "--drain-delay", "2s", "--grace-period", "5s").over(t, tr)
 	e.serve(t, "http", "x", "127.0.0.1:"+serveHTTP(t, nameServer("x")))
 	mark := e.mark()
 	e.signal(t, syscall.SIGTERM)
 	e.waitLine(t, mark, "the drain", isMsg("edge node shutting down"))
 
-	pool, err := certs.LoadPool(e.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, _, _ := net.SplitHostPort(e.agent)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	err = func() error {
-		conn, err := quic.DialAddr(ctx, e.agent, &tls.Config{
-			MinVersion: tls.VersionTLS13,
-			RootCAs:    pool,
-			ServerName: host,
-			NextProtos: []string{quicutil.ALPNAgent},
-		}, quicutil.AgentConfig())
+	err := func() error {
+		conn, err := dialAgentPort(ctx, t, e)
 		if err != nil {
 			return err
 		}
-		defer conn.CloseWithError(quicutil.ConnCodeNormal, "")
 		str, err := conn.OpenStreamSync(ctx)
 		if err != nil {
 			return err
@@ -1211,11 +1242,19 @@ func TestClusterDrainRefusesAgents(t *testing.T) {
 		return fmt.Errorf("the draining node answered the Hello with %T", m)
 	}()
 	took := time.Since(start)
-	var ae *quic.ApplicationError
-	if !errors.As(err, &ae) || ae.ErrorCode != quicutil.ConnCodeGoingAway || took > 2*time.Second {
-		t.Fatalf("connection to a draining node ended after %s with %v; want it closed with ConnCodeGoingAway at once", took.Round(time.Millisecond), err)
+	var refused bool
+	switch tr {
+	case overQUIC:
+		var ae *quic.ApplicationError
+		refused = errors.As(err, &ae) && ae.ErrorCode == quicutil.ConnCodeGoingAway
+	case overTCP:
+		var ue *quicutil.UpgradeError
+		refused = errors.As(err, &ue) && ue.StatusCode == http.StatusServiceUnavailable && strings.Contains(ue.Body, "shutting down")
 	}
-	t.Logf("a draining node refused an agent connection after %d ms: %v", took.Milliseconds(), err)
+	if !refused || took > 2*time.Second {
+		t.Fatalf("link to a draining node over %s ended after %s with %v; want it refused at once", tr, took.Round(time.Millisecond), err)
+	}
+	t.Logf("a draining node refused an agent link over %s after %d ms: %v", tr, took.Milliseconds(), err)
 }
 
 // TestClusterPropagation registers 10,000 endpoints on node 1 over one raw

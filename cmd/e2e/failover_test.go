@@ -102,7 +102,11 @@ func (l *requestLoop) results() []result {
 // endpoint.
 func TestFailover(t *testing.T) {
 	e2e(t)
-	e := startEdge(t)
+	forEachTransport(t, testFailover)
+}
+
+func testFailover(t *testing.T, tr transport) {
+	e := startEdge(t).over(t, tr)
 	agentA := e.serve(t, "http", "lb", "127.0.0.1:"+serveHTTP(t, nameServer("a")))
 	agentB := e.serve(t, "http", "lb", "127.0.0.1:"+serveHTTP(t, nameServer("b")))
 	e.waitEndpointAgents(t, "lb", 2, waitTimeout)
@@ -175,6 +179,10 @@ func TestFailover(t *testing.T) {
 // 20s timeout; it never hangs.
 func TestAgentKilledMidRequest(t *testing.T) {
 	e2e(t)
+	forEachTransport(t, testAgentKilledMidRequest)
+}
+
+func testAgentKilledMidRequest(t *testing.T, tr transport) {
 	for name, tc := range map[string]struct {
 		inBody bool // the upstream sent the header and part of the body
 	}{
@@ -182,7 +190,7 @@ func TestAgentKilledMidRequest(t *testing.T) {
 		"in the body":         {inBody: true},
 	} {
 		t.Run(name, func(t *testing.T) {
-			e := startEdge(t)
+			e := startEdge(t).over(t, tr)
 			arrived := make(chan struct{}, 1)
 			port := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if tc.inBody {

@@ -80,22 +80,28 @@ func startPython(t testing.TB, dir string) string {
 // hop-by-hop or x-pico-* headers; and trailers pass.
 func TestQuickstart(t *testing.T) {
 	e2e(t)
+	forEachTransport(t, testQuickstart)
+}
+
+func testQuickstart(t *testing.T, tr transport) {
 	xdg := t.TempDir()
-	e := startEdgeAt(t, filepath.Join(xdg, "pico"))
+	e := startEdgeAt(t, filepath.Join(xdg, "pico")).over(t, tr)
 	site := t.TempDir()
 	const hello = "hello from python\n"
 	if err := os.WriteFile(filepath.Join(site, "index.html"), []byte(hello), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	pyPort := startPython(t, site)
-	a := startProcEnv(t, "pico-agent http foo", []string{"XDG_DATA_HOME=" + xdg}, bin.agent, "http", "foo", pyPort, "--edge", e.agent)
-	a.waitLineFor(t, 0, "registration", startTimeout, contains("endpoint foo (http) is registered"))
+	a := startProcEnv(t, "pico-agent http foo", []string{"XDG_DATA_HOME=" + xdg}, bin.agent,
+		append([]string{"http", "foo", pyPort, "--edge", e.agentEdge(tr)}, transportFlag(tr)...)...)
+	checkStatusLine(t, tr, a.waitLineFor(t, 0, "registration", startTimeout, contains("endpoint foo (http) is registered")))
+	e.checkLinks(t, 1)
 	if !slices.ContainsFunc(a.output(), func(l string) bool { return strings.Contains(l, "trusting the system roots and the development CA") }) {
 		t.Errorf("the agent did not say that it trusts the development CA:\n%s", strings.Join(a.output(), "\n"))
 	}
 	t.Run("an agent without the CA says what to do", func(t *testing.T) {
 		b := startProcEnv(t, "pico-agent http bar", []string{"XDG_DATA_HOME=" + t.TempDir()}, bin.agent,
-			"http", "bar", pyPort, "--edge", e.agent, "--log-format", "json")
+			append([]string{"http", "bar", pyPort, "--edge", e.agentEdge(tr), "--log-format", "json"}, transportFlag(tr)...)...)
 		b.waitLineFor(t, 0, "a hint to give --ca", startTimeout, func(line string) bool {
 			l, ok := parseLog(line)
 			return ok && strings.Contains(l.str("err"), "certificate signed by unknown authority") &&
@@ -220,8 +226,12 @@ func TestQuickstart(t *testing.T) {
 // body.
 func TestErrors(t *testing.T) {
 	e2e(t)
+	forEachTransport(t, testErrors)
+}
+
+func testErrors(t *testing.T, tr transport) {
 	const respTimeout = 2 * time.Second
-	e := startEdge(t, "--response-header-timeout", respTimeout.String())
+	e := startEdge(t, "--response-header-timeout", respTimeout.String()).over(t, tr)
 	e.serve(t, "http", "down", "127.0.0.1:"+closedPort(t))
 	e.serve(t, "tcp", "tcpep", "127.0.0.1:"+closedPort(t))
 	stop := make(chan struct{})
@@ -379,7 +389,11 @@ func TestErrors(t *testing.T) {
 // WebSocket client and server, then closes cleanly.
 func TestWebSocket(t *testing.T) {
 	e2e(t)
-	e := startEdge(t)
+	forEachTransport(t, testWebSocket)
+}
+
+func testWebSocket(t *testing.T, tr transport) {
+	e := startEdge(t).over(t, tr)
 	serverDone := make(chan error, 1) // the server's close status, as an error when not normal
 	port := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := websocket.Accept(w, r, nil)
@@ -467,7 +481,11 @@ func TestWebSocket(t *testing.T) {
 // the second event only after the client has read the first.
 func TestServerSentEvents(t *testing.T) {
 	e2e(t)
-	e := startEdge(t)
+	forEachTransport(t, testServerSentEvents)
+}
+
+func testServerSentEvents(t *testing.T, tr transport) {
+	e := startEdge(t).over(t, tr)
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	releaseFn := func() { releaseOnce.Do(func() { close(release) }) }

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/pico-edge/pico/quicutil"
 )
 
 // bin holds the paths of the binaries TestMain built.
@@ -335,9 +337,31 @@ func contains(sub string) func(string) bool {
 // ---------------------------------------------------------------------------
 // Edge and agents
 
+// transport is how the harness's agents link to the edge: pico-agent's
+// --transport.
+type transport string
+
+const (
+	overQUIC transport = "quic" // QUIC over UDP
+	overTCP  transport = "tcp"  // the same QUIC link inside an upgraded TCP connection
+)
+
+// forEachTransport runs f once per transport, as the subtests "quic" and
+// "tcp": the cases a transport can change share one body. f starts its
+// edges and agents with the transport it is given (edgeProc.over,
+// testCluster.over), and the harness checks that their links use it.
+func forEachTransport(t *testing.T, f func(t *testing.T, tr transport)) {
+	t.Helper()
+	for _, tr := range []transport{overQUIC, overTCP} {
+		t.Run(string(tr), func(t *testing.T) { f(t, tr) })
+	}
+}
+
 // edgeProc is a running pico-edge.
 type edgeProc struct {
 	*proc
+	tr      transport // of the agents the harness starts against it; "": pico-agent's default
+	tcpOff  bool      // it logged that the agent port takes no TCP links (its TCP twin was taken)
 	dataDir string
 	proxy   string // host:port of the HTTP front door
 	agent   string // host:port of the QUIC agent listener
@@ -378,10 +402,46 @@ func startEdgeAt(t testing.TB, dir string, extra ...string) *edgeProc {
 	if e.proxy == "" || e.agent == "" || e.admin == "" {
 		t.Fatalf("edge ready line lacks an address: %s", line)
 	}
+	e.tcpOff = slices.ContainsFunc(p.output(), contains("agent links over TCP are off"))
 	if _, err := os.Stat(e.ca); err != nil && !slices.Contains(extra, "--tls-cert") {
 		t.Fatalf("development CA: %v", err)
 	}
 	return e
+}
+
+// over makes the agents the harness starts against e (startAgent, serve,
+// forward, agentFlags) link over tr, and returns e.
+func (e *edgeProc) over(t testing.TB, tr transport) *edgeProc {
+	t.Helper()
+	e.tr = tr
+	if tr == overTCP && e.tcpOff {
+		t.Logf("the agent port's TCP twin was taken: agents link over TCP through the front door's %s", quicutil.AgentPath)
+	}
+	return e
+}
+
+// agentFlags are the global flags of a pico-agent against e: its --edge
+// and --ca, and --transport when over set one. Over TCP, --edge is the
+// agent port (TCP on the UDP port's number), or the plain front door's
+// URL when that port's TCP twin was taken.
+func (e *edgeProc) agentFlags(ca string) []string {
+	return append([]string{"--edge", e.agentEdge(e.tr), "--ca", ca}, transportFlag(e.tr)...)
+}
+
+// agentEdge is e's address for pico-agent's --edge over tr.
+func (e *edgeProc) agentEdge(tr transport) string {
+	if tr == overTCP && e.tcpOff {
+		return "http://" + e.proxy + quicutil.AgentPath
+	}
+	return e.agent
+}
+
+// transportFlag is pico-agent's --transport tr, or nothing for "".
+func transportFlag(tr transport) []string {
+	if tr == "" {
+		return nil
+	}
+	return []string{"--transport", string(tr)}
 }
 
 // startAgent runs pico-agent against e with args after the global flags.
@@ -392,24 +452,58 @@ func (e *edgeProc) startAgent(t testing.TB, args ...string) *proc {
 
 func (e *edgeProc) startAgentCA(t testing.TB, ca string, args ...string) *proc {
 	t.Helper()
-	global := []string{"--edge", e.agent, "--ca", ca, "--log-format", "json"}
+	global := append(e.agentFlags(ca), "--log-format", "json")
 	return startProc(t, "pico-agent "+strings.Join(args, " "), bin.agent, append(global, args...)...)
 }
 
 // serve runs `pico-agent KIND ID UPSTREAM` and waits until the endpoint is
-// registered.
+// registered, over e's transport when over set one.
 func (e *edgeProc) serve(t testing.TB, kind, id, upstream string) *proc {
 	t.Helper()
 	a := e.startAgent(t, kind, id, upstream)
 	want := fmt.Sprintf("endpoint %s (%s) is registered", id, kind)
-	a.waitLineFor(t, 0, strconv.Quote(want), startTimeout, contains(want))
+	line := a.waitLineFor(t, 0, strconv.Quote(want), startTimeout, contains(want))
+	checkStatusLine(t, e.tr, line)
+	e.checkLinks(t, 1)
 	return a
 }
 
+// checkStatusLine checks that an agent's "is registered" line says "(over
+// TCP)" exactly when its link is over TCP; tr "" checks nothing.
+func checkStatusLine(t testing.TB, tr transport, line string) {
+	t.Helper()
+	if tr != "" && strings.Contains(line, "(over TCP)") != (tr == overTCP) {
+		t.Errorf("the agent's status line %q: want the link over %s", line, tr)
+	}
+}
+
+// checkLinks waits until e lists at least n agent links, and checks that
+// every one of them is over e's transport (a no-op when over set none).
+func (e *edgeProc) checkLinks(t testing.TB, n int) {
+	t.Helper()
+	if e.tr == "" {
+		return
+	}
+	var s agentsStatus
+	poll(t, waitTimeout, fmt.Sprintf("%d agent links on %s", n, e.admin), func() bool {
+		s = e.agents(t)
+		return len(s.Agents) >= n
+	})
+	for _, a := range s.Agents {
+		if a.Transport != string(e.tr) {
+			t.Errorf("/status/agents: agent %s (%v) is linked over %q, want %s", a.AgentID, a.Endpoints, a.Transport, e.tr)
+		}
+	}
+}
+
 // forward runs `pico-agent forward 127.0.0.1:0 ID` and returns it with the
-// address it listens on.
+// address it listens on; with a transport set by over, once its link is up.
 func (e *edgeProc) forward(t testing.TB, id string) (*proc, string) {
 	t.Helper()
+	links := 0
+	if e.tr != "" {
+		links = len(e.agents(t).Agents)
+	}
 	a := e.startAgent(t, "forward", "127.0.0.1:0", id)
 	suffix := " to endpoint " + id
 	line := a.waitLineFor(t, 0, "forwarding line", startTimeout, func(l string) bool {
@@ -419,6 +513,7 @@ func (e *edgeProc) forward(t testing.TB, id string) (*proc, string) {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		t.Fatalf("forward line %q: %v", line, err)
 	}
+	e.checkLinks(t, links+1)
 	return a, addr
 }
 
@@ -428,6 +523,7 @@ type agentsStatus struct {
 	Agents []struct {
 		AgentID   string   `json:"agent_id"`
 		Endpoints []string `json:"endpoints"`
+		Transport string   `json:"transport"` // quic or tcp
 	} `json:"agents"`
 }
 

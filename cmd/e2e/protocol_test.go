@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,27 +20,70 @@ import (
 )
 
 // dialEdge opens a raw QUIC connection to the edge's agent port, as an
-// agent would, and closes it in cleanup.
+// agent would, over e's transport (QUIC when over set none), and closes it
+// in cleanup.
 func dialEdge(t testing.TB, e *edgeProc) *quic.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	conn, err := dialAgentPort(ctx, t, e)
+	if err != nil {
+		t.Fatalf("dial edge: %v", err)
+	}
+	return conn
+}
+
+// dialAgentPort is dialEdge that returns the error. Over TCP it sends the
+// transport's upgrade to the agent port (the plain front door when the
+// agent port takes no TCP), and runs QUIC on the upgraded connection.
+func dialAgentPort(ctx context.Context, t testing.TB, e *edgeProc) (*quic.Conn, error) {
 	t.Helper()
 	pool, err := certs.LoadPool(e.ca)
 	if err != nil {
 		t.Fatal(err)
 	}
 	host, _, _ := strings.Cut(e.agent, ":")
-	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
-	defer cancel()
-	conn, err := quic.DialAddr(ctx, e.agent, &tls.Config{
+	tlsConf := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		RootCAs:    pool,
 		ServerName: host,
 		NextProtos: []string{quicutil.ALPNAgent},
-	}, quicutil.AgentConfig())
-	if err != nil {
-		t.Fatalf("dial edge: %v", err)
 	}
-	t.Cleanup(func() { conn.CloseWithError(quicutil.ConnCodeNormal, "") })
-	return conn
+	if e.tr != overTCP {
+		conn, err := quic.DialAddr(ctx, e.agent, tlsConf, quicutil.AgentConfig())
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(func() { conn.CloseWithError(quicutil.ConnCodeNormal, "") })
+		return conn, nil
+	}
+	u := e.agentEdge(overTCP)
+	if !strings.Contains(u, "://") {
+		u = "http://" + u + quicutil.AgentPath
+	}
+	var d net.Dialer
+	tc, err := d.DialContext(ctx, "tcp", strings.TrimSuffix(strings.TrimPrefix(u, "http://"), quicutil.AgentPath))
+	if err != nil {
+		return nil, err
+	}
+	pc, err := quicutil.Upgrade(ctx, tc, u, nil)
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	tr := &quic.Transport{Conn: pc}
+	conn, err := tr.Dial(ctx, pc.RemoteAddr(), tlsConf, quicutil.TCPConfig(quicutil.AgentConfig()))
+	if err != nil {
+		tr.Close()
+		pc.Close()
+		return nil, err
+	}
+	t.Cleanup(func() {
+		conn.CloseWithError(quicutil.ConnCodeNormal, "")
+		tr.Close()
+		pc.Close()
+	})
+	return conn, nil
 }
 
 // writeStream opens a stream on conn and writes b on it.
@@ -73,7 +117,11 @@ func helloFrame(t testing.TB) []byte {
 // and the connection lives on; and throughout, the edge keeps serving.
 func TestMalformedStreams(t *testing.T) {
 	e2e(t)
-	e := startEdge(t)
+	forEachTransport(t, testMalformedStreams)
+}
+
+func testMalformedStreams(t *testing.T, tr transport) {
+	e := startEdge(t).over(t, tr)
 	e.serve(t, "http", "ok", "127.0.0.1:"+serveHTTP(t, nameServer("still here")))
 	c := newClient(t, 30*time.Second)
 	checkServing := func(t *testing.T) {
@@ -225,7 +273,11 @@ func TestMalformedStreams(t *testing.T) {
 // retrying, and never registers.
 func TestBadCA(t *testing.T) {
 	e2e(t)
-	e := startEdge(t)
+	forEachTransport(t, testBadCA)
+}
+
+func testBadCA(t *testing.T, tr transport) {
+	e := startEdge(t).over(t, tr)
 	other, err := certs.Generate()
 	if err != nil {
 		t.Fatal(err)
@@ -285,7 +337,11 @@ func TestInvalidEndpointID(t *testing.T) {
 // the other protocol.
 func TestEndpointConflict(t *testing.T) {
 	e2e(t)
-	e := startEdge(t)
+	forEachTransport(t, testEndpointConflict)
+}
+
+func testEndpointConflict(t *testing.T, tr transport) {
+	e := startEdge(t).over(t, tr)
 	e.serve(t, "tcp", "taken", "127.0.0.1:"+closedPort(t))
 	a := e.startAgent(t, "http", "taken", closedPort(t))
 	st := a.waitExit(t, waitTimeout)

@@ -18,8 +18,12 @@ import (
 // the edge exits with code 0, and the agent keeps trying to reconnect.
 func TestGracefulShutdown(t *testing.T) {
 	e2e(t)
+	forEachTransport(t, testGracefulShutdown)
+}
+
+func testGracefulShutdown(t *testing.T, tr transport) {
 	const grace = 30 * time.Second
-	e := startEdge(t, "--shutdown-grace", grace.String())
+	e := startEdge(t, "--shutdown-grace", grace.String()).over(t, tr)
 	arrived := make(chan struct{}, 1)
 	release := make(chan struct{})
 	var releaseOnce sync.Once
@@ -34,7 +38,8 @@ func TestGracefulShutdown(t *testing.T) {
 		}
 	}))
 	agent := e.startAgent(t, "--log-level", "debug", "http", "slow", "127.0.0.1:"+port)
-	agent.waitLineFor(t, 0, "registration", startTimeout, contains("endpoint slow (http) is registered"))
+	checkStatusLine(t, tr, agent.waitLineFor(t, 0, "registration", startTimeout, contains("endpoint slow (http) is registered")))
+	e.checkLinks(t, 1)
 
 	c := newClient(t, 2*waitTimeout)
 	done := make(chan result, 1)
@@ -106,8 +111,12 @@ func TestGracefulShutdown(t *testing.T) {
 // closes it, and then the edge exits 0.
 func TestGracefulShutdownTCP(t *testing.T) {
 	e2e(t)
+	forEachTransport(t, testGracefulShutdownTCP)
+}
+
+func testGracefulShutdownTCP(t *testing.T, tr transport) {
 	const grace = 30 * time.Second
-	e := startEdge(t, "--shutdown-grace", grace.String())
+	e := startEdge(t, "--shutdown-grace", grace.String()).over(t, tr)
 	port := serveTCP(t, func(c *net.TCPConn) {
 		io.Copy(c, c)
 		c.CloseWrite()
@@ -167,8 +176,12 @@ func TestGracefulShutdownTCP(t *testing.T) {
 // cleanly, and then the edge exits 0.
 func TestGracefulShutdownWebSocket(t *testing.T) {
 	e2e(t)
+	forEachTransport(t, testGracefulShutdownWebSocket)
+}
+
+func testGracefulShutdownWebSocket(t *testing.T, tr transport) {
 	const grace = 30 * time.Second
-	e := startEdge(t, "--shutdown-grace", grace.String())
+	e := startEdge(t, "--shutdown-grace", grace.String()).over(t, tr)
 	port := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := websocket.Accept(w, r, nil)
 		if err != nil {

@@ -55,8 +55,12 @@ func resp(args ...string) string {
 // talking to LOCAL, one command at a time and pipelined.
 func TestTCPRedis(t *testing.T) {
 	e2e(t)
+	forEachTransport(t, testTCPRedis)
+}
+
+func testTCPRedis(t *testing.T, tr transport) {
 	redisPort := startRedis(t)
-	e := startEdge(t)
+	e := startEdge(t).over(t, tr)
 	e.serve(t, "tcp", "cache", "127.0.0.1:"+redisPort)
 	_, local := e.forward(t, "cache")
 	e.waitRoute(t, "cache")
@@ -94,7 +98,11 @@ func TestTCPRedis(t *testing.T) {
 // EOF in both directions, with Go TCP upstreams and net.Dial clients.
 func TestTCPHalfClose(t *testing.T) {
 	e2e(t)
-	e := startEdge(t)
+	forEachTransport(t, testTCPHalfClose)
+}
+
+func testTCPHalfClose(t *testing.T, tr transport) {
+	e := startEdge(t).over(t, tr)
 
 	// echo answers everything, then closes its write side at EOF.
 	echoPort := serveTCP(t, func(c *net.TCPConn) {

@@ -16,7 +16,11 @@ import (
 // with the --upstream-* flags: the upstream sees the protocol asked for.
 func TestUpstreamProtocols(t *testing.T) {
 	e2e(t)
-	e := startEdge(t)
+	forEachTransport(t, testUpstreamProtocols)
+}
+
+func testUpstreamProtocols(t *testing.T, tr transport) {
+	e := startEdge(t).over(t, tr)
 	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tls := "plain"
 		if r.TLS != nil {
