@@ -1249,7 +1249,7 @@ func testClusterDrainRefusesAgents(t *testing.T, tr transport) {
 		refused = errors.As(err, &ae) && ae.ErrorCode == quicutil.ConnCodeGoingAway
 	case overTCP:
 		var ue *quicutil.UpgradeError
-		refused = errors.As(err, &ue) && ue.StatusCode == http.StatusServiceUnavailable && strings.Contains(ue.Body, "shutting down")
+		refused = errors.As(err, &ue) && ue.StatusCode == http.StatusServiceUnavailable && strings.Contains(ue.Body, "is draining")
 	}
 	if !refused || took > 2*time.Second {
 		t.Fatalf("link to a draining node over %s ended after %s with %v; want it refused at once", tr, took.Round(time.Millisecond), err)
