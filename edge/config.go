@@ -70,10 +70,16 @@ type Config struct {
 	// MaxConnsPerToken bounds the agent connections one token may hold to
 	// this node at once, when tokens are checked; if zero, 8.
 	MaxConnsPerToken int
-	// MaxInflightPerEndpoint bounds the requests and TCP connections in
-	// flight to one endpoint on this node; beyond it they get 503 at once.
-	// If zero, 256.
+	// MaxInflightPerEndpoint bounds the requests in flight to one endpoint
+	// on this node; beyond it they get 503 at once. If zero, 256.
 	MaxInflightPerEndpoint int
+	// MaxConnsPerEndpoint bounds the long-lived connections open to one
+	// endpoint on this node: upgraded HTTP connections (WebSockets and
+	// other Upgrade requests, counted from the request on) and TCP
+	// connections. Beyond it they get 503 (a forward, an overloaded
+	// answer) at once. They do not count against MaxInflightPerEndpoint.
+	// If zero, 4,096.
+	MaxConnsPerEndpoint int
 	// RegistrationsPerSecond bounds the Register messages one agent
 	// connection may send (burst: twice as many); if zero, 10.
 	RegistrationsPerSecond int
@@ -149,6 +155,7 @@ func DefaultConfig() Config {
 		MaxHeaderBytes:         32 << 10,
 		MaxEndpointsPerAgent:   100,
 		MaxInflightPerEndpoint: 256,
+		MaxConnsPerEndpoint:    4096,
 		MaxConnsPerToken:       8,
 		MaxStreamsPerAgent:     1000,
 		RegistrationsPerSecond: 10,
@@ -174,6 +181,7 @@ func (c Config) withDefaults() Config {
 	fill(&c.MaxHeaderBytes, d.MaxHeaderBytes)
 	fill(&c.MaxEndpointsPerAgent, d.MaxEndpointsPerAgent)
 	fill(&c.MaxInflightPerEndpoint, d.MaxInflightPerEndpoint)
+	fill(&c.MaxConnsPerEndpoint, d.MaxConnsPerEndpoint)
 	fill(&c.MaxConnsPerToken, d.MaxConnsPerToken)
 	fill(&c.MaxStreamsPerAgent, d.MaxStreamsPerAgent)
 	fill(&c.RegistrationsPerSecond, d.RegistrationsPerSecond)
@@ -232,7 +240,7 @@ func (c Config) Validate() error {
 	if c.MaxHeaderBytes < 0 || c.MaxHeaderBytes > 96<<10 {
 		return fmt.Errorf("edge: config: MaxHeaderBytes %d out of range (0 to 96 KiB)", c.MaxHeaderBytes)
 	}
-	for name, v := range map[string]int{"MaxInflightPerEndpoint": c.MaxInflightPerEndpoint,
+	for name, v := range map[string]int{"MaxInflightPerEndpoint": c.MaxInflightPerEndpoint, "MaxConnsPerEndpoint": c.MaxConnsPerEndpoint,
 		"RegistrationsPerSecond": c.RegistrationsPerSecond, "MaxConnsPerListener": c.MaxConnsPerListener, "MaxConns": c.MaxConns} {
 		if v < 0 {
 			return fmt.Errorf("edge: config: %s is negative (%d)", name, v)

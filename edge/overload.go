@@ -2,9 +2,11 @@ package edge
 
 import (
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/time/rate"
 
 	"github.com/pico-edge/pico/routing"
@@ -13,9 +15,10 @@ import (
 // Limits that keep one busy endpoint, agent or client from degrading the
 // others (docs/limits.md). Each is a Config field and a flag.
 
-// endpointGate bounds the requests and TCP connections in flight to each
-// endpoint: beyond the bound they are refused at once (503) rather than
-// queued behind the others.
+// endpointGate bounds the streams in flight to each endpoint: beyond the
+// bound they are refused at once (503) rather than queued behind the
+// others. A node has two: requests (Config.MaxInflightPerEndpoint), and
+// long-lived connections, upgrades and TCP (Config.MaxConnsPerEndpoint).
 type endpointGate struct {
 	max      int64
 	inflight sync.Map // routing.EndpointID -> *atomic.Int64; only endpoints that exist get one
@@ -44,4 +47,10 @@ func handshakeLimiter(perSecond int) func(net.Addr) bool {
 	}
 	lim := rate.NewLimiter(rate.Limit(perSecond), perSecond)
 	return func(net.Addr) bool { return !lim.Allow() }
+}
+
+// isUpgrade reports whether r asks to switch protocols (RFC 9110 §7.8):
+// a WebSocket, say, which holds its stream for as long as it lives.
+func isUpgrade(r *http.Request) bool {
+	return r.Header.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade")
 }

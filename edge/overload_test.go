@@ -78,23 +78,63 @@ func TestInflightPerEndpoint(t *testing.T) {
 	}
 }
 
-func TestInflightPerTCPEndpoint(t *testing.T) {
-	n := edgetest.NewNode(t, func(c *edge.Config) { c.MaxInflightPerEndpoint = 1 })
+// TestConnsPerEndpoint: upgraded connections count against
+// MaxConnsPerEndpoint, not against the requests in flight, and beyond it
+// an upgrade gets 503 saying so.
+func TestConnsPerEndpoint(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.MaxInflightPerEndpoint = 1; c.MaxConnsPerEndpoint = 2 })
+	serve(t, n, "ws", quicutil.KindHTTP, edgetest.Upstream(t, upgradeEcho()))
+	for range 2 {
+		conn, br := dialUpgrade(t, n, "ws")
+		io.WriteString(conn, "hi\n")
+		if got, err := br.ReadString('\n'); got != "hi\n" {
+			t.Fatalf("echo = %q, %v", got, err)
+		}
+	}
+	// Two upgrades open; a request still has the one in-flight slot.
+	c := edgetest.Client(t)
+	req := n.Request(t, "GET", "ws", "/", nil)
+	req.Header.Set("Upgrade", "echo") // without Connection: upgrade, a plain request
+	if resp, body := do(t, c, req); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "want upgrade") {
+		t.Fatalf("a request beside two upgrades: %d %s, want the upstream's 400", resp.StatusCode, body)
+	}
+	conn, err := net.Dial("tcp", strings.TrimPrefix(n.ProxyURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: ws.localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(string(b), `endpoint "ws" has 2 upgraded connections and TCP connections open`) {
+		t.Fatalf("third upgrade: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+}
+
+func TestConnsPerTCPEndpoint(t *testing.T) {
+	// The requests' limit does not apply to TCP connections.
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.MaxInflightPerEndpoint = 1; c.MaxConnsPerEndpoint = 2 })
 	a := n.NewAgent(t)
 	if err := a.ServeUpstream(t.Context(), "db", quicutil.KindTCP, echoServer(t)); err != nil {
 		t.Fatal(err)
 	}
 	fwd := n.NewAgent(t)
-	first, err := fwd.Dial(t.Context(), "db")
-	if err != nil {
-		t.Fatal(err)
+	for range 2 {
+		c, err := fwd.Dial(t.Context(), "db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
 	}
-	_, err = fwd.Dial(t.Context(), "db")
+	_, err := fwd.Dial(t.Context(), "db")
 	var de *agent.DialError
-	if !errors.As(err, &de) || de.Code != quicutil.StatusOverloaded || !strings.Contains(err.Error(), "connections in flight") {
-		t.Fatalf("second connection: %v, want overloaded", err)
+	if !errors.As(err, &de) || de.Code != quicutil.StatusOverloaded || !strings.Contains(err.Error(), "2 upgraded connections and TCP connections open") {
+		t.Fatalf("third connection: %v, want overloaded", err)
 	}
-	first.Close()
 }
 
 func TestNewConnectionsPerSource(t *testing.T) {

@@ -144,12 +144,15 @@ func (f *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"endpoint %q serves raw TCP, not HTTP; reach it with 'pico-agent forward PORT %s'", ep, ep))
 		return
 	}
-	release, ok := s.gate.acquire(ep)
+	gate, msg := s.gate, fmt.Sprintf("endpoint %q has %d requests in flight on this node (the limit); retry in a moment", ep, s.cfg.MaxInflightPerEndpoint)
+	if isUpgrade(r) {
+		gate, msg = s.connGate, fmt.Sprintf("endpoint %q has %d upgraded connections and TCP connections open on this node (the limit); retry in a moment", ep, s.cfg.MaxConnsPerEndpoint)
+	}
+	release, ok := gate.acquire(ep)
 	if !ok {
 		s.m.overloaded.Inc()
 		rw.Header().Set("Retry-After", "1")
-		writeError(rw, r, http.StatusServiceUnavailable, ep, fmt.Sprintf(
-			"endpoint %q has %d requests in flight on this node (the limit); retry in a moment", ep, s.cfg.MaxInflightPerEndpoint))
+		writeError(rw, r, http.StatusServiceUnavailable, ep, msg)
 		return
 	}
 	defer release()

@@ -52,7 +52,8 @@ type Server struct {
 	auth    *auth.Verifier   // nil unless Config.Auth
 	m       *serverMetrics
 
-	gate *endpointGate // requests in flight per endpoint
+	gate     *endpointGate // requests in flight per endpoint
+	connGate *endpointGate // upgraded and TCP connections open per endpoint
 
 	proxy    http.Handler
 	door     *frontdoor.Door // serves proxy to clients
@@ -107,6 +108,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.gate = &endpointGate{max: int64(cfg.MaxInflightPerEndpoint)}
+	s.connGate = &endpointGate{max: int64(cfg.MaxConnsPerEndpoint)}
 	s.agentTCP = newAgentTCP(s)
 	s.proxy = s.agentTCP.withAgentUpgrade(s.newProxy())
 	s.door = frontdoor.New(frontdoor.Config{

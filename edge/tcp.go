@@ -21,7 +21,7 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 	var tg target
 	release, ok := func() {}, true
 	if _, _, lerr := s.table.Lookup(id); lerr == nil {
-		release, ok = s.gate.acquire(id) // only endpoints that exist get a counter
+		release, ok = s.connGate.acquire(id) // only endpoints that exist get a counter
 	}
 	var err error
 	if ok {
@@ -30,7 +30,7 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 	} else {
 		s.m.overloaded.Inc()
 		err = &quicutil.StatusError{Code: quicutil.StatusOverloaded,
-			Message: fmt.Sprintf("%d connections in flight on this node (the limit); retry in a moment", s.cfg.MaxInflightPerEndpoint)}
+			Message: fmt.Sprintf("%d upgraded connections and TCP connections open to the endpoint on this node (the limit); retry in a moment", s.cfg.MaxConnsPerEndpoint)}
 	}
 	attrs := []slog.Attr{
 		slog.String("endpoint_id", h.Endpoint),

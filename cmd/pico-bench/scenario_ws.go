@@ -134,7 +134,7 @@ func (h *harness) runW(ctx context.Context) error {
 	}
 	lim := strconv.Itoa(2 * n)
 	e, err := h.startEdge(ctx, "ws-edge", false, "--admin-token-file", tokFile, "--admin-pprof",
-		"--max-inflight-per-endpoint="+lim, "--max-conns-per-listener="+lim, "--max-conns="+lim)
+		"--max-conns-per-endpoint="+lim, "--max-conns-per-listener="+lim, "--max-conns="+lim)
 	if err != nil {
 		return err
 	}

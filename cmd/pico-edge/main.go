@@ -57,7 +57,8 @@ type CLI struct {
 	MaxEndpointsPerAgent   int           `help:"Endpoints one agent connection may serve." default:"${max_endpoints_per_agent}" group:"Limits"`
 	MaxStreamsPerAgent     int           `help:"Streams this node may have open to one agent connection (requests in flight and idle keep-alive streams); beyond, 503 at once." default:"${max_streams_per_agent}" group:"Limits"`
 	MaxConnsPerToken       int           `help:"Agent connections one token may hold to this node at once (when tokens are checked); beyond, refused with a limit error." default:"${max_conns_per_token}" group:"Limits"`
-	MaxInflightPerEndpoint int           `help:"Requests and TCP connections in flight to one endpoint on this node; beyond, 503 at once." default:"${max_inflight_per_endpoint}" group:"Limits"`
+	MaxInflightPerEndpoint int           `help:"Requests in flight to one endpoint on this node; beyond, 503 at once." default:"${max_inflight_per_endpoint}" group:"Limits"`
+	MaxConnsPerEndpoint    int           `help:"Long-lived connections open to one endpoint on this node: upgraded HTTP connections (WebSockets) and TCP connections; beyond, 503 (a forward: overloaded) at once. They do not count against --max-inflight-per-endpoint." default:"${max_conns_per_endpoint}" group:"Limits"`
 	RegistrationsPerSecond int           `help:"Register messages one agent connection may send a second (burst: twice as many); beyond, the agent waits." default:"${registrations_per_second}" group:"Limits"`
 	HandshakesPerSecond    int           `help:"New QUIC connections a second, on the agent port and on the HTTP/3 door each, above which clients must first pass a Retry (one more round trip); negative: never." default:"${handshakes_per_second}" group:"Limits"`
 	MaxConnsPerListener    int           `help:"Open client connections on each TCP front door." default:"${max_conns_per_listener}" group:"Limits"`
@@ -200,6 +201,7 @@ func (c *CLI) run(log *slog.Logger) error {
 		OpenStreamTimeout:         c.OpenStreamTimeout,
 		MaxEndpointsPerAgent:      c.MaxEndpointsPerAgent,
 		MaxInflightPerEndpoint:    c.MaxInflightPerEndpoint,
+		MaxConnsPerEndpoint:       c.MaxConnsPerEndpoint,
 		MaxConnsPerToken:          c.MaxConnsPerToken,
 		MaxStreamsPerAgent:        c.MaxStreamsPerAgent,
 		RegistrationsPerSecond:    c.RegistrationsPerSecond,
@@ -583,6 +585,7 @@ func defaultVars() kong.Vars {
 		"max_streams_per_agent":     num(d.MaxStreamsPerAgent),
 		"max_conns_per_token":       num(d.MaxConnsPerToken),
 		"max_inflight_per_endpoint": num(d.MaxInflightPerEndpoint),
+		"max_conns_per_endpoint":    num(d.MaxConnsPerEndpoint),
 		"registrations_per_second":  num(d.RegistrationsPerSecond),
 		"handshakes_per_second":     num(d.HandshakesPerSecond),
 		"max_conns_per_listener":    num(d.MaxConnsPerListener),
