@@ -281,6 +281,7 @@ func (l *link) controlLoop(br quicutil.MessageReader) error {
 			l.conn.CloseWithError(quicutil.ConnCodeProtocolError, err.Error())
 			return err
 		}
+		res.Fit() // one frame, whatever the messages
 		if err := l.writeControl(res); err != nil {
 			return err
 		}

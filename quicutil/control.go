@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Control stream limits.
@@ -300,6 +301,41 @@ func (m *Result) appendBody(b []byte) []byte {
 		b = appendString(b, r.Message)
 	}
 	return b
+}
+
+// Fit shortens the messages of m, if need be, so that its frame stays
+// within MaxControlFrameLen: a Result answers a Register of up to
+// MaxEndpointsPerMsg endpoints, and messages of up to MaxResultMessage
+// bytes each would not fit. The ok results' messages go first (they are
+// informational: an endpoint's public URLs), from the last; then refusals'
+// messages are cut to a short prefix, and at last dropped. IDs and codes
+// are never touched.
+func (m *Result) Fit() {
+	size := len(m.appendBody(nil))
+	over := func() bool { return size > MaxControlFrameLen }
+	setMsg := func(r *EndpointResult, msg string) {
+		size += len(msg) + uvarintLen(len(msg)) - len(r.Message) - uvarintLen(len(r.Message))
+		r.Message = msg
+	}
+	for i := len(m.Results) - 1; i >= 0 && over(); i-- {
+		if r := &m.Results[i]; r.Code == StatusOK {
+			setMsg(r, "")
+		}
+	}
+	const short = 64
+	for i := len(m.Results) - 1; i >= 0 && over(); i-- {
+		if r := &m.Results[i]; len(r.Message) > short {
+			setMsg(r, strings.ToValidUTF8(r.Message[:short], ""))
+		}
+	}
+	for i := len(m.Results) - 1; i >= 0 && over(); i-- {
+		setMsg(&m.Results[i], "")
+	}
+}
+
+func uvarintLen(n int) int {
+	var b [binary.MaxVarintLen64]byte
+	return binary.PutUvarint(b[:], uint64(n))
 }
 
 func (m *Result) parseBody(d *decoder) {

@@ -427,3 +427,41 @@ func (w *countingWriter) Write(p []byte) (int, error) { w.writes++; w.n += len(p
 type iotestErrWriter struct{ err error }
 
 func (w iotestErrWriter) Write([]byte) (int, error) { return 0, w.err }
+
+// TestResultFit: a Result for a full Register whose endpoints all carry
+// long messages (public URLs, refusals) is shortened to fit one frame,
+// refusals keeping a prefix of their reason; a Result that fits is left
+// alone.
+func TestResultFit(t *testing.T) {
+	long := strings.Repeat("u", quicutil.MaxResultMessage)
+	small := &quicutil.Result{Seq: 1, Results: []quicutil.EndpointResult{{ID: "a", Code: quicutil.StatusOK, Message: long}}}
+	small.Fit()
+	if small.Results[0].Message != long {
+		t.Fatalf("a Result that fits lost its message")
+	}
+	for _, code := range []quicutil.Status{quicutil.StatusOK, quicutil.StatusConflict} {
+		m := &quicutil.Result{Seq: 2}
+		for i := range quicutil.MaxEndpointsPerMsg {
+			m.Results = append(m.Results, quicutil.EndpointResult{ID: fmt.Sprintf("endpoint-%05d", i), Code: code, Message: long})
+		}
+		if _, err := quicutil.AppendMessage(nil, m); err == nil {
+			t.Fatalf("code %v: the unshortened Result fits; the test shows nothing", code)
+		}
+		m.Fit()
+		b, err := quicutil.AppendMessage(nil, m)
+		if err != nil {
+			t.Fatalf("code %v: after Fit: %v", code, err)
+		}
+		back, _, err := quicutil.ParseMessage(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := back.(*quicutil.Result)
+		if len(got.Results) != quicutil.MaxEndpointsPerMsg || got.Results[999].ID != "endpoint-00999" || got.Results[999].Code != code {
+			t.Fatalf("code %v: results changed: %d, last %+v", code, len(got.Results), got.Results[999])
+		}
+		if code != quicutil.StatusOK && got.Results[0].Message == "" {
+			t.Errorf("refusals lost every reason; the first keeps %q", got.Results[0].Message)
+		}
+	}
+}
