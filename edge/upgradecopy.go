@@ -21,7 +21,7 @@ const leanWaitBuf = 1 << 10
 var leanBufs = sync.Pool{New: func() any { b := make([]byte, leanWaitBuf); return &b }}
 
 // copyLean copies src to dst until EOF (nil) or an error, as io.Copy
-// does, adding each write to count as it goes (ReverseProxy returns when
+// does, adding each write to count as it goes (from its start) (ReverseProxy returns when
 // the first direction ends, and the access log reads both counts then),
 // reading into a 1 KiB buffer while traffic is light and a pooled
 // 32 KiB one (proxyBufs) from a read that fills the small buffer until a
@@ -43,9 +43,14 @@ func copyLean(dst io.Writer, src io.Reader, count *atomic.Int64) (int64, error) 
 		}
 		n, rerr := src.Read(buf)
 		if n > 0 {
+			// Counted before the write, and corrected after it: a peer
+			// that got these bytes and closed at once can end the other
+			// direction, and the log's read of count, before this
+			// goroutine returns from Write.
+			count.Add(int64(n))
 			w, werr := dst.Write(buf[:n])
 			written += int64(w)
-			count.Add(int64(w))
+			count.Add(int64(w - n))
 			if werr != nil {
 				return written, werr
 			}
