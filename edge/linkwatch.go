@@ -36,12 +36,23 @@ const (
 func (s *Server) watchLinks(stop <-chan struct{}) {
 	t := time.NewTicker(linkWatchEvery)
 	defer t.Stop()
+	last := time.Now()
 	for {
 		select {
 		case <-stop:
 			return
 		case now := <-t.C:
+			// A tick this late means this process stood still (a GC
+			// pause, SIGSTOP, a stalled VM): the links' silence meanwhile
+			// is its own, and their packets wait in the socket. Each link
+			// starts a new window instead of being closed on waking.
+			stalled := now.Sub(last) > linkSuspectAfter/2
+			last = now
 			for _, l := range s.links.list() {
+				if stalled {
+					l.seenPackets, l.seenAt = l.conn.ConnectionStats().PacketsReceived, now
+					continue
+				}
 				l.checkSilence(now)
 			}
 		}

@@ -520,3 +520,72 @@ func TestUpstreamClosesMidResponse(t *testing.T) {
 		t.Errorf("access-log line does not say the response was cut after 1000 bytes: %s", line)
 	}
 }
+
+// TestEdgeFrozen stops a lone edge with SIGSTOP for 3 s while a request
+// waits on its upstream: on waking the edge must not take its own
+// standstill for its agent's silence and close the link; the request is
+// answered, and new ones are too.
+func TestEdgeFrozen(t *testing.T) {
+	e2e(t)
+	e := startEdge(t)
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 1)
+	port := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/held" {
+			arrived <- struct{}{}
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		io.WriteString(w, "up")
+	}))
+	closeRelease := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(closeRelease)
+	e.serve(t, "http", "web", "127.0.0.1:"+port)
+	c := newClient(t, 20*time.Second)
+	done := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", "http://"+e.proxy+"/held", nil)
+		req.Header.Set("X-Pico-Endpoint", "web")
+		resp, err := c.Do(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{status: resp.StatusCode, body: string(b), err: err}
+	}()
+	select {
+	case <-arrived:
+	case <-time.After(waitTimeout):
+		t.Fatal("the held request did not reach the upstream")
+	}
+	mark := e.mark()
+	thaw := e.freeze(t)
+	time.Sleep(3 * time.Second)
+	thaw()
+	// Let the woken edge look at its link a few times, then answer.
+	time.Sleep(500 * time.Millisecond)
+	closeRelease()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(waitTimeout):
+		t.Fatal("the held request was not answered after the edge woke")
+	}
+	if r.err != nil || r.status != http.StatusOK || r.body != "up" {
+		t.Fatalf("the request held across the edge's 3 s standstill: %d %q %v, want 200 \"up\"", r.status, r.body, r.err)
+	}
+	for _, line := range e.output()[mark:] {
+		if strings.Contains(line, "agent stopped answering; closing its link") {
+			t.Errorf("the woken edge closed its agent's link: %s", line)
+		}
+	}
+	resp, body := e.request(t, c, "GET", "web", "/", nil)
+	if resp.StatusCode != http.StatusOK || body != "up" {
+		t.Fatalf("a new request after the standstill: %d %q", resp.StatusCode, body)
+	}
+}
