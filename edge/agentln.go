@@ -75,6 +75,12 @@ type link struct {
 	open       atomic.Int64  // streams to the agent not closed yet (keep-alive ones included)
 	leaving    atomic.Bool   // told to go away: used only when nothing else serves
 	streams    atomic.Uint64 // streams served in total
+	suspect    atomic.Bool   // silent for linkSuspectAfter: used only when nothing else serves
+
+	// Owned by watchLinks (linkwatch.go): the packets received at its last
+	// look, and when that count last changed.
+	seenPackets uint64
+	seenAt      time.Time
 
 	regLimit *rate.Limiter // Register messages
 
@@ -99,7 +105,7 @@ type link struct {
 func (l *link) Load() int64 { return l.inflight.Load() }
 
 func (l *link) addLoad(d int64)       { l.inflight.Add(d) }
-func (l *link) leavingNow() bool      { return l.leaving.Load() }
+func (l *link) leavingNow() bool      { return l.leaving.Load() || l.suspect.Load() }
 func (l *link) upstreams() *upstreams { return &l.ups }
 
 // The link as rebalancing sees it (cluster.Link).

@@ -528,7 +528,7 @@ func TestResponseHeaderTimeout(t *testing.T) {
 		}
 	})))
 	resp, body := do(t, edgetest.Client(t), n.Request(t, "GET", "slow", "/", nil))
-	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "did not answer") {
+	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "did not start its response within 200ms (--response-header-timeout)") {
 		t.Fatalf("got %d %q, want 504", resp.StatusCode, body)
 	}
 }

@@ -566,9 +566,13 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		msg = fmt.Sprintf("endpoint %q: %v", ep, le)
 	case isTimeout(err):
 		status = http.StatusGatewayTimeout
-		msg = fmt.Sprintf("endpoint %q: upstream did not answer within %s", ep, s.cfg.ResponseHeaderTimeout)
+		msg = fmt.Sprintf("endpoint %q: upstream did not start its response within %s (--response-header-timeout)", ep, s.cfg.ResponseHeaderTimeout)
 	case errors.As(err, &idle):
 		msg = fmt.Sprintf("endpoint %q: agent stopped answering (connection timed out)", ep)
+	case errors.As(err, &appErr) && !appErr.Remote && appErr.ErrorCode == quicutil.ConnCodeTimeout:
+		// This node closed a silent link or relay connection (linkwatch.go,
+		// cluster.Peer.watch); the message says for how long.
+		msg = fmt.Sprintf("endpoint %q: agent stopped answering (%s)", ep, appErr.ErrorMessage)
 	case errors.As(err, &appErr), errors.As(err, &le), errors.Is(err, quicutil.ErrNoAnswer):
 		msg = fmt.Sprintf("endpoint %q: agent disconnected before answering", ep)
 	case errors.As(err, &strErr):

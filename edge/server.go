@@ -233,6 +233,8 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		return err
 	}
 	g.Go(func() error { return s.acceptAgents(ln) })
+	stopWatch := make(chan struct{})
+	g.Go(func() error { s.watchLinks(stopWatch); return nil })
 	if s.auth != nil {
 		g.Go(func() error { s.auth.Run(); return nil }) // until shutdown closes it
 	}
@@ -271,6 +273,7 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 		case <-s.closed:
 		}
 		s.shutdown(graceful)
+		close(stopWatch)
 		return nil
 	})
 	err = g.Wait()
