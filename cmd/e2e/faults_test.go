@@ -417,8 +417,11 @@ func testAgentKilledMidDownload(t *testing.T, tr transport) {
 			if errors.As(err, &ne) && ne.Timeout() {
 				t.Fatalf("the download hung until the client's timeout: %v", err)
 			}
-			if took > 3*time.Second {
-				t.Errorf("the client saw the cut %s after the agent died, want within about 1 s", took.Round(time.Millisecond))
+			// A loose ceiling for a loaded machine: over QUIC a kill
+			// costs the edge's silence bound (2.5 s; the QUIC idle
+			// timeout, 5 s, before it), over TCP the reset (ms).
+			if took > 4*time.Second {
+				t.Errorf("the client saw the cut %s after the agent died, want within the silence bound (2.5 s)", took.Round(time.Millisecond))
 			}
 			line := e.waitLine(t, mark, "the access-log line of the cut download", isMsg("request", "endpoint_id", "dl"))
 			if !strings.Contains(line, "response cut after") {
