@@ -549,6 +549,8 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		msg = fmt.Sprintf("no upstream for endpoint %q", ep)
 	case errors.As(err, &badHeader):
 		status, msg = http.StatusBadRequest, err.Error()
+	case errors.Is(err, http.ErrLineTooLong):
+		status, msg = http.StatusBadRequest, frontdoor.ChunkLineTooLong
 	case errors.As(err, &se):
 		switch se.Code {
 		case quicutil.StatusUpstreamTimeout:

@@ -109,7 +109,7 @@ func (f *AuthFlags) config() (*auth.Config, error) {
 func loadHMACSecret(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%w; 'pico-edge token --hmac-secret-file %s --endpoints ...' creates one (or: openssl rand -base64 32 > %s)", err, path, path)
+		return nil, fmt.Errorf("%w; '%s token --hmac-secret-file %s --endpoints ...' creates one (or: openssl rand -base64 32 > %s)", err, self, path, path)
 	}
 	if err != nil {
 		return nil, err
@@ -156,7 +156,7 @@ func tokenHint(f *AuthFlags) (token, mint, curl string) {
 	switch {
 	case f.AuthHMACSecretFile != "":
 		token = " --token $TOKEN"
-		mint = "    TOKEN=$(pico-edge token --hmac-secret-file " + f.AuthHMACSecretFile + " --endpoints foo"
+		mint = "    TOKEN=$(" + self + " token --hmac-secret-file " + f.AuthHMACSecretFile + " --endpoints foo"
 		if f.AuthIssuer != "" {
 			mint += " --issuer " + f.AuthIssuer
 		}

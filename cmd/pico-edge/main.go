@@ -102,7 +102,25 @@ func newParser(c *CLI) (*kong.Kong, error) {
 	)
 }
 
+// self is how the user ran pico-edge, for the commands its hints print;
+// main sets it from os.Args[0].
+var self = "pico-edge"
+
+// selfCommand returns "go run ./cmd/pico-edge" when arg0 is a binary that
+// go run built (it lives in a go-build directory: the build cache, or a
+// go-build* work directory under the temporary directory), else
+// "pico-edge".
+func selfCommand(arg0 string) string {
+	for _, elem := range strings.Split(filepath.ToSlash(filepath.Dir(arg0)), "/") {
+		if strings.HasPrefix(elem, "go-build") {
+			return "go run ./cmd/pico-edge"
+		}
+	}
+	return "pico-edge"
+}
+
 func main() {
+	self = selfCommand(os.Args[0])
 	var c CLI
 	parser, err := newParser(&c)
 	if err != nil {

@@ -237,3 +237,19 @@ func TestFlagDefaults(t *testing.T) {
 		t.Errorf("--cluster-label defaults to %q, want %q", c.ClusterLabel, cluster.DefaultConfig().Label)
 	}
 }
+
+// The start-up hint names the command the user ran: a binary go run built
+// (in the build cache or a go-build* work directory) is go run ./cmd/pico-edge.
+func TestSelfCommand(t *testing.T) {
+	for arg0, want := range map[string]string{
+		"/tmp/go-build415532079/b001/exe/pico-edge":                     "go run ./cmd/pico-edge",
+		"/root/.cache/go-build/70/70a0957e1b4951674c3ad6b4-d/pico-edge": "go run ./cmd/pico-edge",
+		"/usr/local/bin/pico-edge":                                      "pico-edge",
+		"pico-edge":                                                     "pico-edge",
+		"./bin/pico-edge":                                               "pico-edge",
+	} {
+		if got := selfCommand(arg0); got != want {
+			t.Errorf("selfCommand(%q) = %q, want %q", arg0, got, want)
+		}
+	}
+}

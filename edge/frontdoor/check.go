@@ -25,7 +25,7 @@ func CheckRequest(r *http.Request, maxHeaderBytes int, allowUnderscores bool) (i
 	size := len(r.Method) + len(r.RequestURI) + len(r.Proto) + 4 + len("Host: \r\n") + len(r.Host)
 	for k, vs := range r.Header {
 		if !allowUnderscores && strings.IndexByte(k, '_') >= 0 {
-			return http.StatusBadRequest, fmt.Sprintf("header name %q has an underscore (use '-'; the edge can be told to allow them)", k)
+			return http.StatusBadRequest, fmt.Sprintf("header name %q has an underscore: use '-', or start the edge with --allow-underscores-in-headers", k)
 		}
 		for _, v := range vs {
 			fields++

@@ -149,8 +149,7 @@ func (g *guardConn) step() error {
 	case guardChunkLine:
 		line, err := g.readUntil(func(b []byte) bool { return bytes.HasSuffix(b, []byte("\n")) }, maxChunkLine)
 		if err == errTooLong {
-			return &BodyError{Status: http.StatusBadRequest,
-				Reason: "a chunk-size line (with its extensions) of more than " + strconv.Itoa(maxChunkLine) + " bytes"}
+			return &BodyError{Status: http.StatusBadRequest, Reason: ChunkLineTooLong}
 		}
 		if err != nil {
 			return err
@@ -402,6 +401,12 @@ var errTooLong = errors.New("edge: request head too long")
 // maxChunkLine bounds a chunk-size line (with its extensions) and a
 // trailer line of a chunked request body.
 const maxChunkLine = 4096
+
+// ChunkLineTooLong is the reason a request whose chunk-size line is over
+// maxChunkLine is refused with: by the guard, or by net/http's chunked
+// reader (http.ErrLineTooLong, the same limit), which can see such a line
+// before the guard has read all of it.
+const ChunkLineTooLong = "a chunk-size line (with its extensions) of more than 4096 bytes"
 
 // BodyError is what reading a request body returns when the guard
 // refuses the body's framing mid-way (a chunk line over maxChunkLine):
