@@ -353,7 +353,7 @@ func errCases(t *testing.T) map[string]errCase {
 			a.signal(t, syscall.SIGTERM)
 			return waitAnswer(t, ch)
 		}},
-		"agent's link timed out mid-request (no packet for the QUIC idle timeout)": {edge: []string{}, provoke: func(t *testing.T, c *errEnv) errAnswer {
+		"agent's link went silent mid-request (the edge closed it after 2.5 s without a packet; the relay to its node: 1.5 s)": {edge: []string{}, provoke: func(t *testing.T, c *errEnv) errAnswer {
 			port, arrived := hold(t)
 			a := c.e.serve(t, "http", "foo", port)
 			ch := c.inFlight(t, "POST", arrived)

@@ -138,10 +138,17 @@ func readPID(t testing.TB, file string) int {
 }
 
 // freeBasePort finds BASE such that the ports of n local-cluster.sh nodes
-// (BASE+100*i plus 0 to 3 and 43, on TCP and UDP) are free now.
+// (BASE+100*i plus 0 to 3 and 43, on TCP and UDP) are free now. It looks
+// below Linux's ephemeral range (32768 and up), where the other tests'
+// listeners and connections take their ports, so none takes one of these
+// between the check and the nodes' start.
 func freeBasePort(t testing.TB, n int) int {
 	t.Helper()
-	for base := 20000 + os.Getpid()%200*100; base < 60000; base += 1000 {
+	const lo, hi = 10000, 32768
+	span := hi - lo - 100*n
+	start := lo + os.Getpid()*7919%span/100*100
+	for i := 0; i < span; i += 1000 {
+		base := lo + (start-lo+i)%span
 		if portsFree(base, n) {
 			return base
 		}
