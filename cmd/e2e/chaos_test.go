@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -327,7 +328,7 @@ func TestChaos(t *testing.T) {
 
 	// healthy reports whether the cluster is whole: every node ready and
 	// seeing the three alive, and each endpoint's two agents linked with
-	// both their links.
+	// (at least) both their links.
 	healthy := func() (bool, string) {
 		links := map[string]map[string]int{"web": {}, "echo": {}}
 		for _, nd := range c.nodes {
@@ -356,13 +357,13 @@ func TestChaos(t *testing.T) {
 				return false, fmt.Sprintf("%s routes %v", nd.id, routed)
 			}
 		}
+		// Two agents each: a third ID is the link of a killed agent that
+		// its node has not dropped yet. An agent may have more than its
+		// two links: one it was asked to move from retires once its
+		// streams end (see docs/cluster.md for how long that can take).
 		for id, l := range links {
-			n := 0
-			for _, k := range l {
-				n += k
-			}
-			if len(l) != 2 || n != 4 {
-				return false, fmt.Sprintf("links of %s by agent: %v, want 2 agents with 2 each", id, l)
+			if len(l) != 2 || slices.ContainsFunc(slices.Collect(maps.Values(l)), func(n int) bool { return n < 2 }) {
+				return false, fmt.Sprintf("links of %s by agent: %v, want 2 agents with at least 2 each", id, l)
 			}
 		}
 		return true, ""
