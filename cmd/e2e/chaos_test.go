@@ -233,6 +233,9 @@ func chaosCause(status int, body []byte, err error) string {
 	if i := strings.LastIndex(s, ": "); i >= 0 {
 		s = s[i+2:]
 	}
+	if st, ok := strings.CutPrefix(s, "expected handshake response status code 101 but got "); ok {
+		s = "WebSocket handshake answered " + st
+	}
 	if len(s) > 48 {
 		s = s[:48]
 	}
@@ -747,6 +750,9 @@ func TestChaos(t *testing.T) {
 		if !seen[k] {
 			t.Errorf("no fault of kind %s", k)
 		}
+	}
+	if len(bad) > 0 {
+		t.Logf("unexcused failures (the first %d): %s", len(bad), strings.Join(bad, "; "))
 	}
 	if badGET > 0 || badCalm > 0 {
 		t.Errorf("%d unexcused failed GETs (want 0), %d operations failed while no fault was active (want 0); first: %s",
