@@ -90,6 +90,7 @@ type chaosFault struct {
 	kind    string
 	target  string    // node-N or the agent's name
 	node    int       // the node's index, or -1
+	agent   string    // the agent's kind (http or tcp), or ""
 	at      time.Time // the signal
 	back    time.Time // SIGCONT, or the restarted process is ready (a node: it logged "edge node ready")
 	healthy time.Time // the cluster is whole again (chaosHealthy)
@@ -267,10 +268,13 @@ func chaosCause(status int, body []byte, err error) string {
 // messages), one of TCP connections through a `pico-agent forward` (32 KiB
 // echoed). Every operation records its start, end, front door, and why it
 // failed. A failed operation is excused when it was in flight at a SIGKILL
-// (of an agent, or of its front door node), or, not for GETs, at a freeze
-// (a TCP connection or a POST cannot be replayed); a GET is also excused
-// when its front door was down (killed or exited, and not yet ready again
-// when the request was sent: the load balancer had not seen it yet).
+// of an agent of its endpoint (http for GETs, POSTs and WebSockets, tcp for
+// the forward's connections) or of its front door node, or, not for GETs,
+// at the SIGKILL of any node or during a freeze of a node or of an agent of
+// its endpoint (a TCP connection or a POST cannot be replayed); an
+// operation is also excused when its front door was down (killed or
+// exited, and not yet ready again when it was sent: the load balancer had
+// not seen it yet).
 //
 // It fails on any unexcused failed GET, on any failed operation of any kind
 // that ran while no fault was active, on a node that does not exit 0 after
@@ -600,7 +604,7 @@ func TestChaos(t *testing.T) {
 			}
 		default:
 			a := agents[r.IntN(len(agents))]
-			f.target = a.name
+			f.target, f.agent = a.name, a.kind
 			f.at = time.Now()
 			if kind == faultAgentKill {
 				a.p.killAndWait(t)
@@ -635,16 +639,25 @@ func TestChaos(t *testing.T) {
 	inFlight := func(op chaosOp, at time.Time) bool {
 		return !op.start.After(at.Add(chaosKillSlack)) && !op.end.Before(at)
 	}
+	// agentKind is the kind of the agents that serve op: the TCP
+	// forward's connections go to the tcp agents, the rest to the http
+	// ones.
+	agentKind := func(op chaosOp) string {
+		if op.front < 0 {
+			return "tcp"
+		}
+		return "http"
+	}
 	excuse := func(op chaosOp) string {
 		for _, f := range faults {
 			switch {
-			case f.kind == faultAgentKill && inFlight(op, f.at):
+			case f.kind == faultAgentKill && f.agent == agentKind(op) && inFlight(op, f.at):
 				return "in flight at an agent SIGKILL"
 			case f.kind == faultNodeKill && f.node == op.front && inFlight(op, f.at):
 				return "in flight at its front door's SIGKILL"
-			case op.kind != "GET" && f.kills() && inFlight(op, f.at):
+			case op.kind != "GET" && f.kind == faultNodeKill && inFlight(op, f.at):
 				return "in flight at a SIGKILL"
-			case op.kind != "GET" && (f.kind == faultNodeFreeze || f.kind == faultAgentFreeze) &&
+			case op.kind != "GET" && (f.kind == faultNodeFreeze || f.kind == faultAgentFreeze && f.agent == agentKind(op)) &&
 				op.start.Before(f.back) && op.end.After(f.at.Add(-chaosKillSlack)):
 				return "in flight during a freeze"
 			}
