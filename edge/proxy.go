@@ -370,7 +370,12 @@ func (s *Server) roundTrip(req *http.Request, info *requestInfo, d *direct) (*ht
 }
 
 // maxAttempts is how many agents one request or TCP connection may try.
+// Targets found gone (targetGone) do not count, up to maxTargets in all.
 const maxAttempts = 2
+
+// maxTargets bounds the targets one request or TCP connection may try,
+// gone ones included.
+const maxTargets = 8
 
 // target is where a stream to an endpoint goes: a local agent link
 // (*link) or another node that relays to its agents (*peer).
@@ -401,6 +406,7 @@ type attempts struct {
 	id        routing.EndpointID
 	http1Only bool // only targets whose upstream for id speaks HTTP/1.1
 	tried     []routing.Target
+	gone      int    // of tried, those found gone (targetGone)
 	ahead     target // picked by peek, returned by the next next
 	err       error  // why the last attempt failed
 }
@@ -422,7 +428,7 @@ func (a *attempts) next() (target, error) {
 		a.ahead = nil
 		return tg, nil
 	}
-	if len(a.tried) == maxAttempts {
+	if len(a.tried)-a.gone >= maxAttempts || len(a.tried) >= maxTargets {
 		return nil, a.err
 	}
 	tg, err := a.s.table.Pick(a.id, a.skipDraining)
@@ -443,14 +449,40 @@ func (a *attempts) next() (target, error) {
 }
 
 func (a *attempts) skip(tg routing.Target) bool {
-	return slices.Contains(a.tried, tg) || a.http1Only && tg.(target).streamKind(a.id) != quicutil.KindHTTP
+	return slices.Contains(a.tried, tg) || linkClosed(tg) || a.http1Only && tg.(target).streamKind(a.id) != quicutil.KindHTTP
+}
+
+// linkClosed reports an agent link whose QUIC connection is closed but
+// whose teardown has not withdrawn it yet: a node that was frozen (SIGSTOP,
+// a stalled VM) wakes with the links its agents closed meanwhile still in
+// the table, and a stream to one would fail at once.
+func linkClosed(tg routing.Target) bool {
+	l, ok := tg.(*link)
+	return ok && l.conn.Context().Err() != nil
 }
 
 func (a *attempts) skipDraining(tg routing.Target) bool {
 	return tg.(target).leavingNow() || a.skip(tg)
 }
 
-func (a *attempts) failed(err error) { a.err = err }
+func (a *attempts) failed(err error) {
+	a.err = err
+	if targetGone(err) {
+		a.gone++
+	}
+}
+
+// targetGone reports whether an attempt failed because the connection to
+// its target (an agent's link, or the relay to another node) had already
+// ended when the stream was to be opened: the upstream never saw the
+// request, and the attempt says nothing about the endpoint's other
+// targets, so it does not count against maxAttempts. A node that wakes
+// from a freeze finds all its links to an endpoint's agents closed at once
+// when they gave up on it meanwhile.
+func targetGone(err error) bool {
+	var le *linkError
+	return errors.As(err, &le) && linkLost(le.err)
+}
 
 // retryable reports whether a failed attempt may be sent to another agent:
 // always when the upstream never saw it (the agent answered so, or no

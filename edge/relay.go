@@ -78,10 +78,12 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 	h.Flags &^= quicutil.FlagRelayed
 	var tried []routing.Target
 	var lastErr error
-	for range maxAttempts {
+	// As attempts does: targets found gone do not count against
+	// maxAttempts, closed links are not picked.
+	for spent := 0; spent < maxAttempts && len(tried) < maxTargets; {
 		tg, err := s.table.Pick(id, func(tg routing.Target) bool {
 			l, ok := tg.(*link)
-			return !ok || slices.Contains(tried, tg) || l.endpointKind(id) != h.Kind
+			return !ok || slices.Contains(tried, tg) || linkClosed(tg) || l.endpointKind(id) != h.Kind
 		})
 		if err != nil {
 			break
@@ -99,6 +101,9 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 		if err != nil {
 			l.inflight.Add(-1)
 			lastErr = err
+			if !targetGone(err) {
+				spent++
+			}
 			continue
 		}
 		s.live.add()
