@@ -110,8 +110,8 @@ func TestStatusNode(t *testing.T) {
 		t.Errorf("agents header = %q", head)
 	}
 	checkRows(t, "agents", rows,
-		[]string{"SESSION", "AGENT ID", "ENDPOINTS", "REMOTE ADDR", "TRANSPORT", "CONNECTED FOR", "RTT", "IN FLIGHT", "STREAMS"},
-		[]string{`\d+`, id, "db/tcp,web/http", `127\.0\.0\.1:\d+`, "quic", `\d+s`, `[\d.]+ms|-`, `[01]`, "1"},
+		[]string{"SESSION", "AGENT ID", "AGENT", "ENDPOINTS", "REMOTE ADDR", "TRANSPORT", "CONNECTED FOR", "RTT", "IN FLIGHT", "STREAMS"},
+		[]string{`\d+`, id, "pico-agent", "db/tcp,web/http", `127\.0\.0\.1:\d+`, "quic", `\d+s`, `[\d.]+ms|-`, `[01]`, "1"},
 	)
 
 	head, rows = status(t, n.AdminURL, "members")
