@@ -52,15 +52,15 @@ func TestDashboardChromium(t *testing.T) {
 	edgeVersion, agentVersion := binVersion(t, bin.edge), binVersion(t, bin.agent)
 	for what, re := range map[string]string{
 		"node 2's version (pico-edge --version)": `id="version"[^>]*>` + regexp.QuoteMeta(edgeVersion) + `<`,
-		"node 1 in the node table":            `data-node="node-1"`,
-		"node 2 as this node":                 `data-node="node-2"[^>]*>node-2 \(this node\)<`,
-		"both nodes alive":                    `\(2 of 2 alive\)`,
-		"the endpoint":                        `data-endpoint="` + endpoint + `"[^>]*>` + endpoint + `<`,
-		"node 2's requests":                   fmt.Sprintf(`id="requests-total"[^>]*>%d<`, requests),
-		"node 2 ready":                        `id="ready"[^>]*>ready<`,
-		"the page's header with node 2's ID":  `id="node-id">node-2<`,
-		"HTTP/1.1 row of the traffic table":   `<td>HTTP/1\.1</td>`,
-		"no fetch error shown (error hidden)": `<p id="error" hidden=""></p>`,
+		"node 1 in the node table":               `data-node="node-1"`,
+		"node 2 as this node":                    `data-node="node-2"[^>]*>node-2 \(this node\)<`,
+		"both nodes alive":                       `\(2 of 2 alive\)`,
+		"the endpoint":                           `data-endpoint="` + endpoint + `"[^>]*>` + endpoint + `<`,
+		"node 2's requests":                      fmt.Sprintf(`id="requests-total"[^>]*>%d<`, requests),
+		"node 2 ready":                           `id="ready"[^>]*>ready<`,
+		"the page's header with node 2's ID":     `id="node-id">node-2<`,
+		"HTTP/1.1 row of the traffic table":      `<td>HTTP/1\.1</td>`,
+		"no fetch error shown (error hidden)":    `<p id="error" hidden=""></p>`,
 	} {
 		if !regexp.MustCompile(re).MatchString(dom) {
 			t.Errorf("the DOM after the script ran lacks %s (/%s/)", what, re)
