@@ -44,7 +44,7 @@ type Globals struct {
 }
 
 type CLI struct {
-	Version kong.VersionFlag `help:"Print the version, the Go version and the platform, and exit." env:"-"`
+	PrintVersion kong.VersionFlag `name:"version" help:"Print the version, the Go version and the platform, and exit." env:"-"`
 	Globals
 
 	HTTP    ServeCmd   `cmd:"" name:"http" help:"Serve HTTP endpoints: pico-agent http ENDPOINT UPSTREAM [ENDPOINT UPSTREAM]..."`
