@@ -7,6 +7,12 @@ default:
 build:
     go build -o bin/ ./cmd/...
 
+# Static release binaries of pico-edge and pico-agent for linux, darwin and
+# windows on amd64 and arm64, with SHA256SUMS, in dist/ (.ci/release;
+# PICO_TARGETS="linux/amd64" just release for fewer)
+release:
+    bash .ci/release
+
 # Run a development edge node on the default ports
 run:
     go run ./cmd/pico-edge

@@ -27,12 +27,12 @@ func TestDashboard(t *testing.T) {
 		t.Errorf("Content-Type = %q, want text/html; charset=utf-8", ct)
 	}
 	for _, id := range []string{"node-id", "ready", "updated", "error", "nodes", "endpoints", "traffic",
-		"rate", "error-rate", "active-streams", "requests-total", "sparkline"} {
+		"rate", "error-rate", "active-streams", "requests-total", "sparkline", "agents", "version"} {
 		if !strings.Contains(page, `id="`+id+`"`) {
 			t.Errorf("page lacks the element id=%q", id)
 		}
 	}
-	for _, path := range []string{"/status/members", "/status/endpoints", "/status/traffic", "/readyz"} {
+	for _, path := range []string{"/status/members", "/status/endpoints", "/status/traffic", "/status/agents", "/status/node", "/readyz"} {
 		if !strings.Contains(page, `"`+path+`"`) {
 			t.Errorf("page does not fetch %s", path)
 		}

@@ -177,6 +177,85 @@ func TestNewConnectionsPerSource(t *testing.T) {
 	}
 }
 
+// Go's HTTP client sees the per-source 429 every time, over 200 new
+// connections: the edge answers it after reading the request head. Written
+// before the request, it reached the client on what it took for an idle
+// connection ("Unsolicited response received on idle HTTP channel"), and
+// the request failed instead.
+func TestNewConnectionsPerSourceGoClient(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.NewConnsPerIPPerSecond = 1 })
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	refused := 0
+	for i := range 200 {
+		resp, err := c.Get(n.ProxyURL + "/")
+		if err != nil {
+			t.Fatalf("request %d (%d told 429 before): %v; want an answer, 429 once over the limit", i, refused, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusTooManyRequests {
+			refused++
+			if !strings.Contains(string(b), "too many new connections") || resp.Header.Get("Retry-After") != "1" {
+				t.Fatalf("429 %q with Retry-After %q", b, resp.Header.Get("Retry-After"))
+			}
+		}
+	}
+	if refused < 150 {
+		t.Fatalf("%d of 200 quick connections told 429, want most", refused)
+	}
+}
+
+// The per-source 429 comes only once the request head is in: a refused
+// connection that has sent nothing, or half a head, reads nothing yet.
+func TestNewConnectionsPerSourceAnswerAfterTheHead(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.NewConnsPerIPPerSecond = 1 }) // burst 3
+	addr := strings.TrimPrefix(n.ProxyURL, "http://")
+	for range 6 { // spend the burst
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	refused := 0
+	for i := range 4 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for _, part := range []string{"", "GET / HTTP/1.1\r\nHost: x.localhost\r\n"} {
+			io.WriteString(c, part)
+			c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			if n, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("connection %d, after sending %q: read %d bytes, %v; want nothing before the head's end", i, part, n, err)
+			}
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "Connection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("connection %d: read the answer: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusTooManyRequests {
+			refused++
+		}
+	}
+	// 10 connections in under 2 s against a burst of 3 and 1 a second:
+	// some of the last 4 are refused.
+	if refused == 0 {
+		t.Fatal("no connection told 429")
+	}
+	// A refused connection that never sends is closed by the node's
+	// shutdown at the end of the test (goleak checks its goroutine ended).
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+}
+
 func TestConnectionsPerListener(t *testing.T) {
 	n := edgetest.NewNode(t, func(c *edge.Config) { c.MaxConnsPerListener = 2 })
 	addr := strings.TrimPrefix(n.ProxyURL, "http://")

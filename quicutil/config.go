@@ -3,7 +3,7 @@ package quicutil
 import (
 	"fmt"
 	"net"
-	"syscall"
+	"runtime"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -91,24 +91,31 @@ func AgentConfig() *quic.Config { return LinkConfig(MaxStreamsToAgent) }
 const WantUDPBuffer = 7 << 20
 
 // UDPBufferAdvice reports, for a socket that quic-go has already tuned, a
-// warning with the sysctl commands to run when its buffers are smaller than
-// quic-go wants, or "" when they are large enough. Linux reports twice the
-// size it granted.
+// warning with the commands to run when its buffers are smaller than
+// quic-go wants, or "" when they are large enough or their sizes cannot be
+// read (sockBuffers: SO_RCVBUF and SO_SNDBUF on Unix and Windows). Linux
+// reports twice the size it granted.
 func UDPBufferAdvice(c *net.UDPConn) string {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return ""
 	}
-	var rcv, snd int
-	rc.Control(func(fd uintptr) {
-		rcv, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF)
-		snd, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF)
-	})
-	if rcv >= WantUDPBuffer && snd >= WantUDPBuffer {
+	rcv, snd, err := sockBuffers(rc)
+	if err != nil || (rcv >= WantUDPBuffer && snd >= WantUDPBuffer) {
 		return ""
 	}
 	return fmt.Sprintf("UDP socket buffers are small (receive %d KiB, send %d KiB; QUIC wants %d KiB): "+
-		"throughput will suffer under load; raise them with "+
-		"'sysctl -w net.core.rmem_max=7500000 net.core.wmem_max=7500000'",
-		rcv>>10, snd>>10, WantUDPBuffer>>10)
+		"throughput will suffer under load; %s",
+		rcv>>10, snd>>10, WantUDPBuffer>>10, raiseBuffers())
+}
+
+// raiseBuffers says how to let sockets have larger buffers on this system.
+func raiseBuffers() string {
+	switch runtime.GOOS {
+	case "linux", "android":
+		return "raise them with 'sysctl -w net.core.rmem_max=7500000 net.core.wmem_max=7500000'"
+	case "darwin", "ios", "freebsd", "netbsd", "openbsd", "dragonfly":
+		return "raise the limit with 'sysctl -w kern.ipc.maxsockbuf=8441037'"
+	}
+	return "raise the system's limit on UDP socket buffers"
 }

@@ -49,16 +49,18 @@ func TestDashboardChromium(t *testing.T) {
 		"--virtual-time-budget=5000",                               // the first poll, and two more 2 s apart
 	}
 	dom, stderr := runChromium(t, append(common, "--dump-dom", url)...)
+	edgeVersion, agentVersion := binVersion(t, bin.edge), binVersion(t, bin.agent)
 	for what, re := range map[string]string{
-		"node 1 in the node table":            `data-node="node-1"`,
-		"node 2 as this node":                 `data-node="node-2"[^>]*>node-2 \(this node\)<`,
-		"both nodes alive":                    `\(2 of 2 alive\)`,
-		"the endpoint":                        `data-endpoint="` + endpoint + `"[^>]*>` + endpoint + `<`,
-		"node 2's requests":                   fmt.Sprintf(`id="requests-total"[^>]*>%d<`, requests),
-		"node 2 ready":                        `id="ready"[^>]*>ready<`,
-		"the page's header with node 2's ID":  `id="node-id">node-2<`,
-		"HTTP/1.1 row of the traffic table":   `<td>HTTP/1\.1</td>`,
-		"no fetch error shown (error hidden)": `<p id="error" hidden=""></p>`,
+		"node 2's version (pico-edge --version)": `id="version"[^>]*>` + regexp.QuoteMeta(edgeVersion) + `<`,
+		"node 1 in the node table":               `data-node="node-1"`,
+		"node 2 as this node":                    `data-node="node-2"[^>]*>node-2 \(this node\)<`,
+		"both nodes alive":                       `\(2 of 2 alive\)`,
+		"the endpoint":                           `data-endpoint="` + endpoint + `"[^>]*>` + endpoint + `<`,
+		"node 2's requests":                      fmt.Sprintf(`id="requests-total"[^>]*>%d<`, requests),
+		"node 2 ready":                           `id="ready"[^>]*>ready<`,
+		"the page's header with node 2's ID":     `id="node-id">node-2<`,
+		"HTTP/1.1 row of the traffic table":      `<td>HTTP/1\.1</td>`,
+		"no fetch error shown (error hidden)":    `<p id="error" hidden=""></p>`,
 	} {
 		if !regexp.MustCompile(re).MatchString(dom) {
 			t.Errorf("the DOM after the script ran lacks %s (/%s/)", what, re)
@@ -74,6 +76,12 @@ func TestDashboardChromium(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Fatalf("DOM:\n%s\nchromium stderr:\n%s", dom, stderr)
+	}
+	// Node 1's page lists its agent with the version the agent sent in
+	// its hello: the one pico-agent --version prints.
+	dom1, stderr := runChromium(t, append(common, "--dump-dom", "http://"+n1.admin+"/")...)
+	if _, row, ok := strings.Cut(dom1, `data-agent="`); !ok || !strings.Contains(strings.SplitN(row, "</tr>", 2)[0], "<td>pico-agent/"+agentVersion+"</td>") {
+		t.Fatalf("node 1's agent table lacks a row with pico-agent/%s:\n%s\nchromium stderr:\n%s", agentVersion, dom1, stderr)
 	}
 
 	shot := filepath.Join(t.TempDir(), "dashboard.png")

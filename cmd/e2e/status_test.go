@@ -27,6 +27,11 @@ func TestStatusCommandsAndAgentAdmin(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "this node") {
 		t.Fatalf("pico-edge status members: exit %d\n%s", code, out)
 	}
+	// The agent's hello carries the version pico-agent --version prints.
+	out, code = runCmd(t, nil, bin.edge, "status", "agents", "--admin", "http://"+e.admin)
+	if want := "pico-agent/" + binVersion(t, bin.agent); code != 0 || !strings.Contains(out, " "+want+" ") || !strings.Contains(out, "AGENT") {
+		t.Fatalf("pico-edge status agents: exit %d, want a row with %s\n%s", code, want, out)
+	}
 	out, code = runCmd(t, nil, bin.edge, "status", "agents", "--admin", "http://127.0.0.1:1")
 	if code == 0 || !strings.Contains(out, "127.0.0.1:1") {
 		t.Fatalf("status against a closed port: exit %d\n%s", code, out)

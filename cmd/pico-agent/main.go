@@ -44,6 +44,7 @@ type Globals struct {
 }
 
 type CLI struct {
+	PrintVersion kong.VersionFlag `name:"version" help:"Print the version, the Go version and the platform, and exit." env:"-"`
 	Globals
 
 	HTTP    ServeCmd   `cmd:"" name:"http" help:"Serve HTTP endpoints: pico-agent http ENDPOINT UPSTREAM [ENDPOINT UPSTREAM]..."`
@@ -103,6 +104,7 @@ func newParser(c *CLI) (*kong.Kong, error) {
 		kong.Name("pico-agent"),
 		kong.Description("Pico agent: serves local services on a Pico edge, and forwards local ports to endpoints.\n\nEvery flag can also be set with a PICO_* environment variable, e.g. PICO_EDGE, PICO_TOKEN."),
 		kong.DefaultEnvars("PICO"),
+		kong.Vars{"version": cli.VersionLine("pico-agent")},
 	)
 }
 

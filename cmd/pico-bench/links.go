@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -90,7 +89,7 @@ func (h *harness) sessionsServing(ctx context.Context, e *edgeProc, endpoint str
 // endpoint (if not empty).
 func (h *harness) stopAgent(ctx context.Context, e *edgeProc, ag *proc, endpoint string) error {
 	if !ag.exited() {
-		syscall.Kill(ag.pid(), syscall.SIGTERM)
+		terminate(ag.pid())
 		select {
 		case <-ag.done:
 		case <-time.After(10 * time.Second):

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -44,7 +43,7 @@ type procs struct {
 // the whole stdout is also kept for output().
 func (ps *procs) start(name string, keepStdout bool, path string, args ...string) (*proc, error) {
 	cmd := exec.Command(path, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	ownGroup(cmd)
 	cmd.Stdin = nil
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), changed: make(chan struct{}), keepOut: keepStdout}
 	stdout, err := cmd.StdoutPipe()
@@ -198,8 +197,7 @@ func (p *proc) kill() {
 		return
 	}
 	pid := p.pid()
-	syscall.Kill(-pid, syscall.SIGKILL)
-	syscall.Kill(pid, syscall.SIGKILL)
+	killGroup(pid)
 	select {
 	case <-p.done:
 	case <-time.After(5 * time.Second):

@@ -30,7 +30,8 @@ import (
 )
 
 type CLI struct {
-	Config cli.ConfigFile `help:"YAML file of flag values (keys are flag names: proxy-addr: :8000); $${VAR} takes an environment variable. A flag or PICO_* variable wins over the file." placeholder:"FILE"`
+	PrintVersion kong.VersionFlag `name:"version" help:"Print the version, the Go version and the platform, and exit." env:"-"`
+	Config       cli.ConfigFile   `help:"YAML file of flag values (keys are flag names: proxy-addr: :8000); $${VAR} takes an environment variable. A flag or PICO_* variable wins over the file." placeholder:"FILE"`
 
 	ProxyAddr      string `help:"Address of the plain HTTP/1.1 front door (TCP)." default:":8000" group:"Listeners"`
 	ProxyTLSAddr   string `help:"Address of the HTTPS front door: HTTP/1.1 and HTTP/2 over TLS on TCP, HTTP/3 on UDP on the same port; empty disables it." default:":8443" group:"Listeners"`
@@ -590,6 +591,7 @@ func defaultVars() kong.Vars {
 	d, dc := edge.DefaultConfig(), cluster.DefaultConfig()
 	num := strconv.Itoa
 	return kong.Vars{
+		"version":                   cli.VersionLine("pico-edge"),
 		"data_dir":                  cli.DataDir(),
 		"default_gossip_addr":       defaultGossipAddr,
 		"read_header_timeout":       duration(d.ReadHeaderTimeout),

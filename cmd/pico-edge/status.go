@@ -25,7 +25,7 @@ type StatusCmd struct {
 	Timeout time.Duration `help:"Time to wait for the admin API's answer." default:"10s"`
 
 	Endpoints struct{} `cmd:"" help:"Endpoints: protocol, this node's agents, the other nodes that serve them, streams in flight (GET /status/endpoints)."`
-	Agents    struct{} `cmd:"" help:"Agent links to this node: session, agent ID, endpoints, address, transport (quic or tcp), age, RTT, streams (GET /status/agents)."`
+	Agents    struct{} `cmd:"" help:"Agent links to this node: session, agent ID, agent software and version, endpoints, address, transport (quic or tcp), age, RTT, streams (GET /status/agents)."`
 	Members   struct{} `cmd:"" help:"Cluster members as this node sees them: state, drain, relay address and connection, endpoints, agent links (GET /status/members)."`
 }
 
@@ -156,10 +156,10 @@ func printAgents(out io.Writer, tw *tabwriter.Writer, u string, body []byte, now
 	if len(st.Agents) == 0 {
 		return nil
 	}
-	fmt.Fprintln(tw, "SESSION\tAGENT ID\tENDPOINTS\tREMOTE ADDR\tTRANSPORT\tCONNECTED FOR\tRTT\tIN FLIGHT\tSTREAMS")
+	fmt.Fprintln(tw, "SESSION\tAGENT ID\tAGENT\tENDPOINTS\tREMOTE ADDR\tTRANSPORT\tCONNECTED FOR\tRTT\tIN FLIGHT\tSTREAMS")
 	for _, a := range st.Agents {
 		slices.Sort(a.Endpoints)
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", a.Session, orDash(a.AgentID), list(a.Endpoints), a.RemoteAddr,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", a.Session, orDash(a.AgentID), orDash(a.Agent), list(a.Endpoints), a.RemoteAddr,
 			orDash(a.Transport), age(now.Sub(a.Connected)), millis(a.RTTMillis), a.InFlight, a.Streams)
 	}
 	return nil

@@ -110,8 +110,8 @@ func TestStatusNode(t *testing.T) {
 		t.Errorf("agents header = %q", head)
 	}
 	checkRows(t, "agents", rows,
-		[]string{"SESSION", "AGENT ID", "ENDPOINTS", "REMOTE ADDR", "TRANSPORT", "CONNECTED FOR", "RTT", "IN FLIGHT", "STREAMS"},
-		[]string{`\d+`, id, "db/tcp,web/http", `127\.0\.0\.1:\d+`, "quic", `\d+s`, `[\d.]+ms|-`, `[01]`, "1"},
+		[]string{"SESSION", "AGENT ID", "AGENT", "ENDPOINTS", "REMOTE ADDR", "TRANSPORT", "CONNECTED FOR", "RTT", "IN FLIGHT", "STREAMS"},
+		[]string{`\d+`, id, "pico-agent", "db/tcp,web/http", `127\.0\.0\.1:\d+`, "quic", `\d+s`, `[\d.]+ms|-`, `[01]`, "1"},
 	)
 
 	head, rows = status(t, n.AdminURL, "members")
@@ -173,7 +173,7 @@ func TestStatusCluster(t *testing.T) {
 	)
 
 	head, rows = status(t, n0.AdminURL, "agents")
-	if head != "node node-0: 1 agent link (auth: none)" || len(rows) != 2 || rows[1][1] != a.ID() || rows[1][2] != "web/http" {
+	if head != "node node-0: 1 agent link (auth: none)" || len(rows) != 2 || rows[1][1] != a.ID() || rows[1][2] != "pico-agent" || rows[1][3] != "web/http" {
 		t.Errorf("agents of node-0: %q %q", head, rows)
 	}
 	if head, rows := status(t, n1.AdminURL, "agents"); head != "node node-1: 0 agent links (auth: none)" || len(rows) != 0 {

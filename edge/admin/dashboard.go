@@ -10,7 +10,7 @@ import (
 
 // dashboardHTML is the admin port's web page: one file with inline CSS and
 // JavaScript, no build step. It polls /status/members, /status/endpoints,
-// /status/traffic and /readyz every 2 s and renders them with textContent
+// /status/traffic, /status/agents, /status/node and /readyz every 2 s and renders them with textContent
 // only, never as HTML.
 //
 //go:embed dashboard.html

@@ -57,15 +57,16 @@ type Door struct {
 	cfg    Config
 	limits *connLimits
 
-	plain   *http.Server
-	plainLn *stoppable     // the plain door's socket
-	fresh   freshConns     // connections whose first request is not read yet
-	tcp     *http.Server   // HTTPS; nil without a TLS listener
-	tcpLn   net.Listener   // the TLS listener the accept loop reads
-	hs      sync.WaitGroup // TLS handshakes under way
-	h3      *http3.Server  // nil without an HTTP/3 listener
-	tr      *quic.Transport
-	ln      *quic.Listener
+	plain      *http.Server
+	plainLn    *stoppable     // the plain door's socket
+	plainLimit *limitListener // its limits, and the connections it tells 429
+	fresh      freshConns     // connections whose first request is not read yet
+	tcp        *http.Server   // HTTPS; nil without a TLS listener
+	tcpLn      net.Listener   // the TLS listener the accept loop reads
+	hs         sync.WaitGroup // TLS handshakes under way
+	h3         *http3.Server  // nil without an HTTP/3 listener
+	tr         *quic.Transport
+	ln         *quic.Listener
 }
 
 // New makes a Door; it opens nothing.
@@ -163,7 +164,12 @@ func (d *Door) Start(lns Listeners, goFn func(func() error)) error {
 		ErrorLog:          ErrorLog(cfg.Log),
 	}
 	d.plainLn = newStoppable(lns.Plain)
-	plainLn := guardListener{&limitListener{Listener: d.plainLn, l: d.limits, tell429: true}, maxHead}
+	headTimeout := cfg.ReadHeaderTimeout
+	if headTimeout <= 0 {
+		headTimeout = 10 * time.Second // a refused client gets no unbounded wait
+	}
+	d.plainLimit = &limitListener{Listener: d.plainLn, l: d.limits, tell429: true, headTimeout: headTimeout, maxHead: maxHead}
+	plainLn := guardListener{d.plainLimit, maxHead}
 	goFn(func() error {
 		if err := d.plain.Serve(plainLn); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve proxy on %s: %w", lns.Plain.Addr(), err)
@@ -215,6 +221,7 @@ func (d *Door) acceptTLS(conns *chanListener, maxHead int) {
 func (d *Door) Shutdown(ctx context.Context) {
 	if d.plainLn != nil {
 		d.plainLn.stop()
+		d.plainLimit.stopRefusing()
 	}
 	if d.tcpLn != nil {
 		d.tcpLn.Close() // acceptTLS returns

@@ -1,7 +1,9 @@
 package frontdoor
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -13,7 +15,8 @@ import (
 
 // Limits bound the client connections of the TCP doors (docs/limits.md).
 // A connection over a limit is closed at once; on the plain HTTP door it
-// is first told 429 Too Many Requests when its address opens too many.
+// is first told 429 Too Many Requests when its address opens too many,
+// once its request head is read (refuse429).
 type Limits struct {
 	PerListener int     // open connections on one listener; 0: none allowed
 	Global      int     // open connections on all of them; 0: none allowed
@@ -89,8 +92,21 @@ type limitListener struct {
 	net.Listener
 	l       *connLimits
 	open    atomic.Int64
-	tell429 bool // plain HTTP: say why before closing
+	tell429 bool // plain HTTP: say why before closing (refuse429)
+
+	// Of refuse429, when tell429 is set:
+	headTimeout time.Duration // the time a client has to send its head
+	maxHead     int           // the longest head read before the 429
+	refusing    sync.WaitGroup
+	mu          sync.Mutex // guards the fields below
+	refused     map[net.Conn]bool
+	stopped     bool // stopRefusing ran: refuse no more
 }
+
+// maxRefusing bounds the connections told 429 at once, each for up to
+// headTimeout plus refuseLinger; beyond it a refused connection is closed
+// at once, unanswered.
+const maxRefusing = 256
 
 func (ln *limitListener) Accept() (net.Conn, error) {
 	for {
@@ -111,17 +127,97 @@ func (ln *limitListener) Accept() (net.Conn, error) {
 		}
 		if reason != "" {
 			ln.l.refused(reason)
-			if ln.tell429 && reason == "source" {
-				c.SetWriteDeadline(time.Now().Add(time.Second))
-				c.Write(tooManyConns)
+			if !ln.tell429 || reason != "source" || !ln.startRefusal(c) {
+				c.Close()
 			}
-			c.Close()
 			continue
 		}
 		ln.open.Add(1)
 		ln.l.open.Add(1)
 		return &limitConn{Conn: c, ln: ln}, nil
 	}
+}
+
+// startRefusal has refuse429 answer c in a goroutine of its own, unless
+// maxRefusing are being answered or the door is shutting down.
+func (ln *limitListener) startRefusal(c net.Conn) bool {
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	if ln.stopped || len(ln.refused) >= maxRefusing {
+		return false
+	}
+	if ln.refused == nil {
+		ln.refused = make(map[net.Conn]bool)
+	}
+	ln.refused[c] = true
+	ln.refusing.Go(func() {
+		ln.refuse429(c)
+		ln.mu.Lock()
+		delete(ln.refused, c)
+		ln.mu.Unlock()
+	})
+	return true
+}
+
+// refuse429 tells c 429 Too Many Requests once it has read the request
+// head, so that the answer is one to the request: written before, it
+// reaches a client that has not sent yet, which may take it for a stray
+// answer on an idle connection (Go's "Unsolicited response received on
+// idle HTTP channel") and retry or fail. The head is read for up to
+// headTimeout and maxHead bytes (then the 429 goes out all the same); a
+// client that sends nothing in that time, or closes, gets no answer, as
+// net/http does. Then c says EOF and is drained for a moment before it
+// closes, as the guard's refusals are (guardConn.Close): closed with the
+// client's bytes unread, it would reset, and the reset can destroy the 429.
+func (ln *limitListener) refuse429(c net.Conn) {
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(ln.headTimeout))
+	if !readHead(c, ln.maxHead) {
+		return
+	}
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write(tooManyConns); err != nil {
+		return
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		c.SetReadDeadline(time.Now().Add(refuseLinger))
+		io.CopyN(io.Discard, c, refuseDrain)
+	}
+}
+
+// readHead reads from c to the end of a request head (an empty line) or
+// limit bytes, whichever comes first, and reports whether it got either.
+func readHead(c net.Conn, limit int) bool {
+	buf := make([]byte, 4096)
+	var tail []byte // the last 3 bytes read: an empty line may span reads
+	read := 0
+	for read < limit {
+		n, err := c.Read(buf[:min(len(buf), limit-read)])
+		if n > 0 {
+			read += n
+			b := append(tail, buf[:n]...)
+			if bytes.Contains(b, []byte("\r\n\r\n")) || bytes.Contains(b, []byte("\n\n")) {
+				return true
+			}
+			tail = append([]byte(nil), b[max(0, len(b)-3):]...)
+		}
+		if err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// stopRefusing closes the connections being told 429 and waits for their
+// goroutines; connections refused later are closed at once.
+func (ln *limitListener) stopRefusing() {
+	ln.mu.Lock()
+	ln.stopped = true
+	for c := range ln.refused {
+		c.Close()
+	}
+	ln.mu.Unlock()
+	ln.refusing.Wait()
 }
 
 var tooManyConns = func() []byte {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -47,12 +48,56 @@ func (f LogFlags) Logger(w io.Writer) *slog.Logger {
 	return slog.New(tint.NewHandler(w, &tint.Options{Level: level, NoColor: !isTerm, TimeFormat: "15:04:05.000"}))
 }
 
-// Version is the module version the binary was built from, or "dev".
+// version is set at link time by the release build (.ci/release):
+// -ldflags "-X github.com/pico-edge/pico/cmd/internal/cli.version=v0.3.0".
+var version string
+
+// Version is the version of both commands, one rule for both: the version
+// set at link time; else the module version in the build info (go install
+// ...@v0.3.0, or the pseudo-version go build stamps in a git checkout);
+// else the VCS revision in the build info (12 hex digits, "-dirty" when
+// the tree had changes); else "dev" (go run, go test).
 func Version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
+	bi, _ := debug.ReadBuildInfo()
+	return versionOf(version, bi)
+}
+
+func versionOf(linked string, bi *debug.BuildInfo) string {
+	if linked != "" {
+		return linked
 	}
-	return "dev"
+	if bi == nil {
+		return "dev"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev string
+	var dirty bool
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "dev"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return rev
+}
+
+// VersionLine is what --version prints for the command name:
+// "pico-edge v0.3.0 (go1.26.1, linux/amd64)".
+func VersionLine(name string) string {
+	return fmt.Sprintf("%s %s (%s, %s/%s)", name, Version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
 // SignalContext is cancelled at the first SIGINT or SIGTERM; a second one

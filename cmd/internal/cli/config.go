@@ -44,7 +44,7 @@ func flagNames(n *kong.Node) map[string]bool {
 	var walk func(n *kong.Node)
 	walk = func(n *kong.Node) {
 		for _, f := range n.Flags {
-			if _, isConfig := f.Target.Interface().(ConfigFile); !isConfig && f.Name != "help" {
+			if _, isConfig := f.Target.Interface().(ConfigFile); !isConfig && f.Name != "help" && f.Name != "version" {
 				out[f.Name] = true
 			}
 		}
