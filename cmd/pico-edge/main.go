@@ -6,10 +6,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/alecthomas/kong"
 	"github.com/quic-go/quic-go"
 
@@ -46,6 +49,13 @@ type CLI struct {
 	TLSKey   string   `help:"Private key (PEM) of --tls-cert." type:"path" group:"TLS"`
 	TLSHost  []string `help:"Extra names (DNS or IP) for the development certificate, besides localhost, *.localhost, 127.0.0.1 and ::1." sep:"," group:"TLS"`
 	DevCADir string   `help:"Directory of the development CA (ca.pem, ca-key.pem) that signs the development certificate (default: --data-dir). Nodes of a local cluster given the same directory share one CA, so one --ca works for all of them; pico-edge's default --data-dir (${data_dir}) is where pico-agent finds it without --ca." type:"path" group:"TLS"`
+
+	ACMEDomain      string        `help:"Base domain for certificates from an ACME CA (RFC 8555): endpoint foo gets a certificate for foo.DOMAIN, obtained on demand, only once an agent has registered foo on some node of the cluster. Point *.DOMAIN at the nodes. Names it does not cover get the --tls-cert or development certificate. See docs/certificates.md." placeholder:"DOMAIN" group:"ACME"`
+	ACMEEmail       string        `help:"Contact e-mail given to the ACME CA (expiry notices)." group:"ACME"`
+	ACMEDirectory   string        `help:"Directory URL of the ACME CA (any RFC 8555 CA: Let's Encrypt, its staging, a private CA)." default:"${acme_directory}" group:"ACME"`
+	ACMECARoots     string        `name:"acme-ca-roots" help:"PEM bundle of the CA certificates that the ACME directory's own HTTPS is checked against (a private CA); default: the system's roots." type:"path" group:"ACME"`
+	ACMECacheDir    string        `help:"Directory of the ACME account key, certificates and challenge answers (default: acme/ in --data-dir). Nodes given one shared directory (a shared volume) obtain each certificate once and all serve it." type:"path" group:"ACME"`
+	ACMERenewBefore time.Duration `help:"How long before expiry an ACME certificate is renewed, at most 720h; a failed renewal is tried again 30 to 60 minutes later while the certificate is still served." default:"${acme_renew_before}" group:"ACME"`
 
 	ReadHeaderTimeout      time.Duration `help:"Time a client has to send its request header." default:"${read_header_timeout}" group:"Limits"`
 	IdleTimeout            time.Duration `help:"Idle time after which a client keep-alive connection is closed." default:"${idle_timeout}" group:"Limits"`
@@ -148,6 +158,16 @@ func (c *CLI) run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	set := metrics.NewSet()
+	var srv *edge.Server // set before it serves, which is before any handshake
+	acmeClient, err := c.acme(getCert, func(id string) bool { return srv.Serves(id) }, set, log)
+	if err != nil {
+		return err
+	}
+	var challenges http.Handler
+	if acmeClient != nil {
+		getCert, challenges = acmeClient.GetCertificate, acmeClient.HTTPHandler(nil)
+	}
 	resetKey, err := loadResetKey(filepath.Join(c.DataDir, "quic-reset.key"))
 	if err != nil {
 		return err
@@ -184,7 +204,9 @@ func (c *CLI) run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv, err := edge.New(edge.Config{
+	srv, err = edge.New(edge.Config{
+		Metrics:                   set,
+		ACMEChallenges:            challenges,
 		PublicURLs:                c.publicURLs(lns),
 		Auth:                      auth,
 		TrustedProxies:            trusted,
@@ -319,6 +341,47 @@ func (c *CLI) devCADir() string {
 		return c.DevCADir
 	}
 	return c.DataDir
+}
+
+// acme returns the ACME client of --acme-domain, or nil without it.
+func (c *CLI) acme(fallback func(*tls.ClientHelloInfo) (*tls.Certificate, error), serves func(string) bool, set *metrics.Set, log *slog.Logger) (*certs.ACME, error) {
+	if c.ACMEDomain == "" {
+		if c.ACMEEmail != "" || c.ACMECARoots != "" || c.ACMECacheDir != "" {
+			return nil, errors.New("--acme-email, --acme-ca-roots and --acme-cache-dir need --acme-domain")
+		}
+		return nil, nil
+	}
+	if c.ACMERenewBefore <= 0 || c.ACMERenewBefore > certs.DefaultACMERenewBefore {
+		return nil, fmt.Errorf("--acme-renew-before %s: want more than 0 and at most %s", c.ACMERenewBefore, duration(certs.DefaultACMERenewBefore))
+	}
+	var roots *x509.CertPool
+	if c.ACMECARoots != "" {
+		var err error
+		if roots, err = certs.LoadPool(c.ACMECARoots); err != nil {
+			return nil, fmt.Errorf("--acme-ca-roots: %w", err)
+		}
+	}
+	dir := c.ACMECacheDir
+	if dir == "" {
+		dir = filepath.Join(c.DataDir, "acme")
+	}
+	a, err := certs.NewACME(certs.ACMEConfig{
+		Email:       c.ACMEEmail,
+		Directory:   c.ACMEDirectory,
+		Roots:       roots,
+		Domain:      c.ACMEDomain,
+		CacheDir:    dir,
+		RenewBefore: c.ACMERenewBefore,
+		Serves:      serves,
+		Fallback:    fallback,
+		Log:         log,
+		Metrics:     set,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--acme-domain: %w", err)
+	}
+	log.Info("ACME: certificates on demand for the endpoints served", "names", "*."+a.Domain(), "directory", c.ACMEDirectory, "cache", dir)
+	return a, nil
 }
 
 // certificates returns the agent listener's certificate source, and the
@@ -573,6 +636,8 @@ func defaultVars() kong.Vars {
 	num := strconv.Itoa
 	return kong.Vars{
 		"data_dir":                  cli.DataDir(),
+		"acme_directory":            certs.LetsEncrypt,
+		"acme_renew_before":         duration(certs.DefaultACMERenewBefore),
 		"default_gossip_addr":       defaultGossipAddr,
 		"read_header_timeout":       duration(d.ReadHeaderTimeout),
 		"idle_timeout":              duration(d.IdleTimeout),
