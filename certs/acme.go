@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -135,6 +136,9 @@ func NewACME(cfg ACMEConfig) (*ACME, error) {
 			DirectoryURL: cfg.Directory,
 			HTTPClient:   &http.Client{Transport: &caTransport{rt: tr, a: a}, Timeout: time.Minute},
 			UserAgent:    "pico-edge",
+			// A CA answering 5xx or 429 is asked again twice, not until
+			// the order's 5 minutes are over: a handshake waits for it.
+			RetryBackoff: caRetry,
 		},
 	}
 	cfg.Metrics.NewGauge("pico_acme_certificates", func() float64 {
@@ -143,6 +147,24 @@ func NewACME(cfg ACMEConfig) (*ACME, error) {
 		return float64(len(a.certs))
 	})
 	return a, nil
+}
+
+// caRetries is how often a request the CA failed (5xx, 429, badNonce) is
+// sent again.
+const caRetries = 2
+
+// caRetry is acme.Client.RetryBackoff: 1 s, then 2 s (or the CA's
+// Retry-After up to 10 s), then no more.
+func caRetry(n int, _ *http.Request, resp *http.Response) time.Duration {
+	if n > caRetries {
+		return -1
+	}
+	if resp != nil {
+		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
+			return min(time.Duration(s)*time.Second, 10*time.Second)
+		}
+	}
+	return time.Duration(n) * time.Second
 }
 
 // Domain returns the base domain.
