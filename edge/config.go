@@ -12,6 +12,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/quic-go/quic-go"
 
+	"github.com/pico-edge/pico/edge/admin"
 	"github.com/pico-edge/pico/edge/auth"
 	"github.com/pico-edge/pico/edge/cluster"
 )
@@ -32,6 +33,8 @@ type Config struct {
 	// routing, and the HTTPS door offers TLS-ALPN-01's acme-tls/1 to
 	// GetCertificate (see certs.ACME).
 	ACMEChallenges http.Handler
+	// Certs, if set, answers the admin port's GET /status/certs.
+	Certs func() admin.Certs
 	// StatelessResetKey lets a restarted node reset the QUIC connections of
 	// its previous life at once, so agents reconnect without waiting for
 	// their idle timeout. If nil, no stateless resets are sent.

@@ -28,6 +28,7 @@ import (
 	"github.com/pico-edge/pico/certs"
 	"github.com/pico-edge/pico/cmd/internal/cli"
 	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/admin"
 	"github.com/pico-edge/pico/edge/cluster"
 	"github.com/pico-edge/pico/quicutil"
 )
@@ -100,7 +101,7 @@ type CLI struct {
 	Serve struct{} `cmd:"" default:"1" hidden:"" help:"Run the edge node (the default)."`
 	Token TokenCmd `cmd:"" help:"Mint an HS256 token from an HMAC secret file (created if missing) and print it: pico-edge token --endpoints foo,bar --ttl 24h --hmac-secret-file FILE."`
 
-	Status StatusCmd `cmd:"" help:"Print a running node's endpoints, agents or cluster members as tables, from its admin API: pico-edge status endpoints|agents|members [--admin URL] [--json]."`
+	Status StatusCmd `cmd:"" help:"Print a running node's endpoints, agents, cluster members or certificates as tables, from its admin API: pico-edge status endpoints|agents|members|certs [--admin URL] [--json]."`
 }
 
 func newParser(c *CLI) (*kong.Kong, error) {
@@ -165,8 +166,20 @@ func (c *CLI) run(log *slog.Logger) error {
 		return err
 	}
 	var challenges http.Handler
+	source := admin.Certs{Source: "development"}
+	if c.TLSCert != "" {
+		source.Source = "files"
+	}
+	certsStatus := func() admin.Certs { return source }
 	if acmeClient != nil {
 		getCert, challenges = acmeClient.GetCertificate, acmeClient.HTTPHandler(nil)
+		certsStatus = func() admin.Certs {
+			st := admin.Certs{Source: "acme", ACMEDomain: acmeClient.Domain()}
+			for _, ci := range acmeClient.Certificates() {
+				st.Certificates = append(st.Certificates, admin.Cert{Name: ci.Name, Issuer: ci.Issuer, NotAfter: ci.NotAfter})
+			}
+			return st
+		}
 	}
 	resetKey, err := loadResetKey(filepath.Join(c.DataDir, "quic-reset.key"))
 	if err != nil {
@@ -207,6 +220,7 @@ func (c *CLI) run(log *slog.Logger) error {
 	srv, err = edge.New(edge.Config{
 		Metrics:                   set,
 		ACMEChallenges:            challenges,
+		Certs:                     certsStatus,
 		PublicURLs:                c.publicURLs(lns),
 		Auth:                      auth,
 		TrustedProxies:            trusted,

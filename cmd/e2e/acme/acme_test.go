@@ -282,6 +282,14 @@ func TestACME(t *testing.T) {
 		t.Fatalf("Pebble logged %d orders", orders)
 	}
 
+	// pico-edge status certs: the name, Pebble as issuer, 90 days left.
+	st, err := exec.Command(bin.edge, "status", "certs", "--admin", "http://"+e1.admin).CombinedOutput()
+	for _, want := range []string{"ACME certificates for *." + base + " (1 held)", "NAME", foo + "  ", "Pebble Intermediate CA", "89d\n"} {
+		if err != nil || !strings.Contains(string(st), want) {
+			t.Fatalf("pico-edge status certs lacks %q (%v):\n%s", want, err, st)
+		}
+	}
+
 	t.Run("unregistered name gets no order", func(t *testing.T) {
 		nobody := "nobody." + base
 		for _, name := range []string{nobody, "foo.bar." + base, "elsewhere.example.com"} {
