@@ -428,7 +428,11 @@ func (c *CLI) certificates(ctx context.Context, bg *sync.WaitGroup, log *slog.Lo
 	if err != nil {
 		return nil, "", err
 	}
-	log.Warn("serving a development certificate; use --tls-cert and --tls-key in production", "hosts", dev.Hosts)
+	if c.ACMEDomain != "" {
+		log.Info("the development certificate serves the names ACME does not (the agent port, other names)", "hosts", dev.Hosts)
+	} else {
+		log.Warn("serving a development certificate; use --tls-cert and --tls-key in production", "hosts", dev.Hosts)
+	}
 	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, dev.CAFile, nil
 }
 
