@@ -68,17 +68,18 @@ func TestDeps(t *testing.T) {
 	}
 }
 
-// TestModuleGraph keeps Kubernetes, gRPC and connect-go out of the root
-// module's graph, and so out of the graph of every program that requires
-// the agent SDK: the tests that need them live in modules of their own
-// (deploy/, cmd/e2e/grpc/; .ci/modules lists them). It checks go mod graph
+// TestModuleGraph keeps Kubernetes, gRPC, connect-go and Pebble (the test
+// ACME CA) out of the root module's graph, and so out of the graph of every
+// program that requires the agent SDK: the tests that need them live in
+// modules of their own (deploy/, cmd/e2e/grpc/, cmd/e2e/acme/; .ci/modules
+// lists them). It checks go mod graph
 // (every requirement a build of this module may consult) and the modules
 // of the packages ./... and its tests build from. GOWORK=off: a go.work
 // would widen both to other modules.
 func TestModuleGraph(t *testing.T) {
 	banned := func(mod string) bool {
 		mod, _, _ = strings.Cut(mod, "@")
-		for _, p := range []string{"k8s.io/", "sigs.k8s.io/", "connectrpc.com/", "google.golang.org/grpc/"} {
+		for _, p := range []string{"k8s.io/", "sigs.k8s.io/", "connectrpc.com/", "google.golang.org/grpc/", "github.com/letsencrypt/"} {
 			if strings.HasPrefix(mod+"/", p) {
 				return true
 			}
@@ -99,7 +100,7 @@ func TestModuleGraph(t *testing.T) {
 		}
 		return string(out)
 	}
-	const hint = "tests that need them belong in a module of their own, like deploy/ and cmd/e2e/grpc/"
+	const hint = "tests that need them belong in a module of their own, like deploy/, cmd/e2e/grpc/ and cmd/e2e/acme/"
 
 	var bad []string
 	for line := range strings.Lines(goCmd("mod", "graph")) {

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/quic-go/quic-go"
 
+	"github.com/pico-edge/pico/edge/admin"
 	"github.com/pico-edge/pico/edge/auth"
 	"github.com/pico-edge/pico/edge/cluster"
 )
@@ -26,6 +28,13 @@ type Config struct {
 
 	// GetCertificate serves the certificate of the agent listener (required).
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// ACMEChallenges, if set, answers ACME HTTP-01 challenges: it gets
+	// every front-door request for /.well-known/acme-challenge/..., before
+	// routing, and the HTTPS door offers TLS-ALPN-01's acme-tls/1 to
+	// GetCertificate (see certs.ACME).
+	ACMEChallenges http.Handler
+	// Certs, if set, answers the admin port's GET /status/certs.
+	Certs func() admin.Certs
 	// StatelessResetKey lets a restarted node reset the QUIC connections of
 	// its previous life at once, so agents reconnect without waiting for
 	// their idle timeout. If nil, no stateless resets are sent.

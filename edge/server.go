@@ -110,10 +110,11 @@ func New(cfg Config) (*Server, error) {
 	s.gate = &endpointGate{max: int64(cfg.MaxInflightPerEndpoint)}
 	s.connGate = &endpointGate{max: int64(cfg.MaxConnsPerEndpoint)}
 	s.agentTCP = newAgentTCP(s)
-	s.proxy = s.agentTCP.withAgentUpgrade(s.newProxy())
+	s.proxy = s.agentTCP.withAgentUpgrade(withACMEChallenges(cfg.ACMEChallenges, s.newProxy()))
 	s.door = frontdoor.New(frontdoor.Config{
 		Handler:           s.proxy,
 		GetCertificate:    cfg.GetCertificate,
+		ACME:              cfg.ACMEChallenges != nil,
 		StatelessResetKey: cfg.StatelessResetKey,
 		// HTTP/3 handshakes get a limiter of their own: a flood of
 		// clients does not make agents pass a Retry, nor the reverse.

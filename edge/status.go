@@ -17,7 +17,7 @@ var _ admin.Node = adminNode{}
 // adminHandler serves the admin port.
 func (s *Server) adminHandler() http.Handler {
 	return admin.Handler(adminNode{s}, admin.Config{NodeID: s.cfg.NodeID, Metrics: s.cfg.Metrics,
-		Token: s.cfg.AdminToken, Pprof: s.cfg.AdminPprof, Log: s.log})
+		Token: s.cfg.AdminToken, Pprof: s.cfg.AdminPprof, Certs: s.cfg.Certs, Log: s.log})
 }
 
 func (n adminNode) Ready() error {

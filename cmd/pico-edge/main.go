@@ -6,10 +6,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,12 +21,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/alecthomas/kong"
 	"github.com/quic-go/quic-go"
 
 	"github.com/pico-edge/pico/certs"
 	"github.com/pico-edge/pico/cmd/internal/cli"
 	"github.com/pico-edge/pico/edge"
+	"github.com/pico-edge/pico/edge/admin"
 	"github.com/pico-edge/pico/edge/cluster"
 	"github.com/pico-edge/pico/quicutil"
 )
@@ -47,6 +51,13 @@ type CLI struct {
 	TLSKey   string   `help:"Private key (PEM) of --tls-cert." type:"path" group:"TLS"`
 	TLSHost  []string `help:"Extra names (DNS or IP) for the development certificate, besides localhost, *.localhost, 127.0.0.1 and ::1." sep:"," group:"TLS"`
 	DevCADir string   `help:"Directory of the development CA (ca.pem, ca-key.pem) that signs the development certificate (default: --data-dir). Nodes of a local cluster given the same directory share one CA, so one --ca works for all of them; pico-edge's default --data-dir (${data_dir}) is where pico-agent finds it without --ca." type:"path" group:"TLS"`
+
+	ACMEDomain      string        `help:"Base domain for certificates from an ACME CA (RFC 8555): endpoint foo gets a certificate for foo.DOMAIN, obtained on demand, only once an agent has registered foo on some node of the cluster. Point *.DOMAIN at the nodes. Names it does not cover get the --tls-cert or development certificate. See docs/certificates.md." placeholder:"DOMAIN" group:"ACME"`
+	ACMEEmail       string        `help:"Contact e-mail given to the ACME CA (expiry notices)." group:"ACME"`
+	ACMEDirectory   string        `help:"Directory URL of the ACME CA (any RFC 8555 CA: Let's Encrypt, its staging, a private CA)." default:"${acme_directory}" group:"ACME"`
+	ACMECARoots     string        `name:"acme-ca-roots" help:"PEM bundle of the CA certificates that the ACME directory's own HTTPS is checked against (a private CA); default: the system's roots." type:"path" group:"ACME"`
+	ACMECacheDir    string        `help:"Directory of the ACME account key, certificates and challenge answers (default: acme/ in --data-dir). Nodes given one shared directory (a shared volume) obtain each certificate once and all serve it." type:"path" group:"ACME"`
+	ACMERenewBefore time.Duration `help:"How long before expiry an ACME certificate is renewed, at most 720h; a failed renewal is tried again 30 to 60 minutes later while the certificate is still served." default:"${acme_renew_before}" group:"ACME"`
 
 	ReadHeaderTimeout      time.Duration `help:"Time a client has to send its request header." default:"${read_header_timeout}" group:"Limits"`
 	IdleTimeout            time.Duration `help:"Idle time after which a client keep-alive connection is closed." default:"${idle_timeout}" group:"Limits"`
@@ -91,7 +102,7 @@ type CLI struct {
 	Serve struct{} `cmd:"" default:"1" hidden:"" help:"Run the edge node (the default)."`
 	Token TokenCmd `cmd:"" help:"Mint an HS256 token from an HMAC secret file (created if missing) and print it: pico-edge token --endpoints foo,bar --ttl 24h --hmac-secret-file FILE."`
 
-	Status StatusCmd `cmd:"" help:"Print a running node's endpoints, agents or cluster members as tables, from its admin API: pico-edge status endpoints|agents|members [--admin URL] [--json]."`
+	Status StatusCmd `cmd:"" help:"Print a running node's endpoints, agents, cluster members or certificates as tables, from its admin API: pico-edge status endpoints|agents|members|certs [--admin URL] [--json]."`
 }
 
 func newParser(c *CLI) (*kong.Kong, error) {
@@ -167,6 +178,28 @@ func (c *CLI) run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	set := metrics.NewSet()
+	var srv *edge.Server // set before it serves, which is before any handshake
+	acmeClient, err := c.acme(getCert, func(id string) bool { return srv.Serves(id) }, set, log)
+	if err != nil {
+		return err
+	}
+	var challenges http.Handler
+	source := admin.Certs{Source: "development"}
+	if c.TLSCert != "" {
+		source.Source = "files"
+	}
+	certsStatus := func() admin.Certs { return source }
+	if acmeClient != nil {
+		getCert, challenges = acmeClient.GetCertificate, acmeClient.HTTPHandler(nil)
+		certsStatus = func() admin.Certs {
+			st := admin.Certs{Source: "acme", ACMEDomain: acmeClient.Domain()}
+			for _, ci := range acmeClient.Certificates() {
+				st.Certificates = append(st.Certificates, admin.Cert{Name: ci.Name, Issuer: ci.Issuer, NotAfter: ci.NotAfter})
+			}
+			return st
+		}
+	}
 	resetKey, err := loadResetKey(filepath.Join(c.DataDir, "quic-reset.key"))
 	if err != nil {
 		return err
@@ -203,7 +236,10 @@ func (c *CLI) run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv, err := edge.New(edge.Config{
+	srv, err = edge.New(edge.Config{
+		Metrics:                   set,
+		ACMEChallenges:            challenges,
+		Certs:                     certsStatus,
 		PublicURLs:                c.publicURLs(lns),
 		Auth:                      auth,
 		TrustedProxies:            trusted,
@@ -340,6 +376,47 @@ func (c *CLI) devCADir() string {
 	return c.DataDir
 }
 
+// acme returns the ACME client of --acme-domain, or nil without it.
+func (c *CLI) acme(fallback func(*tls.ClientHelloInfo) (*tls.Certificate, error), serves func(string) bool, set *metrics.Set, log *slog.Logger) (*certs.ACME, error) {
+	if c.ACMEDomain == "" {
+		if c.ACMEEmail != "" || c.ACMECARoots != "" || c.ACMECacheDir != "" {
+			return nil, errors.New("--acme-email, --acme-ca-roots and --acme-cache-dir need --acme-domain")
+		}
+		return nil, nil
+	}
+	if c.ACMERenewBefore <= 0 || c.ACMERenewBefore > certs.DefaultACMERenewBefore {
+		return nil, fmt.Errorf("--acme-renew-before %s: want more than 0 and at most %s", c.ACMERenewBefore, duration(certs.DefaultACMERenewBefore))
+	}
+	var roots *x509.CertPool
+	if c.ACMECARoots != "" {
+		var err error
+		if roots, err = certs.LoadPool(c.ACMECARoots); err != nil {
+			return nil, fmt.Errorf("--acme-ca-roots: %w", err)
+		}
+	}
+	dir := c.ACMECacheDir
+	if dir == "" {
+		dir = filepath.Join(c.DataDir, "acme")
+	}
+	a, err := certs.NewACME(certs.ACMEConfig{
+		Email:       c.ACMEEmail,
+		Directory:   c.ACMEDirectory,
+		Roots:       roots,
+		Domain:      c.ACMEDomain,
+		CacheDir:    dir,
+		RenewBefore: c.ACMERenewBefore,
+		Serves:      serves,
+		Fallback:    fallback,
+		Log:         log,
+		Metrics:     set,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--acme-domain: %w", err)
+	}
+	log.Info("ACME: certificates on demand for the endpoints served", "names", "*."+a.Domain(), "directory", c.ACMEDirectory, "cache", dir)
+	return a, nil
+}
+
 // certificates returns the agent listener's certificate source, and the
 // CA file agents need when it is the development CA.
 func (c *CLI) certificates(ctx context.Context, bg *sync.WaitGroup, log *slog.Logger) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), string, error) {
@@ -370,7 +447,11 @@ func (c *CLI) certificates(ctx context.Context, bg *sync.WaitGroup, log *slog.Lo
 	if err != nil {
 		return nil, "", err
 	}
-	log.Warn("serving a development certificate; use --tls-cert and --tls-key in production", "hosts", dev.Hosts)
+	if c.ACMEDomain != "" {
+		log.Info("the development certificate serves the names ACME does not (the agent port, other names)", "hosts", dev.Hosts)
+	} else {
+		log.Warn("serving a development certificate; use --tls-cert and --tls-key in production", "hosts", dev.Hosts)
+	}
 	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, dev.CAFile, nil
 }
 
@@ -593,6 +674,8 @@ func defaultVars() kong.Vars {
 	return kong.Vars{
 		"version":                   cli.VersionLine("pico-edge"),
 		"data_dir":                  cli.DataDir(),
+		"acme_directory":            certs.LetsEncrypt,
+		"acme_renew_before":         duration(certs.DefaultACMERenewBefore),
 		"default_gossip_addr":       defaultGossipAddr,
 		"read_header_timeout":       duration(d.ReadHeaderTimeout),
 		"idle_timeout":              duration(d.IdleTimeout),

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"log/slog"
@@ -251,5 +252,45 @@ func TestSelfCommand(t *testing.T) {
 		if got := selfCommand(arg0); got != want {
 			t.Errorf("selfCommand(%q) = %q, want %q", arg0, got, want)
 		}
+	}
+}
+
+func TestACMEFlags(t *testing.T) {
+	for name, tc := range map[string]struct {
+		args    []string
+		wantErr string // "" : an ACME client, or none without --acme-domain
+	}{
+		"off":              {nil, ""},
+		"on":               {[]string{"--acme-domain", "tunnels.example.com", "--acme-email", "ops@example.com"}, ""},
+		"email alone":      {[]string{"--acme-email", "ops@example.com"}, "--acme-email, --acme-ca-roots and --acme-cache-dir need --acme-domain"},
+		"renew too early":  {[]string{"--acme-domain", "t.example.com", "--acme-renew-before", "1000h"}, "--acme-renew-before 1000h0m0s: want more than 0 and at most 720h"},
+		"wildcard domain":  {[]string{"--acme-domain", "*.example.com"}, `--acme-domain: certs: acme: base domain "*.example.com": want a DNS name such as tunnels.example.com`},
+		"roots not a file": {[]string{"--acme-domain", "t.example.com", "--acme-ca-roots", "/nonexistent/roots.pem"}, "--acme-ca-roots: certs: read CA bundle: open /nonexistent/roots.pem: no such file or directory"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var c CLI
+			p, err := newParser(&c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			if _, err := p.Parse(append([]string{"--data-dir", dir}, tc.args...)); err != nil {
+				t.Fatalf("parse %q: %v", tc.args, err)
+			}
+			fallback := func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return nil, nil }
+			a, err := c.acme(fallback, func(string) bool { return false }, nil, slog.New(slog.DiscardHandler))
+			if tc.wantErr != "" {
+				if err == nil || err.Error() != tc.wantErr {
+					t.Fatalf("got error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (a != nil) != (c.ACMEDomain != "") {
+				t.Fatalf("ACME client %v with --acme-domain %q", a != nil, c.ACMEDomain)
+			}
+		})
 	}
 }

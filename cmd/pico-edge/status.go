@@ -27,6 +27,7 @@ type StatusCmd struct {
 	Endpoints struct{} `cmd:"" help:"Endpoints: protocol, this node's agents, the other nodes that serve them, streams in flight (GET /status/endpoints)."`
 	Agents    struct{} `cmd:"" help:"Agent links to this node: session, agent ID, agent software and version, endpoints, address, transport (quic or tcp), age, RTT, streams (GET /status/agents)."`
 	Members   struct{} `cmd:"" help:"Cluster members as this node sees them: state, drain, relay address and connection, endpoints, agent links (GET /status/members)."`
+	Certs     struct{} `cmd:"" help:"Certificates: where they come from, and those obtained from the ACME CA with their issuer and expiry (GET /status/certs)."`
 }
 
 // run fetches /status/WHAT and prints it on out; now is the time agent
@@ -51,6 +52,8 @@ func (s *StatusCmd) run(out io.Writer, what string, now time.Time) error {
 		err = printAgents(out, tw, u, body, now)
 	case "members":
 		err = printMembers(out, tw, u, body)
+	case "certs":
+		err = printCerts(out, tw, u, body, now)
 	default:
 		return fmt.Errorf("unknown status %q", what)
 	}
@@ -186,6 +189,47 @@ func printMembers(out io.Writer, tw *tabwriter.Writer, u string, body []byte) er
 			m.Endpoints, m.Links, yesNo(m.Routed), orDash(relay), millis(m.RelayRTT))
 	}
 	return nil
+}
+
+func printCerts(out io.Writer, tw *tabwriter.Writer, u string, body []byte, now time.Time) error {
+	var st admin.Certs
+	if err := decode(u, body, &st, &st.NodeID); err != nil {
+		return err
+	}
+	switch st.Source {
+	case "acme":
+		fmt.Fprintf(out, "node %s: ACME certificates for *.%s (%s held); other names get the fallback certificate\n",
+			st.NodeID, st.ACMEDomain, strconv.Itoa(len(st.Certificates)))
+	case "files":
+		fmt.Fprintf(out, "node %s: the --tls-cert certificate (no ACME)\n", st.NodeID)
+	default:
+		fmt.Fprintf(out, "node %s: the development certificate (no ACME)\n", st.NodeID)
+	}
+	if len(st.Certificates) == 0 {
+		return nil
+	}
+	fmt.Fprintln(tw, "NAME\tISSUER\tNOT AFTER\tEXPIRES IN")
+	for _, c := range st.Certificates {
+		left := "expired"
+		if d := c.NotAfter.Sub(now); d > 0 {
+			left = roundAge(d)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.Name, orDash(c.Issuer), c.NotAfter.UTC().Format(time.RFC3339), left)
+	}
+	return nil
+}
+
+// roundAge writes d in its largest unit: 89d, 5h, 12m, 30s.
+func roundAge(d time.Duration) string {
+	switch {
+	case d >= 48*time.Hour:
+		return strconv.Itoa(int(d/(24*time.Hour))) + "d"
+	case d >= time.Hour:
+		return strconv.Itoa(int(d/time.Hour)) + "h"
+	case d >= time.Minute:
+		return strconv.Itoa(int(d/time.Minute)) + "m"
+	}
+	return strconv.Itoa(int(d/time.Second)) + "s"
 }
 
 func plural(n int, what string) string {

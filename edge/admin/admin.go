@@ -37,6 +37,9 @@ type Config struct {
 	// paths do not exist (404).
 	Token string
 	Pprof bool // serve /debug/pprof/ (needs Token)
+	// Certs answers GET /status/certs (its NodeID filled in here); nil:
+	// source "development", no certificates.
+	Certs func() Certs
 	Log   *slog.Logger
 }
 
@@ -63,6 +66,17 @@ func Handler(n Node, cfg Config) http.Handler {
 	mux.HandleFunc("GET /status/node", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Status()) })
 	mux.HandleFunc("GET /status/members", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Members()) })
 	mux.HandleFunc("GET /status/traffic", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Traffic()) })
+	mux.HandleFunc("GET /status/certs", func(w http.ResponseWriter, r *http.Request) {
+		c := Certs{Source: "development"}
+		if cfg.Certs != nil {
+			c = cfg.Certs()
+		}
+		c.NodeID = cfg.NodeID
+		if c.Certificates == nil {
+			c.Certificates = []Cert{}
+		}
+		writeJSON(w, c)
+	})
 	mux.HandleFunc("GET /{$}", serveDashboard) // the dashboard: dashboard.html
 	ops(mux, n, cfg)
 	return mux

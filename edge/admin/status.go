@@ -92,3 +92,23 @@ type Traffic struct {
 	// seen, the others under "_other".
 	Endpoints map[string]map[string]uint64 `json:"endpoints"`
 }
+
+// Certs is GET /status/certs: where the node's certificates come from and
+// those it obtained from an ACME CA.
+type Certs struct {
+	NodeID string `json:"node_id"`
+	// Source is "acme" (with --acme-domain; the files or development
+	// certificate serve the other names), "files" (--tls-cert) or
+	// "development".
+	Source       string `json:"source"`
+	ACMEDomain   string `json:"acme_domain,omitempty"`
+	Certificates []Cert `json:"certificates"`
+}
+
+// Cert is one certificate obtained from the ACME CA (or read from its
+// cache) that the node holds.
+type Cert struct {
+	Name     string    `json:"name"`
+	Issuer   string    `json:"issuer"`
+	NotAfter time.Time `json:"not_after"`
+}

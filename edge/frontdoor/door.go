@@ -17,6 +17,9 @@ import (
 	"github.com/quic-go/quic-go/http3"
 )
 
+// acmeALPN is the ALPN protocol of TLS-ALPN-01 challenges (RFC 8737).
+const acmeALPN = "acme-tls/1"
+
 // Limits per client connection (docs/limits.md).
 const (
 	maxClientStreams = 100              // concurrent HTTP/2 and HTTP/3 requests on one connection
@@ -30,6 +33,11 @@ type Config struct {
 	Handler           http.Handler // every request of every door
 	GetCertificate    func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	StatelessResetKey *quic.StatelessResetKey // HTTP/3's, may be nil
+	// ACME makes the HTTPS door offer the ALPN protocol acme-tls/1 of
+	// TLS-ALPN-01 challenges (RFC 8737: such a connection is closed after
+	// its handshake) and give handshakes a minute instead of 10 s, for a
+	// GetCertificate that obtains certificates on demand.
+	ACME bool
 	// VerifySourceAddress, if set, is HTTP/3's quic.Transport field of that
 	// name: true makes a new connection prove its address with a Retry.
 	VerifySourceAddress func(net.Addr) bool
@@ -137,6 +145,9 @@ func (d *Door) Start(lns Listeners, goFn func(func() error)) error {
 			ConnState:   d.fresh.track,
 			ErrorLog:    ErrorLog(cfg.Log),
 		}
+		if cfg.ACME {
+			d.tcp.TLSConfig.NextProtos = append(d.tcp.TLSConfig.NextProtos, acmeALPN)
+		}
 		conns := newChanListener(lns.TLS.Addr())
 		d.tcpLn = tls.NewListener(&limitListener{Listener: lns.TLS, l: d.limits}, d.tcp.TLSConfig)
 		goFn(func() error {
@@ -193,13 +204,21 @@ func (d *Door) acceptTLS(conns *chanListener, maxHead int) {
 		d.hs.Go(func() {
 			defer d.fresh.add(-1)
 			tc := c.(*tls.Conn)
-			tc.SetDeadline(time.Now().Add(10 * time.Second))
+			handshake := 10 * time.Second
+			if d.cfg.ACME {
+				handshake = time.Minute
+			}
+			tc.SetDeadline(time.Now().Add(handshake))
 			if err := tc.Handshake(); err != nil {
 				tc.Close()
 				return
 			}
 			tc.SetDeadline(time.Time{})
 			st := tc.ConnectionState()
+			if st.NegotiatedProtocol == acmeALPN {
+				tc.Close() // the CA has seen the challenge certificate
+				return
+			}
 			if st.NegotiatedProtocol == "h2" {
 				conns.push(tc)
 				return
