@@ -313,8 +313,14 @@ func udpBlocked(err error) bool {
 	case errors.As(err, &hs), errors.As(err, &idle), errors.Is(err, context.DeadlineExceeded):
 		return true
 	}
-	for _, e := range []error{syscall.EPERM, syscall.EACCES, syscall.ECONNREFUSED, syscall.ENETUNREACH, syscall.EHOSTUNREACH} {
-		if errors.Is(err, e) {
+	// quic-go closes a connection whose socket refused to send with a
+	// local INTERNAL_ERROR that keeps only the error's text ("write udp
+	// ...: sendmsg: operation not permitted": a firewall rule on this
+	// machine), so the text is matched too.
+	var te *quic.TransportError
+	local := errors.As(err, &te) && !te.Remote && te.ErrorCode == quic.InternalError
+	for _, e := range []syscall.Errno{syscall.EPERM, syscall.EACCES, syscall.ECONNREFUSED, syscall.ENETUNREACH, syscall.EHOSTUNREACH} {
+		if errors.Is(err, e) || local && strings.Contains(te.ErrorMessage, e.Error()) {
 			return true
 		}
 	}

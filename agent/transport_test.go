@@ -200,9 +200,14 @@ func TestUDPBlocked(t *testing.T) {
 		"idle timeout":      {&quic.IdleTimeoutError{}, true},
 		"deadline":          {fmt.Errorf("dial edge: %w", context.DeadlineExceeded), true},
 		"EPERM":             {fmt.Errorf("sendmsg: %w", syscall.EPERM), true},
-		"refused token":     {agent.ErrUnauthorized, false},
-		"edge closed":       {&quic.ApplicationError{Remote: true, ErrorCode: 0x10}, false},
-		"certificate":       {errors.New("tls: failed to verify certificate"), false},
+		// What quic-go returns when a local firewall refuses the send: the
+		// text of the error only (TestProxyIsTheOnlyWayOut).
+		"quic-go's EPERM": {fmt.Errorf("dial edge 10.0.0.1:8001: %w", &quic.TransportError{ErrorCode: quic.InternalError,
+			ErrorMessage: "write udp [::]:33716->10.0.0.1:8001: sendmsg: operation not permitted"}), true},
+		"remote internal error": {&quic.TransportError{Remote: true, ErrorCode: quic.InternalError, ErrorMessage: "operation not permitted"}, false},
+		"refused token":         {agent.ErrUnauthorized, false},
+		"edge closed":           {&quic.ApplicationError{Remote: true, ErrorCode: 0x10}, false},
+		"certificate":           {errors.New("tls: failed to verify certificate"), false},
 	}
 	for name, tc := range tests {
 		if got := agent.UDPBlocked(tc.err); got != tc.want {

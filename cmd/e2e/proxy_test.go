@@ -16,21 +16,39 @@ import (
 // host:port.
 func startTinyproxy(t testing.TB, user, password, port string) (*proc, string) {
 	t.Helper()
+	return startTinyproxyIn(t, "", "127.0.0.1", user, password, port)
+}
+
+// startTinyproxyIn is startTinyproxy in network namespace ns ("": this
+// one), listening on ip, open to loopback and the lab's network.
+func startTinyproxyIn(t testing.TB, ns, ip, user, password, port string) (*proc, string) {
+	t.Helper()
 	path := needCommand(t, "tinyproxy", "Debian package tinyproxy; .ci/run installs it")
+	dial := func(addr string) error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
 	for try := 0; ; try++ {
-		listen := freePort(t)
+		listen := "3128" // a namespace of the test's own: free
+		if ns == "" {
+			listen = freePort(t)
+		}
 		dir := t.TempDir()
 		conf := filepath.Join(dir, "tinyproxy.conf")
 		cfg := fmt.Sprintf(`Port %s
-Listen 127.0.0.1
+Listen %s
 Timeout 600
 MaxClients 20
 Allow 127.0.0.1
+Allow %s.0/24
 BasicAuth %s %s
 ConnectPort %s
 LogLevel Info
 PidFile "%s"
-`, listen, user, password, port, filepath.Join(dir, "tinyproxy.pid"))
+`, listen, ip, labNet, user, password, port, filepath.Join(dir, "tinyproxy.pid"))
 		if os.Geteuid() == 0 {
 			cfg += "User nobody\nGroup nogroup\n"
 		}
@@ -38,12 +56,20 @@ PidFile "%s"
 			t.Fatal(err)
 		}
 		os.Chmod(dir, 0o755)
-		p := startProc(t, "tinyproxy", path, "-d", "-c", conf)
-		addr := "127.0.0.1:" + listen
+		var p *proc
+		if ns == "" {
+			p = startProc(t, "tinyproxy", path, "-d", "-c", conf)
+		} else {
+			p = startProc(t, "tinyproxy in "+ns, "ip", "netns", "exec", ns, path, "-d", "-c", conf)
+		}
+		addr := net.JoinHostPort(ip, listen)
 		deadline := time.Now().Add(startTimeout)
 		for time.Now().Before(deadline) && !p.hasExited() {
-			if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-				c.Close()
+			err := dial(addr)
+			if ns != "" {
+				err = inNetns(ns, func() error { return dial(addr) })
+			}
+			if err == nil {
 				return p, addr
 			}
 			time.Sleep(20 * time.Millisecond)

@@ -135,3 +135,60 @@ func (e *edgeProc) agentTransports(t testing.TB) string {
 	}
 	return fmt.Sprint(out)
 }
+
+// TestProxyIsTheOnlyWayOut runs pico-agent with default flags in a
+// network namespace whose nftables let nothing out but TCP to tinyproxy
+// (CONNECT with Basic credentials from HTTPS_PROXY), the edge in another:
+// its QUIC gets no answer, and the TCP transport goes through the proxy.
+func TestProxyIsTheOnlyWayOut(t *testing.T) {
+	e2e(t)
+	l := newLab(t, 1)
+	ns, ip := l.nodes[0], l.nodeIP(0)
+	dir := t.TempDir()
+	dev, err := certs.LoadOrCreateDev(dir, dir, nil)
+	if err != nil {
+		t.Fatalf("development CA: %v", err)
+	}
+	p := startProc(t, "pico-edge", "ip", "netns", "exec", ns, bin.edge, "--data-dir", dir, "--node-id", "node-1",
+		"--proxy-addr", ip+":8000", "--agent-addr", ip+":8001", "--admin-addr", ip+":8002", "--proxy-tls-addr=",
+		"--tls-host", ip, "--log-format", "json")
+	p.waitLineFor(t, 0, `"edge node ready"`, startTimeout, isMsg("edge node ready"))
+	e := &edgeProc{proc: p, proxy: ip + ":8000", agent: ip + ":8001", admin: ip + ":8002", ca: dev.CAFile,
+		admc: nsClient(t, l.client, 5*time.Second)}
+	tp, proxy := startTinyproxyIn(t, ns, ip, "alice", "s3cret", "8001")
+	_, proxyPort, _ := net.SplitHostPort(proxy)
+	l.nft(t, l.client, fmt.Sprintf("table inet pico_onlyproxy {\n\tchain out { type filter hook output priority 0; policy drop; "+
+		"oif \"lo\" accept; ip daddr %s tcp dport %s accept; }\n}\n", ip, proxyPort))
+
+	var ln net.Listener
+	if err := inNetns(l.client, func() error {
+		var err error
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	port := serveHTTPOn(t, ln, nameServer("web via proxy"))
+	start := time.Now()
+	a := startProcEnv(t, "pico-agent behind the proxy", []string{"HTTPS_PROXY=http://alice:s3cret@" + proxy},
+		"ip", "netns", "exec", l.client, bin.agent, "--edge", e.agent, "--ca", filepath.Clean(e.ca), "--connections", "1",
+		"--log-format", "json", "http", "web", "127.0.0.1:"+port)
+	line := a.waitLineFor(t, 0, "web registered", 2*startTimeout, contains("endpoint web (http) is registered"))
+	t.Logf("only a proxy out: the agent served over TCP through it %d ms after it started (%s)", time.Since(start).Milliseconds(), line)
+	if !strings.Contains(line, "(over TCP)") {
+		t.Errorf("status line %q does not say the link is over TCP", line)
+	}
+	// The namespace is the test's client too: open it for the checks (the
+	// link stays where it is).
+	l.nft(t, l.client, "delete table inet pico_onlyproxy\n")
+	if got := e.agentTransports(t); got != "[tcp]" {
+		t.Errorf("the edge lists links %s, want [tcp]", got)
+	}
+	hc := nsClient(t, l.client, 10*time.Second)
+	if resp, body := e.request(t, hc, "GET", "web", "/", nil); resp.StatusCode != http.StatusOK || body != "web via proxy" {
+		t.Fatalf("GET web = %d %q", resp.StatusCode, body)
+	}
+	if !strings.Contains(strings.Join(tp.output(), "\n"), "CONNECT") {
+		t.Errorf("tinyproxy logged no CONNECT: the link did not go through it:\n%s", strings.Join(tp.output(), "\n"))
+	}
+}
