@@ -38,6 +38,15 @@ type Config struct {
 	MaxHeaderBytes      int
 	Limits              Limits
 	Log                 *slog.Logger
+	// Passthrough serves a connection of the TLS passthrough door whose
+	// ClientHello named host name sni: raw holds every byte read from c so
+	// far. It runs in the connection's own goroutine and closes c. Needed
+	// with Listeners.Passthrough.
+	Passthrough func(c net.Conn, sni string, raw []byte)
+	// PassthroughRefused, if set, is told each passthrough connection
+	// refused before Passthrough: the reason ("no_sni", "malformed",
+	// "incomplete") and why; the client was sent alert (0: none).
+	PassthroughRefused func(c net.Conn, reason string, alert uint8, err error)
 }
 
 // Listeners are the sockets of the doors; Plain is required, the others may
@@ -46,6 +55,9 @@ type Listeners struct {
 	Plain net.Listener   // HTTP/1.1 and h2c with prior knowledge
 	TLS   net.Listener   // HTTPS: HTTP/1.1 and HTTP/2 over TLS
 	H3    net.PacketConn // HTTP/3, usually on TLS's port number
+	// Passthrough takes TLS connections routed by their SNI, never
+	// terminated (passthrough.go); may be nil.
+	Passthrough net.Listener
 }
 
 // Door is the front door of an edge node: the plain HTTP door (HTTP/1.1
@@ -66,6 +78,8 @@ type Door struct {
 	h3      *http3.Server  // nil without an HTTP/3 listener
 	tr      *quic.Transport
 	ln      *quic.Listener
+	ptLn    *stoppable     // the passthrough door's socket; nil without one
+	pt      sync.WaitGroup // passthrough connections
 }
 
 // New makes a Door; it opens nothing.
@@ -162,6 +176,17 @@ func (d *Door) Start(lns Listeners, goFn func(func() error)) error {
 		ConnState:         d.fresh.track,
 		ErrorLog:          ErrorLog(cfg.Log),
 	}
+	if lns.Passthrough != nil {
+		if cfg.Passthrough == nil {
+			return errors.New("frontdoor: a passthrough listener without Config.Passthrough")
+		}
+		d.ptLn = newStoppable(lns.Passthrough)
+		ln := &limitListener{Listener: d.ptLn, l: d.limits}
+		goFn(func() error {
+			d.acceptPassthrough(ln)
+			return nil
+		})
+	}
 	d.plainLn = newStoppable(lns.Plain)
 	plainLn := guardListener{&limitListener{Listener: d.plainLn, l: d.limits, tell429: true}, maxHead}
 	goFn(func() error {
@@ -218,6 +243,11 @@ func (d *Door) Shutdown(ctx context.Context) {
 	}
 	if d.tcpLn != nil {
 		d.tcpLn.Close() // acceptTLS returns
+	}
+	if d.ptLn != nil {
+		// acceptPassthrough returns once its connections have: they are
+		// long-lived streams, which the edge drains after the doors.
+		d.ptLn.Close()
 	}
 	wctx, cancel := context.WithTimeout(ctx, time.Second)
 	d.fresh.wait(wctx)
