@@ -9,11 +9,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -219,4 +221,37 @@ func TestClusterRelaysTLSPassthrough(t *testing.T) {
 	n1.WaitRemote(t, "sec", 1)
 	checkPassthrough(t, n1.PassthroughAddr, "sec.example.com", cert, pool)
 	checkPassthrough(t, n0.PassthroughAddr, "sec.example.com", cert, pool)
+}
+
+// A passthrough connection open when its node stops is drained like a TCP
+// forward: it may go on for the grace, then both ends see a clean end,
+// and the node stops with no goroutine left (goleak in TestMain).
+func TestTLSPassthroughDrain(t *testing.T) {
+	n := edgetest.NewNode(t, func(c *edge.Config) { c.ShutdownGrace = 300 * time.Millisecond })
+	addr, cert, pool := tlsUpstream(t)
+	a := n.NewAgent(t, singleLink)
+	if err := a.ServeUpstream(t.Context(), "sec", quicutil.KindTLS, addr); err != nil {
+		t.Fatal(err)
+	}
+	checkPassthrough(t, n.PassthroughAddr, "sec.example.com", cert, pool)
+	c, err := dialPassthrough(n.PassthroughAddr, "sec.example.com", pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stopped := make(chan struct{})
+	go func() { n.Stop(t); close(stopped) }()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read on a passthrough connection of a stopping node: %v; want its end within the grace", err)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the node did not stop within 10 s with a passthrough connection open")
+	}
+	if c, err := net.DialTimeout("tcp", n.PassthroughAddr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the stopped node's passthrough port still takes connections")
+	}
 }
