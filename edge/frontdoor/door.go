@@ -96,6 +96,9 @@ func (d *Door) OpenConns() int64 { return d.limits.open.Load() }
 func (d *Door) Start(lns Listeners, goFn func(func() error)) error {
 	cfg := d.cfg
 	handler := cfg.Handler
+	if lns.Passthrough != nil && cfg.Passthrough == nil {
+		return errors.New("frontdoor: a passthrough listener without Config.Passthrough")
+	}
 	if lns.H3 != nil {
 		tr := &quic.Transport{Conn: lns.H3, StatelessResetKey: cfg.StatelessResetKey,
 			VerifySourceAddress: cfg.VerifySourceAddress}
@@ -177,9 +180,6 @@ func (d *Door) Start(lns Listeners, goFn func(func() error)) error {
 		ErrorLog:          ErrorLog(cfg.Log),
 	}
 	if lns.Passthrough != nil {
-		if cfg.Passthrough == nil {
-			return errors.New("frontdoor: a passthrough listener without Config.Passthrough")
-		}
 		d.ptLn = newStoppable(lns.Passthrough)
 		ln := &limitListener{Listener: d.ptLn, l: d.limits}
 		goFn(func() error {
