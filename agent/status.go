@@ -46,7 +46,7 @@ func (l LinkStatus) MarshalJSON() ([]byte, error) {
 // EndpointStatus describes one endpoint the agent serves.
 type EndpointStatus struct {
 	ID   string `json:"id"`
-	Kind string `json:"kind"` // http, http2 (HTTP/2 upstream) or tcp
+	Kind string `json:"kind"` // http, http2 (HTTP/2 upstream), tcp or tls (passthrough)
 	// Nodes are the edge nodes whose live link registered the endpoint,
 	// sorted: it is served through them.
 	Nodes []string `json:"nodes"`

@@ -13,8 +13,9 @@ import (
 	"github.com/pico-edge/pico/quicutil"
 )
 
-// ServeUpstream registers endpoint id with kind (quicutil.KindHTTP or
-// quicutil.KindTCP) and connects each of its streams to the TCP address
+// ServeUpstream registers endpoint id with kind (quicutil.KindHTTP,
+// quicutil.KindTCP, or quicutil.KindTLS for a TLS server the edge passes
+// through by SNI) and connects each of its streams to the TCP address
 // upstream, speaking HTTP/1.1 for HTTP. It returns once the edge accepted
 // the endpoint, or with the edge's refusal; the endpoint is served until
 // Close or Remove.

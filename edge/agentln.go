@@ -339,7 +339,7 @@ func (l *link) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
 	if err := quicutil.ValidateEndpointID(ep.ID); err != nil {
 		return fail(quicutil.StatusInvalidEndpoint, "%v", err)
 	}
-	if !ep.Kind.IsHTTP() && ep.Kind != quicutil.KindTCP {
+	if !ep.Kind.IsHTTP() && !ep.Kind.IsRaw() {
 		return fail(quicutil.StatusInvalidEndpoint, "endpoint %q: unknown protocol %s", ep.ID, ep.Kind)
 	}
 	id := routing.EndpointID(ep.ID)
@@ -358,9 +358,9 @@ func (l *link) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
 		return fail(quicutil.StatusLimit, "agent serves %d endpoints already (max %d per connection)", len(l.endpoints), max)
 	}
 	if err := l.srv.table.Add(id, tableProto(ep.Kind), l); err != nil {
-		other := protoTCP
-		if ep.Kind == quicutil.KindTCP {
-			other = protoHTTP
+		other := "another protocol"
+		if proto, _, lerr := l.srv.table.Lookup(id); lerr == nil {
+			other = proto
 		}
 		return fail(quicutil.StatusConflict, "endpoint %q is served as %s by another agent; it cannot also be %s",
 			ep.ID, other, tableProto(ep.Kind))
@@ -370,15 +370,20 @@ func (l *link) registerOne(ep quicutil.Endpoint) quicutil.EndpointResult {
 }
 
 // The protocols of the routing table: every agent of an endpoint serves
-// HTTP (whatever version it speaks on its streams) or every one raw TCP.
+// HTTP (whatever version it speaks on its streams), or every one raw TCP,
+// or every one TLS passthrough.
 const (
 	protoHTTP = "http"
 	protoTCP  = "tcp"
+	protoTLS  = "tls"
 )
 
 func tableProto(k quicutil.Kind) string {
-	if k.IsHTTP() {
+	switch {
+	case k.IsHTTP():
 		return protoHTTP
+	case k == quicutil.KindTLS:
+		return protoTLS
 	}
 	return protoTCP
 }

@@ -45,7 +45,13 @@ type serverMetrics struct {
 	// quietly: anyone who reaches the agent port can cause them.
 	agentRefused   map[string]*refusal
 	peerRefusedLog *quiet.Log
-	set            *metrics.Set
+	// TLS passthrough: connections that reached an agent, their bytes,
+	// and those refused, by reason (passthrough.go), logged quietly.
+	passthroughConns    *metrics.Counter
+	passthroughBytesIn  *metrics.Counter
+	passthroughBytesOut *metrics.Counter
+	passthroughRefused  map[string]*refusal
+	set                 *metrics.Set
 }
 
 func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
@@ -117,6 +123,14 @@ func newServerMetrics(set *metrics.Set, s *Server) *serverMetrics {
 			log: quiet.New(s.log, slog.LevelWarn, msg)}
 	}
 	m.peerRefusedLog = quiet.New(s.log, slog.LevelWarn, "peer connection refused")
+	m.passthroughConns = set.NewCounter("pico_passthrough_connections_total")
+	m.passthroughBytesIn = set.NewCounter(`pico_passthrough_bytes_total{direction="to_upstream"}`)
+	m.passthroughBytesOut = set.NewCounter(`pico_passthrough_bytes_total{direction="from_upstream"}`)
+	m.passthroughRefused = make(map[string]*refusal)
+	for _, r := range []string{"no_sni", "malformed", "incomplete", "unknown_endpoint", "overloaded", "unreachable"} {
+		m.passthroughRefused[r] = &refusal{count: set.NewCounter(`pico_passthrough_refused_total{reason="` + r + `"}`),
+			log: quiet.New(s.log, slog.LevelInfo, "tls passthrough connection refused: "+r)}
+	}
 	set.NewGauge("pico_cluster_members", func() float64 { return float64(s.memberCount()) })
 	set.NewGauge("pico_draining", func() float64 {
 		if s.draining.Load() {

@@ -144,6 +144,11 @@ func (f *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"endpoint %q serves raw TCP, not HTTP; reach it with 'pico-agent forward PORT %s'", ep, ep))
 		return
 	}
+	if kind == quicutil.KindTLS {
+		writeError(rw, r, http.StatusBadGateway, ep, fmt.Sprintf(
+			"endpoint %q is a TLS passthrough endpoint, not HTTP; reach it on the edge's passthrough port (--passthrough-addr)", ep))
+		return
+	}
 	gate, msg := s.gate, fmt.Sprintf("endpoint %q has %d requests in flight on this node (the limit); retry in a moment", ep, s.cfg.MaxInflightPerEndpoint)
 	if isUpgrade(r) {
 		gate, msg = s.connGate, fmt.Sprintf("endpoint %q has %d upgraded connections and TCP connections open on this node (the limit); retry in a moment", ep, s.cfg.MaxConnsPerEndpoint)

@@ -62,8 +62,8 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 	str.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
 	h, err := quicutil.ReadStreamHeader(str)
 	str.SetReadDeadline(time.Time{})
-	if err == nil && !h.Kind.IsHTTP() && h.Kind != quicutil.KindTCP {
-		err = fmt.Errorf("peer opened a %s stream; only http and tcp streams are relayed", h.Kind)
+	if err == nil && !h.Kind.IsHTTP() && !h.Kind.IsRaw() {
+		err = fmt.Errorf("peer opened a %s stream; only http, tcp and tls streams are relayed", h.Kind)
 	}
 	if err != nil {
 		log.Warn("relayed stream refused", "err", err)
@@ -108,7 +108,7 @@ func (s *Server) relayStream(conn *quic.Conn, str *quic.Stream, node string, log
 		}
 		s.live.add()
 		idle := s.cfg.StreamIdleTimeout
-		if h.Kind == quicutil.KindTCP {
+		if h.Kind.IsRaw() {
 			idle = s.cfg.TCPIdleTimeout
 		}
 		start := time.Now()

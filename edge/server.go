@@ -39,6 +39,9 @@ type Listeners struct {
 	// AgentTCP takes agent links over the TCP transport (usually on the
 	// agent port's number); may be nil. The front doors take them too.
 	AgentTCP net.Listener
+	// Passthrough takes TLS connections that it routes, unterminated, by
+	// their SNI to tls endpoints (passthrough.go); may be nil.
+	Passthrough net.Listener
 }
 
 // Server is one edge node.
@@ -129,7 +132,9 @@ func New(cfg Config) (*Server, error) {
 			Exempt:      func(ip netip.Addr) bool { return s.trusted(ip.String()) },
 			Refused:     func(reason string) { s.m.connRefused[reason].Inc() },
 		},
-		Log: cfg.Logger,
+		Log:                cfg.Logger,
+		Passthrough:        s.servePassthrough,
+		PassthroughRefused: s.passthroughRefused,
 	})
 	s.m = newServerMetrics(cfg.Metrics, s)
 	return s, nil
@@ -181,6 +186,10 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	s.running = true
 	s.mu.Unlock()
 	defer close(s.runDone)
+	if lns.Passthrough != nil && s.cfg.Auth != nil && s.cfg.Auth.ProxyAuth {
+		closeAll(lns)
+		return errors.New("edge: TLS passthrough cannot be used with proxy auth: the edge never sees a passthrough connection's bytes, so it cannot check a client's token (leave --passthrough-addr empty, or --proxy-auth off)")
+	}
 	tlsConf := &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: s.cfg.GetCertificate,
@@ -223,7 +232,7 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	// The TCP transport before the doors: they hand /_pico/agent to it
 	// from their first request on.
 	s.agentTCP.start(g.Go, tlsConf, lns.AgentTCP)
-	if err := s.door.Start(frontdoor.Listeners{Plain: lns.Proxy, TLS: lns.TLS, H3: lns.H3}, g.Go); err != nil {
+	if err := s.door.Start(frontdoor.Listeners{Plain: lns.Proxy, TLS: lns.TLS, H3: lns.H3, Passthrough: lns.Passthrough}, g.Go); err != nil {
 		s.agentTCP.close()
 		g.Wait() // its goroutines end with it
 		if s.cluster != nil {
@@ -260,6 +269,9 @@ func (s *Server) Run(ctx context.Context, lns Listeners) error {
 	}
 	if lns.H3 != nil {
 		attrs = append(attrs, "proxy_h3_addr", lns.H3.LocalAddr().String())
+	}
+	if lns.Passthrough != nil {
+		attrs = append(attrs, "passthrough_addr", lns.Passthrough.Addr().String())
 	}
 	s.log.Info("edge node ready", attrs...)
 	s.logMode()
@@ -480,6 +492,9 @@ func closeAll(lns Listeners) {
 	}
 	if lns.AgentTCP != nil {
 		lns.AgentTCP.Close()
+	}
+	if lns.Passthrough != nil {
+		lns.Passthrough.Close()
 	}
 }
 

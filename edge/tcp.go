@@ -26,7 +26,7 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 	var err error
 	if ok {
 		defer release()
-		up, tg, err = s.dialEndpoint(ctx, id, h.ClientAddr)
+		up, tg, err = s.dialEndpoint(ctx, id, quicutil.KindTCP, h.ClientAddr)
 	} else {
 		s.m.overloaded.Inc()
 		err = &quicutil.StatusError{Code: quicutil.StatusOverloaded,
@@ -79,18 +79,17 @@ func (s *Server) forwardTCP(client *quicutil.Conn, h quicutil.StreamHeader, ctx 
 	}
 }
 
-// dialEndpoint opens a TCP stream to an agent serving id and waits for its
-// answer. The upstream has seen no byte before a good answer, so a failure
+// dialEndpoint opens a stream of kind (KindTCP or KindTLS) to an agent
+// serving id and waits for its answer. The upstream has seen no byte before a good answer, so a failure
 // is retried once on another agent. On success the link's in-flight
 // count includes the stream; the caller decrements it.
-func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, clientAddr string) (*quicutil.Conn, target, error) {
+func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, kind quicutil.Kind, clientAddr string) (*quicutil.Conn, target, error) {
 	proto, _, err := s.table.Lookup(id)
 	if err != nil {
 		return nil, nil, err
 	}
-	if proto != quicutil.KindTCP.String() {
-		return nil, nil, &quicutil.StatusError{Code: quicutil.StatusNoRoute,
-			Message: "serves HTTP, not raw TCP; send HTTP requests to the edge's proxy port instead"}
+	if proto != tableProto(kind) {
+		return nil, nil, &quicutil.StatusError{Code: quicutil.StatusNoRoute, Message: wrongProto(proto, kind)}
 	}
 	at := attempts{s: s, id: id}
 	for {
@@ -99,7 +98,7 @@ func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, client
 			return nil, nil, err
 		}
 		tg.addLoad(1)
-		c, err := s.openAnswered(ctx, tg, id, clientAddr)
+		c, err := s.openAnswered(ctx, tg, id, kind, clientAddr)
 		if err == nil {
 			return c, tg, nil
 		}
@@ -108,8 +107,22 @@ func (s *Server) dialEndpoint(ctx context.Context, id routing.EndpointID, client
 	}
 }
 
-func (s *Server) openAnswered(ctx context.Context, tg target, id routing.EndpointID, clientAddr string) (*quicutil.Conn, error) {
-	c, err := tg.openStream(ctx, &quicutil.StreamHeader{Kind: quicutil.KindTCP, Endpoint: string(id), ClientAddr: clientAddr}, false)
+// wrongProto says why an endpoint that serves proto is not reached by a
+// connection that wants kind.
+func wrongProto(proto string, kind quicutil.Kind) string {
+	switch {
+	case proto == protoHTTP && kind == quicutil.KindTLS:
+		return "serves HTTP, not TLS passthrough; send HTTPS requests to the edge's HTTPS port instead"
+	case proto == protoHTTP:
+		return "serves HTTP, not raw TCP; send HTTP requests to the edge's proxy port instead"
+	case proto == protoTLS:
+		return "is a TLS passthrough endpoint; reach it on the edge's passthrough port (--passthrough-addr), not with pico-agent forward"
+	}
+	return "serves raw TCP, not TLS passthrough; reach it with 'pico-agent forward'"
+}
+
+func (s *Server) openAnswered(ctx context.Context, tg target, id routing.EndpointID, kind quicutil.Kind, clientAddr string) (*quicutil.Conn, error) {
+	c, err := tg.openStream(ctx, &quicutil.StreamHeader{Kind: kind, Endpoint: string(id), ClientAddr: clientAddr}, false)
 	if err != nil {
 		return nil, err
 	}

@@ -35,7 +35,8 @@
 //	version  uint8        HeaderVersion (1)
 //	length   uint16 (BE)  length of the rest, at most MaxHeaderLen
 //	kind     uint8        KindControl (0), KindHTTP (1: HTTP/1.1), KindTCP (2: raw)
-//	                      or KindHTTP2 (3: HTTP/2 with prior knowledge)
+//	                      KindHTTP2 (3: HTTP/2 with prior knowledge) or
+//	                      KindTLS (4: raw, a TLS connection passed through by SNI)
 //	flags    uint8        FlagRelayed (bit 0); other bits must be zero
 //	idLen    uint8        0 for control, else 1..63
 //	id       [idLen]      endpoint ID, a DNS label (ValidateEndpointID)

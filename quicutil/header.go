@@ -32,6 +32,11 @@ const (
 	KindHTTP    Kind = 1 // HTTP/1.1 on the stream
 	KindTCP     Kind = 2 // raw bytes
 	KindHTTP2   Kind = 3 // HTTP/2 with prior knowledge (h2c) on the stream
+	// KindTLS is raw bytes too, a TLS connection the edge passes through
+	// by its SNI without terminating it: an endpoint of this kind is
+	// reached only on the edge's passthrough listener, never by the HTTP
+	// doors or pico-agent forward.
+	KindTLS Kind = 4
 )
 
 // IsHTTP reports whether k carries HTTP (of any version).
@@ -47,19 +52,26 @@ func (k Kind) String() string {
 		return "tcp"
 	case KindHTTP2:
 		return "http2"
+	case KindTLS:
+		return "tls"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
-// ParseKind parses "http" or "tcp".
+// IsRaw reports whether k carries raw bytes (TCP or TLS passthrough).
+func (k Kind) IsRaw() bool { return k == KindTCP || k == KindTLS }
+
+// ParseKind parses "http", "tcp" or "tls".
 func ParseKind(s string) (Kind, error) {
 	switch s {
 	case "http":
 		return KindHTTP, nil
 	case "tcp":
 		return KindTCP, nil
+	case "tls":
+		return KindTLS, nil
 	}
-	return 0, fmt.Errorf("unknown protocol %q (want http or tcp)", s)
+	return 0, fmt.Errorf("unknown protocol %q (want http, tcp or tls)", s)
 }
 
 // Header flags.
@@ -99,7 +111,7 @@ func (h *StreamHeader) Validate() error {
 		if h.Endpoint != "" {
 			return headerErr("control stream names endpoint %q", h.Endpoint)
 		}
-	case KindHTTP, KindTCP, KindHTTP2:
+	case KindHTTP, KindTCP, KindHTTP2, KindTLS:
 		if err := ValidateEndpointID(h.Endpoint); err != nil {
 			return &HeaderError{Reason: err.Error()}
 		}

@@ -154,7 +154,7 @@ func TestStreamHeaderMalformed(t *testing.T) {
 		"length 0xffff":             {quicutil.HeaderVersion, 0xff, 0xff},
 		"empty body":                hdrFrame(nil),
 		"body of 3 bytes":           hdrFrame([]byte{http, 0, 0}),
-		"unknown kind":              hdrFrame(hdrBody(4, 0, "web", "")),
+		"unknown kind":              hdrFrame(hdrBody(5, 0, "web", "")),
 		"unknown kind 255":          hdrFrame(hdrBody(255, 0, "web", "")),
 		"unknown flag bit 1":        hdrFrame(hdrBody(http, 2, "web", "")),
 		"unknown flag bit 7":        hdrFrame(hdrBody(http, 0x81, "web", "")),
@@ -280,7 +280,7 @@ func TestReadStreamHeaderReaderError(t *testing.T) {
 
 func TestStreamHeaderValidate(t *testing.T) {
 	tests := map[string]quicutil.StreamHeader{
-		"unknown kind":          {Kind: 4, Endpoint: "web"},
+		"unknown kind":          {Kind: 5, Endpoint: "web"},
 		"control with endpoint": {Kind: quicutil.KindControl, Endpoint: "web"},
 		"http without endpoint": {Kind: quicutil.KindHTTP},
 		"invalid endpoint":      {Kind: quicutil.KindTCP, Endpoint: "a_b"},
@@ -311,6 +311,7 @@ func TestKind(t *testing.T) {
 	}{
 		"http":    {kind: quicutil.KindHTTP},
 		"tcp":     {kind: quicutil.KindTCP},
+		"tls":     {kind: quicutil.KindTLS},
 		"control": {wantErr: true}, // not a protocol an endpoint can serve
 		"HTTP":    {wantErr: true},
 		"":        {wantErr: true},

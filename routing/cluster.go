@@ -270,24 +270,21 @@ func (c *Cluster) Endpoints(node string) []Announcement {
 
 // remoteEP is what a Cluster keeps of one endpoint of another node: its
 // Announcement without the ID, which is the map key, and with the
-// protocol as gossip carries it (anything but "tcp" is "http"). At 8
+// protocol as its byte in gossip (protoByte). At 8
 // bytes instead of 40 it keeps the other nodes' share of each endpoint
 // small (docs/scale.md).
 type remoteEP struct {
-	tcp    bool
+	protoB uint8 // protoByte
 	kinds  uint8
 	agents uint32
 }
 
 func packEP(a Announcement) remoteEP {
-	return remoteEP{tcp: a.Proto == "tcp", kinds: a.Kinds, agents: a.Agents}
+	return remoteEP{protoB: protoByte(a.Proto), kinds: a.Kinds, agents: a.Agents}
 }
 
 func (r remoteEP) proto() string {
-	if r.tcp {
-		return "tcp"
-	}
-	return "http"
+	return gossipProtos[r.protoB]
 }
 
 func (r remoteEP) announcement(id EndpointID) Announcement {

@@ -19,7 +19,8 @@ func sortedEps(eps []Announcement) []Announcement {
 func TestStateRoundTrip(t *testing.T) {
 	states := map[string]*State{
 		"full": {Node: "edge-1", Epoch: 1<<63 + 5, Version: 7, Full: true, Links: 3, Endpoints: []Announcement{
-			{ID: "foo", Proto: "http", Kinds: 0b110, Agents: 2}, {ID: "db-1", Proto: "tcp", Kinds: 0b100, Agents: 1}}},
+			{ID: "foo", Proto: "http", Kinds: 0b110, Agents: 2}, {ID: "db-1", Proto: "tcp", Kinds: 0b100, Agents: 1},
+			{ID: "secure", Proto: "tls", Kinds: 0b10000, Agents: 4}}},
 		"delta": {Node: "n", Epoch: 9, Base: 3, Version: 4, Endpoints: []Announcement{
 			{ID: "gone", Proto: "http", Agents: 0}}},
 		"empty full": {Node: "n", Epoch: 1, Full: true, Endpoints: []Announcement{}},
@@ -250,7 +251,7 @@ func TestClusterPickPrefersLocalAndKeepsProtocol(t *testing.T) {
 	peer := &fakeTarget{name: "peer"}
 	c.Alive("edge-2", 1, peer)
 	c.Apply(&State{Node: "edge-2", Epoch: 1, Version: 1, Full: true, Endpoints: []Announcement{
-		{ID: "web", Proto: "http", Agents: 1}, {ID: "db", Proto: "tcp", Agents: 1}}})
+		{ID: "web", Proto: "http", Agents: 1}, {ID: "db", Proto: "tcp", Agents: 1}, {ID: "pass", Proto: "tls", Agents: 1}}})
 
 	local := &fakeTarget{name: "local"}
 	if err := tab.Add("web", "http", local); err != nil {
@@ -259,6 +260,13 @@ func TestClusterPickPrefersLocalAndKeepsProtocol(t *testing.T) {
 	// Another node serves db as tcp: an http agent here is refused.
 	if err := tab.Add("db", "http", local); !errors.Is(err, ErrConflict) {
 		t.Fatalf("Add across the cluster: %v, want ErrConflict", err)
+	}
+	// And pass as tls: a tcp agent here is refused too (the kinds differ).
+	if err := tab.Add("pass", "tcp", local); !errors.Is(err, ErrConflict) {
+		t.Fatalf("Add tcp over a remote tls endpoint: %v, want ErrConflict", err)
+	}
+	if proto, _, err := tab.Lookup("pass"); err != nil || proto != "tls" {
+		t.Fatalf("Lookup(pass) = %q, %v; want tls from gossip", proto, err)
 	}
 	for range 20 {
 		if tg, _ := tab.Pick("web", nil); tg != local {

@@ -17,7 +17,7 @@ import (
 // Announcement is one endpoint as one node serves it.
 type Announcement struct {
 	ID     EndpointID
-	Proto  string // "http" or "tcp", as in Table.Add
+	Proto  string // "http", "tcp" or "tls", as in Table.Add
 	Kinds  uint8  // which stream kinds the node's agents speak; opaque to routing
 	Agents uint32 // agent links serving it on the node; 0 withdraws it
 }
@@ -54,7 +54,7 @@ var ErrBadGossip = errors.New("routing: bad gossip message")
 //
 //	'p' | format 1 | type 1 | flags (1: full) | node string | epoch uvarint |
 //	base uvarint | version uvarint | links uvarint | n uvarint |
-//	n × (id string | proto byte (0 http, 1 tcp) | kinds byte | agents uvarint)
+//	n × (id string | proto byte (0 http, 1 tcp, 2 tls) | kinds byte | agents uvarint)
 //
 // where a string is a uvarint length and the bytes.
 func AppendState(b []byte, s *State) []byte {
@@ -72,14 +72,24 @@ func AppendState(b []byte, s *State) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s.Endpoints)))
 	for _, a := range s.Endpoints {
 		b = appendStr(b, string(a.ID))
-		p := byte(0)
-		if a.Proto == "tcp" {
-			p = 1
-		}
-		b = append(b, p, a.Kinds)
+		b = append(b, protoByte(a.Proto), a.Kinds)
 		b = binary.AppendUvarint(b, uint64(a.Agents))
 	}
 	return b
+}
+
+// gossipProtos are the protocols by their byte in gossip. A node older
+// than "tls" refuses a state that carries it (docs/cluster.md).
+var gossipProtos = [...]string{"http", "tcp", "tls"}
+
+// protoByte is proto's byte in gossip; anything unknown is http.
+func protoByte(proto string) byte {
+	for i, p := range gossipProtos {
+		if p == proto {
+			return byte(i)
+		}
+	}
+	return 0
 }
 
 // AppendSyncRequest encodes a request, from node, for the receiver's full
@@ -120,13 +130,10 @@ func ParseMessage(b []byte) (Message, error) {
 		for range n {
 			var a Announcement
 			a.ID = EndpointID(d.endpointID())
-			switch d.byte() {
-			case 0:
-				a.Proto = "http"
-			case 1:
-				a.Proto = "tcp"
-			default:
-				d.fail("unknown protocol")
+			if p := d.byte(); int(p) < len(gossipProtos) {
+				a.Proto = gossipProtos[p]
+			} else {
+				d.fail("unknown protocol %d", p)
 			}
 			a.Kinds = d.byte()
 			a.Agents = uint32(d.uvarintMax(1<<32 - 1))

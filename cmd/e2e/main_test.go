@@ -367,6 +367,7 @@ type edgeProc struct {
 	agent   string // host:port of the QUIC agent listener
 	admin   string // host:port of the admin API
 	tls     string // host:port of the HTTPS front door (HTTP/3 on the same UDP port)
+	pass    string // host:port of the TLS passthrough door, "" without --passthrough-addr
 	ca      string // the development CA agents verify it with
 	admc    *http.Client
 }
@@ -398,7 +399,7 @@ func startEdgeAt(t testing.TB, dir string, extra ...string) *edgeProc {
 	line := p.waitLineFor(t, 0, `"edge node ready"`, startTimeout, isMsg("edge node ready"))
 	l, _ := parseLog(line)
 	e := &edgeProc{proc: p, dataDir: dir, proxy: l.str("proxy_addr"), agent: l.str("agent_addr"),
-		admin: l.str("admin_addr"), tls: l.str("proxy_tls_addr"), ca: filepath.Join(dir, "ca.pem"), admc: newClient(t, 10*time.Second)}
+		admin: l.str("admin_addr"), tls: l.str("proxy_tls_addr"), pass: l.str("passthrough_addr"), ca: filepath.Join(dir, "ca.pem"), admc: newClient(t, 10*time.Second)}
 	if e.proxy == "" || e.agent == "" || e.admin == "" {
 		t.Fatalf("edge ready line lacks an address: %s", line)
 	}

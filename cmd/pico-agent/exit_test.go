@@ -40,6 +40,8 @@ func TestErrorsAreOneLine(t *testing.T) {
 		"bad enum":          {[]string{"--transport", "udp", "http", "foo", "3000"}, []string{"--transport", `"udp"`}},
 		"negative value":    {[]string{"--connections", "-1", "http", "foo", "3000"}, []string{"pico-agent: ", "-1 connections"}},
 		"bad endpoint":      {[]string{"--admin-addr=", "http", "Foo", "3000"}, []string{"pico-agent: ", `"Foo"`}},
+		"tls with a scheme": {[]string{"--admin-addr=", "tls", "sec", "https://localhost:8443"}, []string{"pico-agent: endpoint sec: tls endpoints take a plain host:port upstream"}},
+		"tls with a flag":   {[]string{"--admin-addr=", "tls", "sec", "8443", "--upstream-server-name", "x"}, []string{"tls endpoints take a plain host:port upstream, without --upstream-* flags"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			code, stderr := runMain(t, tc.args...)

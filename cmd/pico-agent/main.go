@@ -49,6 +49,7 @@ type CLI struct {
 
 	HTTP    ServeCmd   `cmd:"" name:"http" help:"Serve HTTP endpoints: pico-agent http ENDPOINT UPSTREAM [ENDPOINT UPSTREAM]..."`
 	TCP     ServeCmd   `cmd:"" name:"tcp" help:"Serve raw TCP endpoints: pico-agent tcp ENDPOINT UPSTREAM [ENDPOINT UPSTREAM]..."`
+	TLS     ServeCmd   `cmd:"" name:"tls" help:"Serve TLS servers by passthrough, with their own certificates (the edge routes by SNI on its --passthrough-addr and never decrypts): pico-agent tls ENDPOINT UPSTREAM [ENDPOINT UPSTREAM]..."`
 	Forward ForwardCmd `cmd:"" help:"Listen on a local port and tunnel each connection to an endpoint: pico-agent forward LOCAL ENDPOINT."`
 }
 
@@ -88,6 +89,8 @@ func main() {
 		err = c.HTTP.run(ctx, &c.Globals, log, quicutil.KindHTTP, os.Stderr)
 	case "tcp <ENDPOINT UPSTREAM>":
 		err = c.TCP.run(ctx, &c.Globals, log, quicutil.KindTCP, os.Stderr)
+	case "tls <ENDPOINT UPSTREAM>":
+		err = c.TLS.run(ctx, &c.Globals, log, quicutil.KindTLS, os.Stderr)
 	case "forward <local> <endpoint>":
 		err = c.Forward.run(ctx, &c.Globals, log, os.Stderr)
 	default:
@@ -228,7 +231,7 @@ func (s *ServeCmd) run(ctx context.Context, g *Globals, log *slog.Logger, kind q
 		lines := newStatusLines(out, kind.String())
 		for _, p := range pairs {
 			var err error
-			if kind == quicutil.KindTCP {
+			if kind.IsRaw() {
 				err = a.ServeUpstream(ctx, p.id, kind, p.up.Addr)
 			} else {
 				err = a.ServeHTTPUpstream(ctx, p.id, p.up)
@@ -294,9 +297,12 @@ func (s *ServeCmd) upstream(kind quicutil.Kind, addr, scheme string) (agent.Upst
 			proto = "https"
 		}
 	}
-	if kind == quicutil.KindTCP {
-		if s.UpstreamProtocol != "" || scheme != "" || s.UpstreamCA != "" || s.UpstreamTLSSkipVerify {
-			return up, "", errors.New("tcp endpoints take a plain host:port upstream, without --upstream-* flags")
+	if kind.IsRaw() {
+		if s.UpstreamProtocol != "" || scheme != "" || s.UpstreamCA != "" || s.UpstreamServerName != "" || s.UpstreamTLSSkipVerify {
+			return up, "", fmt.Errorf("%s endpoints take a plain host:port upstream, without --upstream-* flags", kind)
+		}
+		if kind == quicutil.KindTLS {
+			return up, "TLS passthrough", nil
 		}
 		return up, "tcp", nil
 	}

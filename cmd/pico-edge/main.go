@@ -37,12 +37,13 @@ type CLI struct {
 	PrintVersion kong.VersionFlag `name:"version" help:"Print the version, the Go version and the platform, and exit." env:"-"`
 	Config       cli.ConfigFile   `help:"YAML file of flag values (keys are flag names: proxy-addr: :8000); $${VAR} takes an environment variable. A flag or PICO_* variable wins over the file." placeholder:"FILE"`
 
-	ProxyAddr      string `help:"Address of the plain HTTP/1.1 front door (TCP)." default:":8000" group:"Listeners"`
-	ProxyTLSAddr   string `help:"Address of the HTTPS front door: HTTP/1.1 and HTTP/2 over TLS on TCP, HTTP/3 on UDP on the same port; empty disables it." default:":8443" group:"Listeners"`
-	AgentAddr      string `help:"Address agents and forwarders connect to (UDP, QUIC)." default:":8001" group:"Listeners"`
-	AdminAddr      string `help:"Address of the admin API: /healthz, /readyz, /metrics, /status/... (TCP); empty disables it. It shows agent IDs, addresses, endpoints and the auth set-up: keep it inside your network (:8002 for probes and Prometheus in a container)." default:"127.0.0.1:8002" group:"Listeners"`
-	AdminTokenFile string `help:"File with the admin token: enables the admin port's operations (POST /admin/drain, POST /admin/agents/SESSION/goaway, DELETE /admin/agents/SESSION) for requests with 'Authorization: Bearer TOKEN'. Without it the admin port is read-only." type:"path" group:"Listeners"`
-	AdminPprof     bool   `help:"Serve /debug/pprof/ on the admin port, behind the admin token." group:"Listeners"`
+	ProxyAddr       string `help:"Address of the plain HTTP/1.1 front door (TCP)." default:":8000" group:"Listeners"`
+	ProxyTLSAddr    string `help:"Address of the HTTPS front door: HTTP/1.1 and HTTP/2 over TLS on TCP, HTTP/3 on UDP on the same port; empty disables it." default:":8443" group:"Listeners"`
+	AgentAddr       string `help:"Address agents and forwarders connect to (UDP, QUIC)." default:":8001" group:"Listeners"`
+	PassthroughAddr string `help:"Address of the TLS passthrough door (TCP): each connection goes, unterminated, to the tls endpoint (pico-agent tls) its SNI's first label names; the upstream's certificate reaches the client. Empty disables it; not with --proxy-auth." default:"" group:"Listeners"`
+	AdminAddr       string `help:"Address of the admin API: /healthz, /readyz, /metrics, /status/... (TCP); empty disables it. It shows agent IDs, addresses, endpoints and the auth set-up: keep it inside your network (:8002 for probes and Prometheus in a container)." default:"127.0.0.1:8002" group:"Listeners"`
+	AdminTokenFile  string `help:"File with the admin token: enables the admin port's operations (POST /admin/drain, POST /admin/agents/SESSION/goaway, DELETE /admin/agents/SESSION) for requests with 'Authorization: Bearer TOKEN'. Without it the admin port is read-only." type:"path" group:"Listeners"`
+	AdminPprof      bool   `help:"Serve /debug/pprof/ on the admin port, behind the admin token." group:"Listeners"`
 
 	NodeID  string `help:"ID of this node in logs and status (default: random edge-xxxxxxxx)." group:"Node"`
 	DataDir string `help:"Directory for the development CA and certificate and the QUIC reset key." default:"${data_dir}" type:"path" group:"Node"`
@@ -231,6 +232,9 @@ func (c *CLI) run(log *slog.Logger) error {
 	auth, err := c.AuthFlags.config()
 	if err != nil {
 		return err
+	}
+	if c.PassthroughAddr != "" && c.ProxyAuth {
+		return errors.New("--passthrough-addr cannot be used with --proxy-auth: the edge never sees a passthrough connection's bytes, so it cannot check a client's token")
 	}
 	lns, err := c.listen()
 	if err != nil {
@@ -487,6 +491,20 @@ func (c *CLI) listen() (edge.Listeners, error) {
 			return lns, fmt.Errorf("listen on --proxy-tls-addr: %w", err)
 		}
 	}
+	if c.PassthroughAddr != "" {
+		if lns.Passthrough, err = net.Listen("tcp", c.PassthroughAddr); err != nil {
+			lns.Proxy.Close()
+			lns.Agent.Close()
+			if lns.Admin != nil {
+				lns.Admin.Close()
+			}
+			if lns.TLS != nil {
+				lns.TLS.Close()
+				lns.H3.Close()
+			}
+			return lns, fmt.Errorf("listen on --passthrough-addr: %w", err)
+		}
+	}
 	return lns, nil
 }
 
@@ -512,6 +530,9 @@ func openPorts(lns edge.Listeners, gossip string) string {
 	add("proxy", lns.Proxy.Addr().String(), "tcp")
 	if lns.TLS != nil {
 		add("https and HTTP/3", lns.TLS.Addr().String(), "tcp+udp")
+	}
+	if lns.Passthrough != nil {
+		add("TLS passthrough", lns.Passthrough.Addr().String(), "tcp")
 	}
 	agent := "udp"
 	if lns.AgentTCP != nil {

@@ -50,6 +50,8 @@ func (p *Peer) StreamKind(id routing.EndpointID) quicutil.Kind {
 	switch {
 	case a.Proto == "tcp":
 		return quicutil.KindTCP
+	case a.Proto == "tls":
+		return quicutil.KindTLS
 	case a.Kinds&KindBit(quicutil.KindHTTP) != 0 || a.Kinds == 0:
 		return quicutil.KindHTTP
 	}

@@ -36,6 +36,9 @@ type Node struct {
 	// AgentTCPURL is the TCP transport on the agent port's number
 	// (http://127.0.0.1:PORT/_pico/agent), "" when that TCP port was taken.
 	AgentTCPURL string
+	// PassthroughAddr is the TLS passthrough door (127.0.0.1:PORT), ""
+	// with proxy auth, which excludes it.
+	PassthroughAddr string
 
 	cancel  context.CancelFunc
 	done    chan error
@@ -133,6 +136,11 @@ func NewNodeOn(tb testing.TB, agentAddr string, b *certs.Bundle, opts ...func(*e
 		tb.Fatalf("listen: %v", err)
 	}
 	lns.TLS, lns.H3 = listenTCPAndUDP(tb)
+	if cfg.Auth == nil || !cfg.Auth.ProxyAuth {
+		if lns.Passthrough, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			tb.Fatalf("listen: %v", err)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
 		Server:    srv,
@@ -144,6 +152,9 @@ func NewNodeOn(tb testing.TB, agentAddr string, b *certs.Bundle, opts ...func(*e
 		Bundle:    b,
 		cancel:    cancel,
 		done:      make(chan error, 1),
+	}
+	if lns.Passthrough != nil {
+		n.PassthroughAddr = lns.Passthrough.Addr().String()
 	}
 	if lns.AgentTCP != nil {
 		n.AgentTCPURL = "http://" + lns.AgentTCP.Addr().String() + "/_pico/agent"

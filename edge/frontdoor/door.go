@@ -46,6 +46,15 @@ type Config struct {
 	MaxHeaderBytes      int
 	Limits              Limits
 	Log                 *slog.Logger
+	// Passthrough serves a connection of the TLS passthrough door whose
+	// ClientHello named host name sni: raw holds every byte read from c so
+	// far. It runs in the connection's own goroutine and closes c. Needed
+	// with Listeners.Passthrough.
+	Passthrough func(c net.Conn, sni string, raw []byte)
+	// PassthroughRefused, if set, is told each passthrough connection
+	// refused before Passthrough: the reason ("no_sni", "malformed",
+	// "incomplete") and why; the client was sent alert (0: none).
+	PassthroughRefused func(c net.Conn, reason string, alert uint8, err error)
 }
 
 // Listeners are the sockets of the doors; Plain is required, the others may
@@ -54,6 +63,9 @@ type Listeners struct {
 	Plain net.Listener   // HTTP/1.1 and h2c with prior knowledge
 	TLS   net.Listener   // HTTPS: HTTP/1.1 and HTTP/2 over TLS
 	H3    net.PacketConn // HTTP/3, usually on TLS's port number
+	// Passthrough takes TLS connections routed by their SNI, never
+	// terminated (passthrough.go); may be nil.
+	Passthrough net.Listener
 }
 
 // Door is the front door of an edge node: the plain HTTP door (HTTP/1.1
@@ -75,6 +87,8 @@ type Door struct {
 	h3         *http3.Server  // nil without an HTTP/3 listener
 	tr         *quic.Transport
 	ln         *quic.Listener
+	ptLn       *stoppable     // the passthrough door's socket; nil without one
+	pt         sync.WaitGroup // passthrough connections
 }
 
 // New makes a Door; it opens nothing.
@@ -91,6 +105,9 @@ func (d *Door) OpenConns() int64 { return d.limits.open.Load() }
 func (d *Door) Start(lns Listeners, goFn func(func() error)) error {
 	cfg := d.cfg
 	handler := cfg.Handler
+	if lns.Passthrough != nil && cfg.Passthrough == nil {
+		return errors.New("frontdoor: a passthrough listener without Config.Passthrough")
+	}
 	if lns.H3 != nil {
 		tr := &quic.Transport{Conn: lns.H3, StatelessResetKey: cfg.StatelessResetKey,
 			VerifySourceAddress: cfg.VerifySourceAddress}
@@ -174,6 +191,14 @@ func (d *Door) Start(lns Listeners, goFn func(func() error)) error {
 		ConnState:         d.fresh.track,
 		ErrorLog:          ErrorLog(cfg.Log),
 	}
+	if lns.Passthrough != nil {
+		d.ptLn = newStoppable(lns.Passthrough)
+		ln := &limitListener{Listener: d.ptLn, l: d.limits}
+		goFn(func() error {
+			d.acceptPassthrough(ln)
+			return nil
+		})
+	}
 	d.plainLn = newStoppable(lns.Plain)
 	headTimeout := cfg.ReadHeaderTimeout
 	if headTimeout <= 0 {
@@ -244,6 +269,11 @@ func (d *Door) Shutdown(ctx context.Context) {
 	}
 	if d.tcpLn != nil {
 		d.tcpLn.Close() // acceptTLS returns
+	}
+	if d.ptLn != nil {
+		// acceptPassthrough returns once its connections have: they are
+		// long-lived streams, which the edge drains after the doors.
+		d.ptLn.Close()
 	}
 	wctx, cancel := context.WithTimeout(ctx, time.Second)
 	d.fresh.wait(wctx)
