@@ -197,6 +197,11 @@ func readAnswer(t *testing.T, br *bufio.Reader) errAnswer {
 	if err != nil {
 		t.Fatalf("read the answer's body: %v", err)
 	}
+	if resp.Close && resp.ProtoAtLeast(1, 1) {
+		// net/http takes "Connection: close" out of the header and sets
+		// Close instead: put it back for the table's header column.
+		resp.Header.Set("Connection", "close")
+	}
 	return errAnswer{resp.StatusCode, resp.Header, string(b)}
 }
 
