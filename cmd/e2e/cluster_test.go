@@ -1367,3 +1367,42 @@ func waitNodeEndpoints(t testing.TB, nodes []*clusterNode, node string, n int, t
 	}
 	return seen
 }
+
+// TestClusterRebalance gives six agents only node 1's address, in a
+// cluster of two: node 1 holds all six links, more than its share
+// (ceil(6/2) plus one), and asks links to move until it holds four; the
+// agents move to node 2 (learnt from the Welcome's hints, make before
+// break) while GETs run through node 2. None may fail, and on node 2 every
+// link that moved is on the transport of the run.
+func TestClusterRebalance(t *testing.T) {
+	e2e(t)
+	forEachTransport(t, testClusterRebalance)
+}
+
+func testClusterRebalance(t *testing.T, tr transport) {
+	c := newCluster(t, 2, clusterOpts{extra: func(int) []string { return []string{"--rebalance-interval", "1s"} }}).over(t, tr)
+	n1, n2 := c.nodes[0], c.nodes[1]
+	up := "127.0.0.1:" + serveHTTP(t, nameServer("up"))
+	for range 6 {
+		c.serve(t, c.edges(0), 1, "http", "web", up)
+	}
+	hc := newClient(t, 15*time.Second)
+	l := startLoad(t, 2, hc, "web", func() string { return n2.proxy })
+	start := time.Now()
+	var on1, on2 int
+	pollState(t, waitTimeout, "node 1 to shed its links beyond its share to node 2", func() (bool, string) {
+		on1, on2 = len(n1.agents(t).Agents), len(n2.agents(t).Agents)
+		return on1 <= 4 && on2 >= 2 && on1+on2 == 6, fmt.Sprintf("node 1 %d links, node 2 %d", on1, on2)
+	})
+	moved := time.Since(start)
+	n2.checkLinks(t, 2)
+	poll(t, waitTimeout, "40 GETs after the moves", func() bool { return l.okSince(start.Add(moved), "up") >= 40 })
+	l.stop()
+	res := l.results()
+	failed := failures(res, "up")
+	t.Logf("over %s: node 1 kept %d links and node 2 took %d, %d ms after the agents started; %d of %d GETs through node 2 failed",
+		tr, on1, on2, moved.Milliseconds(), len(failed), len(res))
+	if len(failed) > 0 {
+		t.Errorf("%d of %d GETs failed while links moved, want 0: %s", len(failed), len(res), firstFew(failed, 5))
+	}
+}
