@@ -395,6 +395,7 @@ func pollState(t testing.TB, d time.Duration, what string, cond func() (bool, st
 type loadResult struct {
 	start, end time.Time
 	node       string // the front door it was sent to
+	method     string
 	status     int
 	body       string
 	err        error
@@ -422,10 +423,20 @@ type load struct {
 }
 
 func startLoad(t testing.TB, workers int, c *http.Client, endpoint string, target func() string) *load {
+	return startLoadOf(t, workers, c, target, func(_, _ int, node string) *http.Request {
+		req, _ := http.NewRequest("GET", "http://"+node+"/", nil)
+		req.Header.Set("X-Pico-Endpoint", endpoint)
+		return req
+	})
+}
+
+// startLoadOf is startLoad with the requests newReq makes: the i-th of
+// worker w, to front door node.
+func startLoadOf(t testing.TB, workers int, c *http.Client, target func() string, newReq func(w, i int, node string) *http.Request) *load {
 	l := &load{quit: make(chan struct{})}
-	for range workers {
+	for w := range workers {
 		l.wg.Go(func() {
-			for range maxLoopRequests {
+			for i := range maxLoopRequests {
 				select {
 				case <-l.quit:
 					return
@@ -436,9 +447,8 @@ func startLoad(t testing.TB, workers int, c *http.Client, endpoint string, targe
 					time.Sleep(10 * time.Millisecond)
 					continue
 				}
-				r := loadResult{start: time.Now(), node: node}
-				req, _ := http.NewRequest("GET", "http://"+node+"/", nil)
-				req.Header.Set("X-Pico-Endpoint", endpoint)
+				req := newReq(w, i, node)
+				r := loadResult{start: time.Now(), node: node, method: req.Method}
 				resp, err := c.Do(req)
 				if err == nil {
 					var b []byte

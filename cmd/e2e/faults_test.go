@@ -33,90 +33,25 @@ func (p *proc) freeze(t testing.TB) (thaw func()) {
 	return thaw
 }
 
-// mixedResult is one request of a mixedLoad.
-type mixedResult struct {
-	loadResult
-	method string
-}
-
-// mixedLoad is workers that alternate GETs and POSTs (a small body of known
-// length) through the front door target returns, until stop.
-type mixedLoad struct {
-	mu   sync.Mutex
-	res  []mixedResult
-	quit chan struct{}
-	wg   sync.WaitGroup
-}
-
-func startMixedLoad(t testing.TB, workers int, c *http.Client, endpoint string, target func() string) *mixedLoad {
-	l := &mixedLoad{quit: make(chan struct{})}
-	for w := range workers {
-		l.wg.Go(func() {
-			for i := range maxLoopRequests {
-				select {
-				case <-l.quit:
-					return
-				default:
-				}
-				node := target()
-				method := "GET"
-				var body io.Reader
-				if (i+w)%2 == 1 {
-					method = "POST"
-					body = strings.NewReader(fmt.Sprintf("post %d of worker %d", i, w))
-				}
-				r := mixedResult{loadResult: loadResult{start: time.Now(), node: node}, method: method}
-				req, _ := http.NewRequest(method, "http://"+node+"/", body)
-				req.Header.Set("X-Pico-Endpoint", endpoint)
-				resp, err := c.Do(req)
-				if err == nil {
-					var b []byte
-					b, err = io.ReadAll(resp.Body)
-					resp.Body.Close()
-					r.status, r.body = resp.StatusCode, string(b)
-				}
-				r.err, r.end = err, time.Now()
-				l.mu.Lock()
-				l.res = append(l.res, r)
-				l.mu.Unlock()
-			}
-		})
-	}
-	t.Cleanup(l.stop)
-	return l
-}
-
-func (l *mixedLoad) stop() {
-	select {
-	case <-l.quit:
-	default:
-		close(l.quit)
-	}
-	l.wg.Wait()
-}
-
-func (l *mixedLoad) results() []mixedResult {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.res)
-}
-
-// okSince counts the successful requests that started after t.
-func (l *mixedLoad) okSince(t time.Time, want string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, r := range l.res {
-		if r.ok(want) && r.start.After(t) {
-			n++
+// startMixedLoad is startLoad with workers that alternate GETs and POSTs
+// (a small body of known length).
+func startMixedLoad(t testing.TB, workers int, c *http.Client, endpoint string, target func() string) *load {
+	return startLoadOf(t, workers, c, target, func(w, i int, node string) *http.Request {
+		method := "GET"
+		var body io.Reader
+		if (i+w)%2 == 1 {
+			method = "POST"
+			body = strings.NewReader(fmt.Sprintf("post %d of worker %d", i, w))
 		}
-	}
-	return n
+		req, _ := http.NewRequest(method, "http://"+node+"/", body)
+		req.Header.Set("X-Pico-Endpoint", endpoint)
+		return req
+	})
 }
 
 // failKinds sums failed requests by a short description of how they
 // failed: the status and the first words of the body, or the error.
-func failKinds(res []mixedResult, want string) map[string]int {
+func failKinds(res []loadResult, want string) map[string]int {
 	out := map[string]int{}
 	for _, r := range res {
 		if r.ok(want) {
@@ -227,17 +162,13 @@ func TestClusterFrozenNode(t *testing.T) {
 			}
 		}
 	}
-	var during []mixedResult
+	var during []loadResult
 	for _, r := range res {
 		if r.end.After(stopped) && r.start.Before(woke) {
 			during = append(during, r)
 		}
 	}
-	lr := make([]loadResult, len(res))
-	for i, r := range res {
-		lr[i] = r.loadResult
-	}
-	_, gap, slowest := recovery(lr, "up", stopped)
+	_, gap, slowest := recovery(res, "up", stopped)
 	t.Logf("node 1 frozen for %s: %d of %d GETs and %d of %d POSTs failed (%d requests while it was frozen); node 3 routed web without node-1 %d ms after SIGSTOP; longest time without a successful response %d ms, slowest request %d ms; every node saw every node alive %d ms and agreed on the owners of web (%s) %d ms after SIGCONT; %d requests through the woken node; links on %v",
 		frozenFor, failedGets, gets, failedPosts, posts, len(during), rerouted.Milliseconds(), gap.Milliseconds(), slowest.Milliseconds(),
 		members.Milliseconds(), view, agreed.Milliseconds(), len(wl.results()), links)
