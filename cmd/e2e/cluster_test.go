@@ -1392,6 +1392,12 @@ func TestClusterRebalance(t *testing.T) {
 func testClusterRebalance(t *testing.T, tr transport) {
 	c := newCluster(t, 2, clusterOpts{extra: func(int) []string { return []string{"--rebalance-interval", "1s"} }}).over(t, tr)
 	n1, n2 := c.nodes[0], c.nodes[1]
+	if tr == overTCP && (n1.tcpOff || n2.tcpOff) {
+		// Then agents link through the front door's URL, as behind a
+		// balancer, and do not dial the nodes' own addresses: no agent
+		// can choose node 2 (docs/transport.md).
+		t.Skip("a node's agent port has no TCP twin (its port was taken): agents would link through a URL, which cannot choose a node")
+	}
 	up := "127.0.0.1:" + serveHTTP(t, nameServer("up"))
 	for range 6 {
 		c.serve(t, c.edges(0), 1, "http", "web", up)
