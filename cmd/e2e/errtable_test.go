@@ -211,6 +211,10 @@ func hold(t *testing.T) (port string, arrived chan struct{}) {
 	arrived = make(chan struct{}, 16)
 	port = serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		arrived <- struct{}{}
+		// net/http cancels the context of a closed connection only once
+		// the body is read (or fails): a POST cut short would hold the
+		// handler for good.
+		io.Copy(io.Discard, r.Body)
 		<-r.Context().Done()
 	}))
 	return port, arrived

@@ -667,10 +667,21 @@ func serveHTTP(t testing.TB, h http.Handler) string {
 // serveHTTPOn is serveHTTP on listener ln.
 func serveHTTPOn(t testing.TB, ln net.Listener, h http.Handler) string {
 	t.Helper()
-	var handlers sync.WaitGroup
+	var (
+		handlers sync.WaitGroup
+		mu       sync.RWMutex // guards closed, and handlers.Add against the Wait
+		closed   bool
+	)
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.RLock()
+			if closed { // a connection the server took just before Close
+				mu.RUnlock()
+				http.Error(w, "test upstream closed", http.StatusServiceUnavailable)
+				return
+			}
 			handlers.Add(1)
+			mu.RUnlock()
 			defer handlers.Done()
 			h.ServeHTTP(w, r)
 		}),
@@ -684,6 +695,9 @@ func serveHTTPOn(t testing.TB, ln net.Listener, h http.Handler) string {
 	t.Cleanup(func() {
 		srv.Close()
 		<-served
+		mu.Lock()
+		closed = true
+		mu.Unlock()
 		waitGroupFor(t, &handlers, waitTimeout, "upstream handlers")
 	})
 	return portOf(ln.Addr().String())
