@@ -1139,6 +1139,11 @@ func testClusterDrainStreams(t *testing.T, tr transport, drainDelay, grace time.
 				return []string{"--drain-delay", drainDelay.String(), "--grace-period", grace.String()}
 			}}).over(t, tr)
 			n1, n2 := c.nodes[0], c.nodes[1]
+			if tc.name == "owner drains" && tr == overTCP && (n1.tcpOff || n2.tcpOff) {
+				// Agents then link through a URL, as behind a balancer,
+				// and cannot choose the other node (TestClusterRebalance).
+				t.Skip("a node's agent port has no TCP twin (its port was taken): agents would link through a URL, which cannot choose a node")
+			}
 			c.serve(t, c.edges(0), 1, "http", "web", "127.0.0.1:"+serveHTTP(t, wsEchoServer()))
 			c.serve(t, c.edges(0), 1, "tcp", "echo", "127.0.0.1:"+serveTCP(t, func(conn *net.TCPConn) {
 				io.Copy(conn, conn)
